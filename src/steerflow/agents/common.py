@@ -1,0 +1,59 @@
+"""The agent contract shared by every method (DESIGN.md "Architecture").
+
+An agent module provides
+    Config                         frozen dataclass with documented defaults
+    init(key, spec, config)        -> AgentState
+    update(state, batch)           -> (AgentState, metrics)   pure, jittable
+    act(state, obs, key)           -> (B, d) action chunks in [-1, 1]   pure, jittable
+
+`AgentState` carries its (static) config and spec, so `update` and `act` need nothing else and
+can be `vmap`ped over seeds and `lax.scan`ned over steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import flax.struct
+import jax
+import optax
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    obs_dim: int
+    action_dim: int  # per-step action dimension A
+    horizon: int  # chunk length H
+
+    @property
+    def chunk_dim(self) -> int:
+        return self.horizon * self.action_dim
+
+
+@flax.struct.dataclass
+class AgentState:
+    params: dict  # trained parameters, one entry per network
+    target_params: dict  # Polyak copies (empty when unused)
+    opt_state: Any
+    rng: jax.Array
+    step: jax.Array
+    config: Any = flax.struct.field(pytree_node=False)
+    spec: EnvSpec = flax.struct.field(pytree_node=False)
+
+
+def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
+def create_state(params: dict, target_params: dict, rng: jax.Array, config, spec: EnvSpec) -> AgentState:
+    opt_state = make_optimizer(config.learning_rate).init(params)
+    return AgentState(params, target_params, opt_state, rng, jax.numpy.zeros((), jax.numpy.int32), config, spec)
+
+
+def apply_gradients(state: AgentState, grads: dict) -> AgentState:
+    """One Adam step on every trained network; each loss term only reaches its own nets."""
+    tx = make_optimizer(state.config.learning_rate)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
+                         step=state.step + 1)

@@ -1,0 +1,98 @@
+"""Latent Policy Steering (LPS, SPEC §4.1): the flagship method.
+
+A one-step MeanFlow base π_β (data at t=0, noise at t=1; decode at r=0, t=1) is trained by
+behaviour cloning; a deterministic latent actor h_φ(s), projected onto the prior's support
+(sphere of radius √d by default), is trained by back-propagating the Q-chunking critic through
+the base policy, whose parameters — like the critic's — are frozen inside that loss:
+
+    L_actor  = − λ · mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)),   λ = 1 / sg(mean|Q|)
+    L_total  = α · L_MF(β) + L_actor(φ) + L_critic(θ)        (α = 1 except in the α study)
+    a'       = clip(π_β(s', l_φ(s'), 0, 1))                  (critic target action)
+    act(s)   = clip(π_β(s, l_φ(s), 0, 1))                    (deterministic chunk, open-loop)
+
+There is no behaviour-regularisation weight: the frozen generative prior is the constraint.
+Shapes: obs (B, obs_dim); chunks and latents (B, d), d = H·A.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from steerflow import critic as qc
+from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, create_state
+from steerflow.generative import latent, meanflow
+from steerflow.nets import MLP
+
+
+@dataclass(frozen=True)
+class Config:
+    critic: qc.CriticConfig = field(default_factory=qc.CriticConfig)
+    base: meanflow.MeanFlowConfig = field(default_factory=meanflow.MeanFlowConfig)
+    actor_hidden: Sequence[int] = (512, 512, 512, 512)  # width/depth not given by the paper
+    geometry: str = "sphere"  # latent prior of the base and support of the actor: sphere | normal
+    normalize_q: bool = True  # λ = 1/sg(mean|Q|), the paper's "unit norm" critic loss
+    base_loss_weight: float = 1.0  # α on L_MF, only for the sensitivity study (paper §V-C)
+    learning_rate: float = 3e-4
+
+
+def _nets(config: Config, spec: EnvSpec):
+    return (qc.make_critic(config.critic), meanflow.make_net(config.base, spec.chunk_dim),
+            MLP(tuple(config.actor_hidden), spec.chunk_dim))
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config = Config()) -> AgentState:
+    latent.check_geometry(config.geometry)
+    critic, base, actor = _nets(config, spec)
+    k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
+    obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
+    params = {
+        "critic": critic.init(k_critic, obs, chunk),
+        "base": base.init(k_base, obs, chunk, jnp.zeros((1,)), jnp.ones((1,))),
+        "actor": actor.init(k_actor, obs),
+    }
+    return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
+
+
+def steered_chunk(state: AgentState, params: dict, obs: jnp.ndarray) -> jnp.ndarray:
+    """π_β(s, l_φ(s), 0, 1), unclipped and differentiable in the actor (and base) params."""
+    config = state.config
+    _, base, actor = _nets(config, state.spec)
+    latents = latent.constrain(actor.apply(params["actor"], obs), config.geometry)
+    return meanflow.decode(base.apply, params["base"], obs, latents)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
+    del key  # LPS acts deterministically
+    return jnp.clip(steered_chunk(state, state.params, obs), -1.0, 1.0)
+
+
+def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
+    config, spec = state.config, state.spec
+    critic, base, _ = _nets(config, spec)
+    rng, k_rt, k_prior = jax.random.split(state.rng, 3)
+    next_actions = act(state, batch["next_observations"])
+
+    def loss_fn(params):
+        critic_loss, info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
+                                           batch, next_actions, config.critic, spec.horizon)
+        prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
+        mf_loss, mf_info = meanflow.meanflow_loss(base.apply, params["base"], batch["observations"],
+                                                  batch["actions"], prior, k_rt, config.base)
+        # Frozen-in-loss: gradients pass *through* π_β and Q to the latent, never into β or θ.
+        frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
+        steered = steered_chunk(state, frozen, batch["observations"])
+        q = critic.apply(jax.lax.stop_gradient(params["critic"]), batch["observations"], steered)
+        scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
+        actor_loss = -scale * jnp.mean(q)
+        total = critic_loss + config.base_loss_weight * mf_loss + actor_loss
+        return total, {**info, **mf_info, "actor_loss": actor_loss, "actor_q": jnp.mean(q),
+                       "steered_abs_max": jnp.mean(jnp.max(jnp.abs(steered), -1))}
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = apply_gradients(state, grads)
+    target = {"critic": qc.polyak(state.target_params["critic"], state.params["critic"], config.critic.tau)}
+    return state.replace(target_params=target, rng=rng), metrics

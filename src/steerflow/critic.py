@@ -1,0 +1,68 @@
+"""Q-chunking value learning shared by every method (SPEC §2).
+
+A critic Q_j(s, a) scores a whole flattened chunk a = a_{t:t+H} (shape (B, d)). Batches come
+from the valid-start chunk sampler (SPEC §1.2):
+    observations (B, obs_dim) = s_t,  actions (B, d),  rewards (B,) = R = Σ_{k<H} γ^k r_{t+k},
+    masks (B,) = m = min_k mask_{t+k},  next_observations (B, obs_dim) = s_{t+H},
+    optional valid (B,) for replay buffers that hold partial trajectories.
+
+    y = R + γ^H · m · agg_j Q̄_j(s_{t+H}, a'),   L = mean_{j,B} valid · (Q_j(s_t, a) − y)²
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from steerflow.nets import CriticEnsemble
+
+AGGREGATES = ("mean", "min", "pessimistic")
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    hidden: Sequence[int] = (512, 512, 512, 512)
+    num_critics: int = 2
+    aggregate: str = "mean"  # mean (QC) | min | pessimistic = mean − rho·std (QPILOTS)
+    rho: float = 0.5
+    discount: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target critic, applied after every update
+
+
+def make_critic(config: CriticConfig) -> CriticEnsemble:
+    if config.aggregate not in AGGREGATES:
+        raise ValueError(f"unknown critic aggregate {config.aggregate!r}; choose one of {AGGREGATES}")
+    return CriticEnsemble(hidden=tuple(config.hidden), num_critics=config.num_critics)
+
+
+def aggregate(q: jnp.ndarray, config: CriticConfig) -> jnp.ndarray:
+    """Reduce ensemble values (J, B) to (B,)."""
+    if config.aggregate == "min":
+        return jnp.min(q, axis=0)
+    if config.aggregate == "pessimistic":
+        return jnp.mean(q, axis=0) - config.rho * jnp.std(q, axis=0)
+    return jnp.mean(q, axis=0)
+
+
+def td_target(critic, target_params, batch: dict, next_actions: jnp.ndarray, config: CriticConfig,
+              horizon: int) -> jnp.ndarray:
+    """y = R + γ^H · m · agg_j Q̄_j(s_{t+H}, a'), with no gradient."""
+    next_q = aggregate(critic.apply(target_params, batch["next_observations"], next_actions), config)
+    y = batch["rewards"] + config.discount**horizon * batch["masks"] * next_q
+    return jax.lax.stop_gradient(y)
+
+
+def critic_loss(critic, params, target_params, batch: dict, next_actions: jnp.ndarray,
+                config: CriticConfig, horizon: int) -> tuple[jnp.ndarray, dict]:
+    y = td_target(critic, target_params, batch, next_actions, config, horizon)
+    q = critic.apply(params, batch["observations"], batch["actions"])  # (J, B)
+    valid = batch.get("valid", jnp.ones_like(y))
+    loss = jnp.mean(valid * (q - y) ** 2)
+    return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(y)}
+
+
+def polyak(target, online, tau: float):
+    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)

@@ -1,0 +1,31 @@
+"""Data layer: local OGBench play-data generation (``ogbench_gen``) and single-task loading (``tasks``)."""
+
+from .ogbench_gen import (
+    ACTION_DIM,
+    DOMAIN_INFO,
+    DOMAINS,
+    cache_key,
+    data_root,
+    fingerprint,
+    generate_dataset,
+    generate_episodes,
+    list_datasets,
+)
+from .tasks import TaskSpec, load_task_dataset, make_env, parse_task, sparse_rewards
+
+__all__ = [
+    "ACTION_DIM",
+    "DOMAIN_INFO",
+    "DOMAINS",
+    "TaskSpec",
+    "cache_key",
+    "data_root",
+    "fingerprint",
+    "generate_dataset",
+    "generate_episodes",
+    "list_datasets",
+    "load_task_dataset",
+    "make_env",
+    "parse_task",
+    "sparse_rewards",
+]

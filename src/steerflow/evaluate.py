@@ -1,0 +1,130 @@
+"""Parallel evaluation with open-loop action chunks (SPEC §6).
+
+All environments step in lock-step; whenever the chunk queue runs out, the policy is called
+once for every environment at the same time (`policy(obs (n, obs_dim)) -> (n, H·A)`), and the
+H actions are executed open-loop. An episode ends on the env's own termination or TimeLimit;
+success is `info['success']` at that last step. Environments live in worker processes
+(`workers > 0`, 'spawn' so the JAX parent is never forked) or in this process (`workers = 0`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from typing import Callable
+
+import numpy as np
+
+from steerflow.data.tasks import TaskSpec, make_env
+
+
+class _LocalEnvs:
+    """A list of single-task envs stepped in this process."""
+
+    def __init__(self, spec: TaskSpec, count: int):
+        self.envs = [make_env(spec) for _ in range(count)]
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        return np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        obs, done, success = [], [], []
+        for env, action, live in zip(self.envs, actions, active):
+            if not live:  # finished episodes are not stepped again
+                obs.append(None), done.append(True), success.append(False)
+                continue
+            o, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
+            obs.append(o), done.append(terminated or truncated), success.append(bool(info.get("success", False)))
+        return obs, np.array(done), np.array(success)
+
+    def close(self):
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, spec: TaskSpec, count: int) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    envs = _LocalEnvs(spec, count)
+    while True:
+        cmd, payload = conn.recv()
+        if cmd == "reset":
+            conn.send(envs.reset(payload))
+        elif cmd == "step":
+            conn.send(envs.step(*payload))
+        else:
+            envs.close()
+            conn.close()
+            return
+
+
+class EnvPool:
+    """`num_envs` copies of a single-task env, spread over `workers` processes."""
+
+    def __init__(self, spec: TaskSpec, num_envs: int, workers: int = 0):
+        self.spec, self.num_envs = spec, num_envs
+        workers = min(workers, num_envs)
+        self.split = np.array_split(np.arange(num_envs), max(workers, 1))
+        if workers <= 0:
+            self.local, self.conns, self.procs = _LocalEnvs(spec, num_envs), [], []
+            return
+        self.local = None
+        ctx = mp.get_context("spawn")
+        self.conns, self.procs = [], []
+        for part in self.split:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, spec, len(part)), daemon=True)
+            proc.start()
+            self.conns.append(parent), self.procs.append(proc)
+
+    def reset(self, seeds: list[int]) -> np.ndarray:
+        if self.local:
+            return self.local.reset(seeds)
+        for conn, part in zip(self.conns, self.split):
+            conn.send(("reset", [seeds[i] for i in part]))
+        return np.concatenate([conn.recv() for conn in self.conns])
+
+    def step(self, actions: np.ndarray, active: np.ndarray):
+        if self.local:
+            return self.local.step(actions, active)
+        for conn, part in zip(self.conns, self.split):
+            conn.send(("step", (actions[part], active[part])))
+        results = [conn.recv() for conn in self.conns]
+        obs = [o for r in results for o in r[0]]
+        return obs, np.concatenate([r[1] for r in results]), np.concatenate([r[2] for r in results])
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(("close", None))
+        for proc in self.procs:
+            proc.join(timeout=5)
+        if self.local:
+            self.local.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
+                 seed: int = 0) -> dict:
+    """Run one episode in every env of the pool; returns per-env success and lengths."""
+    n = pool.num_envs
+    obs = pool.reset([seed * 100_003 + i for i in range(n)])
+    active = np.ones(n, bool)
+    success = np.zeros(n, bool)
+    length = np.zeros(n, int)
+    while active.any():
+        chunks = np.asarray(policy(obs)).reshape(n, horizon, -1)
+        for k in range(horizon):
+            new_obs, done, step_success = pool.step(chunks[:, k], active)
+            for i in np.flatnonzero(active):
+                obs[i] = new_obs[i]
+                length[i] += 1
+                if done[i]:
+                    success[i] = step_success[i]
+            active &= ~done
+            if not active.any():
+                break
+    return {"success": success, "length": length}

@@ -1,0 +1,1 @@
+"""Generative base policies (MeanFlow, later flow matching) and latent geometries."""

@@ -1,0 +1,35 @@
+"""Latent geometries of the base policy's noise endpoint (SPEC §3.3).
+
+Latents are flattened chunks `(B, d)`, `d = H·A`.
+- `sphere`: z = √d · ε/‖ε‖, ε ~ N(0, I_d); actor outputs are projected the same way.
+- `normal`: z ~ N(0, I_d); actor outputs are used as they are.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+GEOMETRIES = ("sphere", "normal")
+
+
+def check_geometry(geometry: str) -> None:
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"unknown latent geometry {geometry!r}; choose one of {GEOMETRIES}")
+
+
+def project_to_sphere(h: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+    """Rescale each row of `h` (B, d) to norm √d; eps keeps the projection finite at h = 0."""
+    d = h.shape[-1]
+    return jnp.sqrt(d) * h / jnp.sqrt(jnp.sum(h**2, axis=-1, keepdims=True) + eps)
+
+
+def sample_prior(key: jax.Array, shape: tuple[int, ...], geometry: str) -> jnp.ndarray:
+    """Draw base-policy latents from the prior of `geometry`."""
+    eps = jax.random.normal(key, shape)
+    return project_to_sphere(eps) if geometry == "sphere" else eps
+
+
+def constrain(h: jnp.ndarray, geometry: str) -> jnp.ndarray:
+    """Map a latent actor's raw output onto the prior's support."""
+    return project_to_sphere(h) if geometry == "sphere" else h

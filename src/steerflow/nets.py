@@ -1,0 +1,76 @@
+"""Neural-network building blocks shared by every method.
+
+Shapes: observations `(B, obs_dim)`, flattened action chunks `(B, d)` with `d = H·A`,
+scalar times `(B,)` or `(B, 1)`. Every network here is a plain MLP (GELU), optionally with
+LayerNorm after each hidden activation (the Q-chunking critic uses it; the flow/MeanFlow
+policies do not, SPEC §2-§3).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+def default_init(scale: float = 1.0):
+    return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+class MLP(nn.Module):
+    """`len(hidden)` GELU layers, then a linear output layer of size `out_dim`."""
+
+    hidden: Sequence[int]
+    out_dim: int
+    layer_norm: bool = False
+    final_init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for width in self.hidden:
+            x = nn.gelu(nn.Dense(width, kernel_init=default_init())(x))
+            if self.layer_norm:
+                x = nn.LayerNorm()(x)
+        return nn.Dense(self.out_dim, kernel_init=default_init(self.final_init_scale))(x)
+
+
+class CriticEnsemble(nn.Module):
+    """`num_critics` independent Q(s, a) heads; returns `(num_critics, B)`."""
+
+    hidden: Sequence[int]
+    num_critics: int = 2
+
+    @nn.compact
+    def __call__(self, obs: jnp.ndarray, action: jnp.ndarray) -> jnp.ndarray:
+        ensemble = nn.vmap(
+            MLP,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num_critics,
+        )
+        q = ensemble(self.hidden, 1, layer_norm=True)(jnp.concatenate([obs, action], -1))
+        return q[..., 0]
+
+
+def as_column(t: jnp.ndarray, batch: int) -> jnp.ndarray:
+    """Broadcast a scalar or `(B,)` time to a `(B, 1)` column."""
+    return jnp.broadcast_to(jnp.reshape(t, (-1, 1)) if jnp.ndim(t) else t, (batch, 1))
+
+
+class ConditionalField(nn.Module):
+    """MLP over `[obs, x, times...]`: the velocity net of FM and the π_β net of MeanFlow.
+
+    `times` are scalars per sample (FM: τ; MeanFlow: t and t − r), appended as raw features.
+    """
+
+    hidden: Sequence[int]
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, obs: jnp.ndarray, x: jnp.ndarray, *times: jnp.ndarray) -> jnp.ndarray:
+        batch = x.shape[0]
+        cols = [as_column(t, batch).astype(x.dtype) for t in times]
+        return MLP(self.hidden, self.out_dim)(jnp.concatenate([obs, x, *cols], -1))
