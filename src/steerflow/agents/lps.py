@@ -70,27 +70,35 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jn
     return jnp.clip(steered_chunk(state, state.params, obs), -1.0, 1.0)
 
 
+def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """−λ·mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)); β and θ are frozen *inside* this loss, so its
+    gradient reaches only the latent actor φ (through π_β and Q)."""
+    config = state.config
+    critic, _, _ = _nets(config, state.spec)
+    frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
+    steered = steered_chunk(state, frozen, obs)
+    q = critic.apply(jax.lax.stop_gradient(params["critic"]), obs, steered)  # (J, B)
+    scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
+    loss = -scale * jnp.mean(q)
+    return loss, {"actor_loss": loss, "actor_q": jnp.mean(q),
+                  "steered_abs_max": jnp.mean(jnp.max(jnp.abs(steered), -1))}
+
+
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
     config, spec = state.config, state.spec
     critic, base, _ = _nets(config, spec)
     rng, k_rt, k_prior = jax.random.split(state.rng, 3)
-    next_actions = act(state, batch["next_observations"])
+    next_actions = act(state, batch["next_observations"])  # a' = clip(π_β(s', l_φ(s'))), no gradient
+    prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
 
     def loss_fn(params):
-        critic_loss, info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
-                                           batch, next_actions, config.critic, spec.horizon)
-        prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
+        critic_loss, critic_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
+                                                  batch, next_actions, config.critic, spec.horizon)
         mf_loss, mf_info = meanflow.meanflow_loss(base.apply, params["base"], batch["observations"],
                                                   batch["actions"], prior, k_rt, config.base)
-        # Frozen-in-loss: gradients pass *through* π_β and Q to the latent, never into β or θ.
-        frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
-        steered = steered_chunk(state, frozen, batch["observations"])
-        q = critic.apply(jax.lax.stop_gradient(params["critic"]), batch["observations"], steered)
-        scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
-        actor_loss = -scale * jnp.mean(q)
-        total = critic_loss + config.base_loss_weight * mf_loss + actor_loss
-        return total, {**info, **mf_info, "actor_loss": actor_loss, "actor_q": jnp.mean(q),
-                       "steered_abs_max": jnp.mean(jnp.max(jnp.abs(steered), -1))}
+        pi_loss, actor_info = actor_loss(state, params, batch["observations"])
+        total = critic_loss + config.base_loss_weight * mf_loss + pi_loss
+        return total, {**critic_info, **mf_info, **actor_info}
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     state = apply_gradients(state, grads)

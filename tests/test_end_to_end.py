@@ -1,0 +1,110 @@
+"""End to end on a tiny locally generated OGBench dataset in the real cube-single env:
+CLI training of both agents, resume after a kill, evaluation, worker-process env pool, and the
+errors a user meets first."""
+
+import json
+
+import numpy as np
+import pytest
+
+from steerflow import cli, train as trainer
+from steerflow.data.tasks import parse_task
+from steerflow.evaluate import EnvPool, run_episodes
+
+TINY = ["--train-set", "dataset_episodes=3", "dataset_episode_steps=101"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STEERFLOW_DATA", str(root))
+    yield root
+    mp.undo()
+
+
+@pytest.mark.parametrize("agent", ["lps", "bc-mf"])
+def test_cli_smoke_run_writes_a_complete_run_directory(data_root, tmp_path, agent, capsys):
+    out = tmp_path / agent
+    cli.main(["train", "--agent", agent, "--task", "cube-single-task2", "--preset", "smoke", "--seeds", "0,1",
+              "--out", str(out), *TINY])
+    assert "final success" in capsys.readouterr().out
+    final = json.loads((out / "final.json").read_text())
+    assert final["agent"] == agent and final["seeds"] == [0, 1] and len(final["final_success"]) == 2
+    assert all(0.0 <= s <= 1.0 for s in final["final_success"]) and final["steps"] == 40
+    for name in ("config.json", "run_info.json", "metrics.csv", "eval.csv", "checkpoints/latest.msgpack",
+                 "evals/step_00000040.json"):
+        assert (out / name).exists(), name
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["dataset"]["fingerprint"] and info["versions"]["ogbench"] == "1.2.2" and info["commit"]
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,seed,steps_per_s") and len(rows) == 1 + 2 * 2  # 2 log points x 2 seeds
+    records = trainer.evaluate_run(out, episodes=2, workers=0)
+    assert records[0]["step"] == 40 and len(records[0]["success"]) == 2
+
+
+def test_resume_after_a_kill_continues_bitwise(data_root, tmp_path, monkeypatch):
+    """A run killed after its step-20 checkpoint and resumed ends in the same state as one that
+    was never interrupted."""
+    run = trainer.RunSpec(agent="lps", task="cube-single-task2", seeds=[0], preset="smoke",
+                          train_overrides={"dataset_episodes": "3", "dataset_episode_steps": "101"})
+    trainer.train(run, tmp_path / "straight", quiet=True)
+
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(run_dir, states, keys, step):
+        real_save(run_dir, states, keys, step)
+        raise KeyboardInterrupt  # the process is killed right after its first checkpoint
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(run, tmp_path / "killed", quiet=True)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    with pytest.raises(FileExistsError, match="--resume"):
+        trainer.train(run, tmp_path / "killed", quiet=True)
+    trainer.train(run, tmp_path / "killed", resume=True, quiet=True)
+    a = (tmp_path / "straight" / "checkpoints" / "latest.msgpack").read_bytes()
+    b = (tmp_path / "killed" / "checkpoints" / "latest.msgpack").read_bytes()
+    assert a == b
+    steps = [int(line.split(",")[0]) for line in
+             (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [20, 40]  # no duplicated rows after the resume
+
+
+def test_worker_pool_matches_in_process_envs():
+    task = parse_task("cube-single-task1")
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(-1, 1, (60, 4, 25))
+    calls = iter(range(60))
+
+    def policy_factory():
+        it = iter(range(60))
+        return lambda obs: chunks[next(it)][: len(obs)]
+
+    with EnvPool(task, 4, workers=0) as local, EnvPool(task, 4, workers=2) as remote:
+        a = run_episodes(local, policy_factory(), horizon=5, seed=3)
+        b = run_episodes(remote, policy_factory(), horizon=5, seed=3)
+    np.testing.assert_array_equal(a["length"], b["length"])
+    np.testing.assert_array_equal(a["success"], b["success"])
+    assert np.all(a["length"] == 200)  # random actions never solve the task: the TimeLimit ends it
+    del calls
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "cube-triple-task1"], "unknown domain"),
+    (["--task", "cube-single-task9"], "outside 1..5"),
+    (["--agent", "sac"], "unknown agent"),
+    (["--preset", "huge"], "unknown preset"),
+    (["--set", "critic.num_critic=3"], "has no field 'num_critic'"),
+    (["--set", "critic.num_critics=two"], "critic.num_critics"),
+])
+def test_cli_errors_name_the_flag_at_fault(data_root, tmp_path, args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--out", str(tmp_path / "x"), "--preset", "smoke", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_run_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        trainer.evaluate_run(tmp_path)
