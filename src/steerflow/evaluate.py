@@ -58,7 +58,7 @@ def _worker(conn, spec: TaskSpec, count: int) -> None:
 
 
 class EnvPool:
-    """`num_envs` copies of a single-task env, spread over `workers` processes."""
+    """`num_envs` copies of a single-task env, spread over `workers` processes (~200 MB each)."""
 
     def __init__(self, spec: TaskSpec, num_envs: int, workers: int = 0):
         self.spec, self.num_envs = spec, num_envs
@@ -108,23 +108,27 @@ class EnvPool:
 
 
 def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
-                 seed: int = 0) -> dict:
-    """Run one episode in every env of the pool; returns per-env success and lengths."""
-    n = pool.num_envs
-    obs = pool.reset([seed * 100_003 + i for i in range(n)])
-    active = np.ones(n, bool)
-    success = np.zeros(n, bool)
-    length = np.zeros(n, int)
-    while active.any():
-        chunks = np.asarray(policy(obs)).reshape(n, horizon, -1)
-        for k in range(horizon):
-            new_obs, done, step_success = pool.step(chunks[:, k], active)
-            for i in np.flatnonzero(active):
-                obs[i] = new_obs[i]
-                length[i] += 1
-                if done[i]:
-                    success[i] = step_success[i]
-            active &= ~done
-            if not active.any():
-                break
+                 episodes: int, seed: int = 0) -> dict:
+    """Run `episodes` episodes in waves of `pool.num_envs` (an OGBench env holds ~200 MB, so the
+    pool is kept small); returns per-episode success and length. Episode i resets with seed
+    `seed·100003 + i`, so results do not depend on the pool size or the worker count."""
+    success = np.zeros(episodes, bool)
+    length = np.zeros(episodes, int)
+    for first in range(0, episodes, pool.num_envs):
+        n = min(pool.num_envs, episodes - first)
+        seeds = [seed * 100_003 + first + i for i in range(pool.num_envs)]
+        obs = pool.reset(seeds)
+        active = np.arange(pool.num_envs) < n  # the last wave may leave envs idle
+        while active.any():
+            chunks = np.asarray(policy(obs)).reshape(len(obs), horizon, -1)
+            for k in range(horizon):
+                new_obs, done, step_success = pool.step(chunks[:, k], active)
+                for i in np.flatnonzero(active):
+                    obs[i] = new_obs[i]
+                    length[first + i] += 1
+                    if done[i]:
+                        success[first + i] = step_success[i]
+                active &= ~done
+                if not active.any():
+                    break
     return {"success": success, "length": length}

@@ -41,7 +41,13 @@ def device_description() -> str:
 
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()} cores"
+        model = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        return f"cpu: {model}, {os.cpu_count()} cores"
     return f"{dev.platform}: {getattr(dev, 'device_kind', dev)}"
 
 

@@ -32,15 +32,16 @@ PRESETS: dict[str, dict] = {
     "smoke": {"train": dict(steps=40, batch_size=16, updates_per_call=10, log_every=20, eval_every=40,
                             checkpoint_every=20, eval_episodes=2, eval_workers=0),
               "agent": {"*.hidden": (32, 32), "*.actor_hidden": (32, 32)}},
-    # chosen by measurement on the 2-core CPU (benchmarks/cpu_preset.md)
-    "cpu": {"train": dict(steps=20_000, batch_size=256, updates_per_call=20, log_every=1000,
+    # chosen by measurement on the 2-core CPU (README "Presets"): 2x256 nets, batch 128, so that
+    # the 30-run cube-single comparison (LPS and BC-MF, 5 tasks x 3 seeds) fits in ~75 minutes
+    "cpu": {"train": dict(steps=15_000, batch_size=128, updates_per_call=20, log_every=1000,
                           eval_every=5_000, checkpoint_every=5_000, eval_episodes=50),
-            "agent": {"*.hidden": (256, 256, 256), "*.actor_hidden": (256, 256, 256)}},
-    # `make run`: the cpu network on a 200-episode dataset, so data + training fit in 30 minutes
-    "default": {"train": dict(steps=10_000, batch_size=256, updates_per_call=20, log_every=1000,
+            "agent": {"*.hidden": (256, 256), "*.actor_hidden": (256, 256)}},
+    # `make run`: the cpu preset on a 200-episode dataset, so data + training fit in 30 minutes
+    "default": {"train": dict(steps=15_000, batch_size=128, updates_per_call=20, log_every=1000,
                               eval_every=5_000, checkpoint_every=5_000, eval_episodes=50,
                               dataset_episodes=200),
-                "agent": {"*.hidden": (256, 256, 256), "*.actor_hidden": (256, 256, 256)}},
+                "agent": {"*.hidden": (256, 256), "*.actor_hidden": (256, 256)}},
     # SPEC §6: 1M steps, 4x512 nets (the agent defaults), batch 256, eval every 100K
     "paper": {"train": dict(steps=1_000_000, batch_size=256, updates_per_call=50, log_every=5_000,
                             eval_every=100_000, checkpoint_every=50_000, eval_episodes=50),
@@ -59,6 +60,7 @@ class TrainConfig:
     checkpoint_every: int = 5000
     eval_episodes: int = 50
     eval_workers: int = 2  # env worker processes (0: step envs in the training process)
+    eval_envs: int = 10  # environments stepped together; each OGBench env holds ~200 MB
     dataset_episodes: int = 1000
     dataset_seed: int = 0
     dataset_episode_steps: int = 1001
@@ -103,25 +105,28 @@ def _has_field(config, name: str) -> bool:
 
 # --------------------------------------------------------------------------- jitted core
 
-def make_train_call(agent, ds, batch_size: int, updates_per_call: int):
-    """jit(scan over `updates_per_call` of vmap-over-seeds(sample → update))."""
+def make_train_call(agent, batch_size: int, updates_per_call: int):
+    """jit(scan over `updates_per_call` of vmap-over-seeds(sample → update)).
+
+    The dataset is an argument, not a closure constant, so it stays one device buffer instead of
+    being baked into the compiled program."""
     import jax
     import jax.numpy as jnp
 
     from steerflow.data.chunks import sample_chunks
 
-    def one_seed(state, key):
-        key, k_batch = jax.random.split(key)
-        state, metrics = agent.update(state, sample_chunks(ds, k_batch, batch_size))
-        return state, key, metrics
-
-    def body(carry, _):
-        states, keys = carry
-        states, keys, metrics = jax.vmap(one_seed)(states, keys)
-        return (states, keys), metrics
-
     @jax.jit
-    def train_call(states, keys):
+    def train_call(states, keys, ds):
+        def one_seed(state, key):
+            key, k_batch = jax.random.split(key)
+            state, metrics = agent.update(state, sample_chunks(ds, k_batch, batch_size))
+            return state, key, metrics
+
+        def body(carry, _):
+            states, keys = carry
+            states, keys, metrics = jax.vmap(one_seed)(states, keys)
+            return (states, keys), metrics
+
         (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=updates_per_call)
         return states, keys, jax.tree.map(lambda m: jnp.mean(m, 0), metrics)
 
@@ -129,10 +134,10 @@ def make_train_call(agent, ds, batch_size: int, updates_per_call: int):
 
 
 def make_policy(agent):
-    """jit(vmap over seeds of act): obs (S, E, obs_dim), keys (S,) → chunks (S, E, d)."""
+    """jit(act) for one seed's state: obs (E, obs_dim) → chunks (E, d)."""
     import jax
 
-    return jax.jit(jax.vmap(agent.act))
+    return jax.jit(agent.act)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -162,8 +167,9 @@ def load_checkpoint(run_dir: Path, states, keys):
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed: int, policy=None,
-                    pool=None) -> np.ndarray:
-    """Success (S, episodes) of every seed's policy, all envs stepped together."""
+                    pool=None, max_envs: int = 10) -> np.ndarray:
+    """Success (S, episodes) of every seed's policy; each seed's episodes run in waves of at most
+    `max_envs` environments stepped together, one batched `act` call per chunk."""
     import jax
 
     from steerflow.evaluate import EnvPool, run_episodes
@@ -171,22 +177,23 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
     num_seeds = jax.tree.leaves(states.params)[0].shape[0]
     policy = policy or make_policy(agent)
     key = jax.random.PRNGKey(seed)
-
-    def act(obs):
-        nonlocal key
-        key, sub = jax.random.split(key)
-        batched = np.asarray(obs, np.float32).reshape(num_seeds, episodes, -1)
-        return np.asarray(policy(states, batched, jax.random.split(sub, num_seeds))).reshape(
-            num_seeds * episodes, -1)
-
     own_pool = pool is None
-    pool = pool or EnvPool(task, num_seeds * episodes, workers)
+    pool = pool or EnvPool(task, min(episodes, max_envs), workers)
+    results = []
     try:
-        result = run_episodes(pool, act, spec.horizon, seed=seed)
+        for i in range(num_seeds):
+            state = jax.tree.map(lambda x: x[i], states)
+
+            def act(obs):
+                nonlocal key
+                key, sub = jax.random.split(key)
+                return np.asarray(policy(state, np.asarray(obs, np.float32), sub))
+
+            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed)["success"])
     finally:
         if own_pool:
             pool.close()
-    return result["success"].reshape(num_seeds, episodes)
+    return np.stack(results)
 
 
 def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec) -> dict:
@@ -271,7 +278,8 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     agent, config, tc = resolve(run)
 
     train_data, _, data_info = load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
-                                                 episode_steps=tc.dataset_episode_steps)
+                                                 episode_steps=tc.dataset_episode_steps,
+                                                 workers=os.cpu_count() or 1)
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
@@ -296,16 +304,16 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
             print(f"resuming {out} from step {step}")
     log = MetricsLog(out / "metrics.csv", step)
 
-    train_call = make_train_call(agent, ds, tc.batch_size, tc.updates_per_call)
+    train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
     policy = make_policy(agent)
-    pool = EnvPool(task, len(seeds) * tc.eval_episodes, tc.eval_workers)
+    pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
     record = None
     try:
         bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
                    disable=quiet, dynamic_ncols=True, smoothing=0.05)
         window_t, window_steps = time.perf_counter(), 0
         while step < tc.steps:
-            states, keys, metrics = train_call(states, keys)
+            states, keys, metrics = train_call(states, keys, ds)
             step += tc.updates_per_call
             window_steps += tc.updates_per_call
             bar.update(tc.updates_per_call)
@@ -407,7 +415,8 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
     if not (run_dir / "checkpoints" / "latest.msgpack").exists():
         raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
     states, _, step = load_checkpoint(run_dir, states, seed_keys)
-    success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019)
+    success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
+                              max_envs=tc.eval_envs)
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
               "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)), "run_dir": str(run_dir)}
