@@ -1,6 +1,6 @@
 """Update throughput of LPS and BC-MF on this machine (issue 2, item 8).
 
-Measures, per agent and network size (paper = 4x512, cpu preset = 3x256), batch 256:
+Measures, per agent and network size (paper = 4x512 at batch 256, cpu preset = 2x256 at batch 128):
   bare   the jitted training call alone (lax.scan of sample → update), with 1 seed and with
          4 vmapped seeds, in one process using all cores; steps/s per seed;
   procs  one single-threaded process per core running the same call concurrently;
@@ -24,8 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"paper": {"*.hidden": (512,) * 4, "*.actor_hidden": (512,) * 4},
-         "cpu2": {"*.hidden": (256,) * 2, "*.actor_hidden": (256,) * 2},
-         "cpu": {"*.hidden": (256,) * 3, "*.actor_hidden": (256,) * 3}}
+         "cpu": {"*.hidden": (256,) * 2, "*.actor_hidden": (256,) * 2}}  # the cpu preset's nets
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -53,12 +52,13 @@ def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     states = jax.vmap(lambda k: agent.init(k, spec, config))(keys)
     per_call = 20
-    call = make_train_call(agent, 256, per_call)
+    batch = 256 if size == "paper" else 128
+    call = make_train_call(agent, batch, per_call)
     states, keys, _ = call(states, keys, ds)  # compile
     jax.block_until_ready(states)
     flops = None
     try:
-        one = make_train_call(agent, 256, 1)
+        one = make_train_call(agent, batch, 1)
         cost = one.lower(states, keys, ds).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost["flops"]) / seeds
@@ -70,7 +70,7 @@ def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
         calls += 1
     jax.block_until_ready(states)
     sps = calls * per_call / (time.perf_counter() - start)
-    return {"agent": agent_name, "size": size, "seeds": seeds, "steps_per_s_per_seed": sps,
+    return {"agent": agent_name, "size": size, "batch": batch, "seeds": seeds, "steps_per_s_per_seed": sps,
             "steps_per_s_total": sps * seeds, "gflop_per_update": flops and flops / 1e9}
 
 
@@ -111,7 +111,7 @@ def loop(agent_name: str, size: str, steps: int) -> dict:
     size_args = ["--set", *(f"{k}={','.join(map(str, v))}" for k, v in SIZES[size].items()
                             if agent_name == "lps" or k != "*.actor_hidden")]
     cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", agent_name, "--task", "cube-single-task2",
-           "--preset", "cpu", "--steps", str(steps), "--out", str(out), *size_args,
+           "--preset", "cpu" if size == "cpu" else "paper", "--steps", str(steps), "--out", str(out), *size_args,
            "--train-set", f"eval_every={steps}", f"log_every={min(1000, steps)}", f"checkpoint_every={steps}"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,11 +150,11 @@ def main() -> None:
             r["mode"] = f"bare, 1 seed per single-threaded process x {r['processes']}"
             rows.append(r)
             print(json.dumps(r), flush=True)
-            r = loop(agent_name, size, 1000 if size == "paper" else 4000)
+            r = loop(agent_name, size, (500 if size == "paper" else 2000) if args.quick else (1000 if size == "paper" else 4000))
             r["mode"] = "whole training loop (CLI)"
             rows.append(r)
             print(json.dumps(r), flush=True)
-    result = {"device": device_description(), "commit": git_commit(), "matmul_gflops": peak, "batch_size": 256,
+    result = {"device": device_description(), "commit": git_commit(), "matmul_gflops": peak,
               "rows": rows}
     name = "throughput_cpu.json" if "cpu" in result["device"] else "throughput_gpu.json"
     (HERE / "results").mkdir(exist_ok=True)
