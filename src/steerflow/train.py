@@ -27,21 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
+_CPU = {"train": dict(steps=15_000, batch_size=128, updates_per_call=20, log_every=1000, eval_every=5_000,
+                      checkpoint_every=5_000, eval_episodes=50),
+        "agent": {"*.hidden": (256, 256), "*.actor_hidden": (256, 256)}}
+
 PRESETS: dict[str, dict] = {
     # seconds: for tests and for trying the CLI
     "smoke": {"train": dict(steps=40, batch_size=16, updates_per_call=10, log_every=20, eval_every=40,
                             checkpoint_every=20, eval_episodes=2, eval_workers=0),
               "agent": {"*.hidden": (32, 32), "*.actor_hidden": (32, 32)}},
-    # chosen by measurement on the 2-core CPU (README "Presets"): 2x256 nets, batch 128, so that
-    # the 30-run cube-single comparison (LPS and BC-MF, 5 tasks x 3 seeds) fits in ~75 minutes
-    "cpu": {"train": dict(steps=15_000, batch_size=128, updates_per_call=20, log_every=1000,
-                          eval_every=5_000, checkpoint_every=5_000, eval_episodes=50),
-            "agent": {"*.hidden": (256, 256), "*.actor_hidden": (256, 256)}},
+    # chosen by measurement on the 2-core CPU (benchmarks/cpu_preset.md): 2x256 nets, batch 128, so
+    # that the 30-run cube-single comparison (LPS and BC-MF, 5 tasks x 3 seeds) fits in ~75 minutes
+    "cpu": _CPU,
     # `make run`: the cpu preset on a 200-episode dataset, so data + training fit in 30 minutes
-    "default": {"train": dict(steps=15_000, batch_size=128, updates_per_call=20, log_every=1000,
-                              eval_every=5_000, checkpoint_every=5_000, eval_episodes=50,
-                              dataset_episodes=200),
-                "agent": {"*.hidden": (256, 256), "*.actor_hidden": (256, 256)}},
+    "default": {"train": {**_CPU["train"], "dataset_episodes": 200}, "agent": _CPU["agent"]},
     # SPEC §6: 1M steps, 4x512 nets (the agent defaults), batch 256, eval every 100K
     "paper": {"train": dict(steps=1_000_000, batch_size=256, updates_per_call=50, log_every=5_000,
                             eval_every=100_000, checkpoint_every=50_000, eval_episodes=50),
