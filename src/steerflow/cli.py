@@ -5,6 +5,7 @@
     steerflow train --agent {lps,bc-mf} --task TASK [--seeds 0,1,2] [--steps N]
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume]
     steerflow eval RUN_DIR [--episodes N]
+    steerflow report RUN_DIR_OR_SWEEP... [--out report]
 """
 
 from __future__ import annotations
@@ -116,10 +117,27 @@ class Eval:
             print(json.dumps(record))
 
 
+@dataclass
+class Report:
+    """Aggregate finished runs (run directories, or directories holding them) into Markdown
+    tables with 95% bootstrap CIs, learning-curve PNGs and records.json."""
+
+    run_dirs: tyro.conf.Positional[list[Path]]  # run directories, or directories holding them (searched recursively)
+    out: Path = Path("report")  # output directory for report.md, records.json, curves_*.png
+
+    def __call__(self):
+        from steerflow.report import build_report
+
+        result = build_report(self.run_dirs, self.out)
+        print(result["markdown"])
+        print(f"report written to {self.out}/ (report.md, records.json, {len(result['files']) - 2} PNGs)")
+
+
 Command = Union[
     Annotated[Data, tyro.conf.subcommand("data")],
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[Report, tyro.conf.subcommand("report")],
 ]
 
 

@@ -58,11 +58,12 @@ def td_target(critic, target_params, batch: dict, next_actions: jnp.ndarray, con
 def critic_loss(critic, params, target_params, batch: dict, next_actions: jnp.ndarray,
                 config: CriticConfig, horizon: int) -> tuple[jnp.ndarray, dict]:
     y = td_target(critic, target_params, batch, next_actions, config, horizon)
+    return regression_loss(critic, params, batch, y)
+
+
+def regression_loss(critic, params, batch: dict, y: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """L = mean_{j,B} valid · (Q_j(s_t, a_t:t+H) − y)² for a given (gradient-free) target y (B,)."""
     q = critic.apply(params, batch["observations"], batch["actions"])  # (J, B)
     valid = batch.get("valid", jnp.ones_like(y))
     loss = jnp.mean(valid * (q - y) ** 2)
     return loss, {"critic_loss": loss, "q_mean": jnp.mean(q), "target_mean": jnp.mean(y)}
-
-
-def polyak(target, online, tau: float):
-    return jax.tree.map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)

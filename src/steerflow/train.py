@@ -86,8 +86,8 @@ def resolve(run: RunSpec):
         raise ValueError(f"unknown preset {run.preset!r}; choose one of {sorted(PRESETS)}")
     agent = get_agent(run.agent)
     preset = PRESETS[run.preset]
-    agent_overrides = {k: v for k, v in preset["agent"].items()
-                       if not (k == "*.actor_hidden" and not _has_field(agent.Config(), "actor_hidden"))}
+    agent_overrides = {k: v for k, v in preset["agent"].items()  # a preset sizes only the nets an agent has
+                       if not k.startswith("*.") or _has_field(agent.Config(), k[2:])}
     config = apply_overrides(apply_overrides(agent.Config(), agent_overrides), run.overrides)
     train_config = apply_overrides(apply_overrides(TrainConfig(), preset["train"]), run.train_overrides)
     if train_config.steps % train_config.updates_per_call:
@@ -321,7 +321,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
                 sps = window_steps / (time.perf_counter() - window_t)
                 log.write(step, seeds, metrics, sps)
                 bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
-                                                             if k in ("critic_loss", "mf_loss", "actor_q")}})
+                                                             if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
                 window_t, window_steps = time.perf_counter(), 0
             if step % tc.eval_every == 0 or step == tc.steps:
                 success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers,
@@ -343,35 +343,112 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     return final
 
 
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def single_thread_env() -> dict[str, str]:
+    """Environment of one of several training processes sharing this machine: one CPU thread each
+    (measured faster than sharing the threads on the 2-core CPU) and no up-front GPU allocation."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA_FLAGS}".strip()
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
+def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
+    """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
+    cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
+           "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
+           "--parallel", "vmap", *(["--resume"] if resume else [])]
+    # one flag with every value: a repeated `--set` flag would keep only its last value
+    if run.overrides:
+        cmd += ["--set", *(f"{k}={_fmt(v)}" for k, v in run.overrides.items())]
+    if run.train_overrides:
+        cmd += ["--train-set", *(f"{k}={_fmt(v)}" for k, v in run.train_overrides.items())]
+    return cmd
+
+
+def run_commands(jobs, max_procs: int, env: dict | None = None, on_start=None, on_finish=None,
+                 poll_s: float = 0.5, grace_s: float = 20.0) -> dict:
+    """Run `jobs`, (name, argv, log path) triples, at most `max_procs` at a time, each one's stdout
+    and stderr appended to its log; returns {name: exit code}. `on_start(name, argv, log)` and
+    `on_finish(name, code)` are called as they start and end. On Ctrl-C (or SIGTERM) every running
+    child's process group gets SIGINT, so it stops as an interrupted `steerflow train` does (its
+    last checkpoint stays for --resume), SIGKILL after `grace_s`; then the interrupt propagates."""
+    import shlex
+    import signal
+    import threading
+
+    pending, running, codes = list(jobs), [], {}
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while pending or running:
+            while pending and len(running) < max_procs:
+                name, cmd, log = pending.pop(0)
+                Path(log).parent.mkdir(parents=True, exist_ok=True)
+                logf = open(log, "ab")
+                logf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(map(str, cmd))}\n".encode())
+                logf.flush()
+                if on_start:
+                    on_start(name, cmd, log)
+                # own process group: a terminal Ctrl-C reaches only this runner, which stops each
+                # child together with its env workers below
+                proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+                running.append((name, proc, logf))
+            time.sleep(poll_s)
+            for item in list(running):
+                name, proc, logf = item
+                if proc.poll() is not None:
+                    running.remove(item)
+                    logf.close()
+                    codes[name] = proc.returncode
+                    if on_finish:
+                        on_finish(name, proc.returncode)
+    except BaseException:
+        _stop_children(running, grace_s)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return codes
+
+
+def _stop_children(running, grace_s: float) -> None:
+    import signal
+
+    def signal_group(proc, sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    for _, proc, _ in running:
+        signal_group(proc, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for _, proc, logf in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+        logf.close()
+
+
 def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: int | None = None) -> dict:
     """One single-threaded process per seed (at most one per core); results gathered afterwards."""
     out = Path(out)
-    max_procs = max_procs or os.cpu_count() or 1
-    env = dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    pending = list(run.seeds)
-    running: list[tuple[int, subprocess.Popen]] = []
-    failed = []
-    while pending or running:
-        while pending and len(running) < max_procs:
-            seed = pending.pop(0)
-            cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
-                   "--seeds", str(seed), "--preset", run.preset, "--out", str(out / f"seed_{seed}"),
-                   "--parallel", "vmap", *(["--resume"] if resume else [])]
-            for k, v in run.overrides.items():
-                cmd += ["--set", f"{k}={_fmt(v)}"]
-            for k, v in run.train_overrides.items():
-                cmd += ["--train-set", f"{k}={_fmt(v)}"]
-            print(f"[seed {seed}] {' '.join(cmd[2:])}  (log: {out / f'seed_{seed}.log'})")
-            out.mkdir(parents=True, exist_ok=True)
-            logf = open(out / f"seed_{seed}.log", "ab")
-            running.append((seed, subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)))
-        time.sleep(1.0)
-        for seed, proc in list(running):
-            if proc.poll() is not None:
-                running.remove((seed, proc))
-                if proc.returncode != 0:
-                    failed.append(seed)
-                print(f"[seed {seed}] finished with exit code {proc.returncode}")
+    jobs = [(seed, train_command(dataclasses.replace(run, seeds=[seed]), out / f"seed_{seed}", resume),
+             out / f"seed_{seed}.log") for seed in run.seeds]
+    codes = run_commands(
+        jobs, max_procs or os.cpu_count() or 1, env=single_thread_env(),
+        on_start=lambda seed, cmd, log: print(f"[seed {seed}] {' '.join(cmd[2:])}  (log: {log})"),
+        on_finish=lambda seed, code: print(f"[seed {seed}] finished with exit code {code}"))
+    failed = [seed for seed, code in codes.items() if code != 0]
     if failed:
         raise RuntimeError(f"seeds {failed} failed; see {out}/seed_<k>.log")
     return gather_final(run, out)

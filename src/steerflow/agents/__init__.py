@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from steerflow.agents import bc_mf, lps
+from steerflow.agents import bc_fm, bc_mf, cfgrl, dsrl_na, dsrl_na_sac, lps, lpsd, qc_bon, qc_fql, qc_mfql
 
-AGENTS: dict[str, ModuleType] = {"lps": lps, "bc-mf": bc_mf}
+AGENTS: dict[str, ModuleType] = {
+    "lps": lps,
+    "lpsd": lpsd,
+    "bc-mf": bc_mf,
+    "bc-fm": bc_fm,
+    "qc-fql": qc_fql,
+    "qc-mfql": qc_mfql,
+    "qc-bon": qc_bon,
+    "dsrl-na": dsrl_na,
+    "dsrl-na-sac": dsrl_na_sac,
+    "cfgrl": cfgrl,
+}
 
 
 def get_agent(name: str) -> ModuleType:

@@ -1,7 +1,8 @@
 """BC-MF: the MeanFlow base policy alone, trained by behaviour cloning (SPEC §3.2, §4.3).
 
 Time convention (MeanFlow): data at t=0, noise at t=1; act decodes a fresh prior latent in one
-step, a = clip(π_β(s, z, 0, 1)), z ~ prior. No critic. Shapes: obs (B, obs_dim), chunks (B, d).
+step, a = clip(π_β(s, z, 0, 1)), z ~ prior. No critic. The same code trains BC-FM (`bc_fm`)
+with the flow-matching decoder. Shapes: obs (B, obs_dim), chunks (B, d).
 """
 
 from __future__ import annotations
@@ -11,40 +12,38 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, create_state
-from steerflow.generative import latent, meanflow
+from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.generative import flow, latent, meanflow
 
 
 @dataclass(frozen=True)
 class Config:
     base: meanflow.MeanFlowConfig = field(default_factory=meanflow.MeanFlowConfig)
-    geometry: str = "sphere"  # prior of the base policy's noise endpoint: sphere | normal
+    flow: flow.FlowConfig = field(default_factory=flow.FlowConfig)  # used by the fm-* decoders
+    decoder: str = "meanflow"  # meanflow | fm-bptt (K Euler steps) | fm-1step
+    geometry: str = "sphere"  # prior of the base policy's noise endpoint: sphere | normal | truncated
     learning_rate: float = 3e-4
 
 
-def init(key: jax.Array, spec: EnvSpec, config: Config = Config()) -> AgentState:
+def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     latent.check_geometry(config.geometry)
-    base = meanflow.make_net(config.base, spec.chunk_dim)
     k_base, k_state = jax.random.split(key)
-    obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
-    params = {"base": base.init(k_base, obs, chunk, jnp.zeros((1,)), jnp.ones((1,)))}
+    params = {"base": base_policy(config, spec).init(k_base, spec.obs_dim, spec.chunk_dim)}
     return create_state(params, {}, k_state, config, spec)
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    base = meanflow.make_net(state.config.base, state.spec.chunk_dim)
     z = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
-    return jnp.clip(meanflow.decode(base.apply, state.params["base"], obs, z), -1.0, 1.0)
+    return jnp.clip(base_policy(state.config, state.spec).decode(state.params["base"], obs, z), -1.0, 1.0)
 
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
-    base = meanflow.make_net(state.config.base, state.spec.chunk_dim)
-    rng, k_rt, k_prior = jax.random.split(state.rng, 3)
+    base = base_policy(state.config, state.spec)
+    rng, k_base, k_prior = jax.random.split(state.rng, 3)
     prior = latent.sample_prior(k_prior, batch["actions"].shape, state.config.geometry)
 
     def loss_fn(params):
-        return meanflow.meanflow_loss(base.apply, params["base"], batch["observations"],
-                                      batch["actions"], prior, k_rt, state.config.base)
+        return base.loss(params["base"], batch["observations"], batch["actions"], prior, k_base)
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     return apply_gradients(state, grads).replace(rng=rng), metrics

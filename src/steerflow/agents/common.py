@@ -42,6 +42,13 @@ class AgentState:
     spec: EnvSpec = flax.struct.field(pytree_node=False)
 
 
+def base_policy(config, spec: EnvSpec):
+    """The generative base of an agent whose Config has `decoder`, `base` (MeanFlow) and `flow` (FM)."""
+    from steerflow.generative.base import make_base
+
+    return make_base(config.decoder, config.base, config.flow, spec.chunk_dim)
+
+
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
@@ -51,9 +58,14 @@ def create_state(params: dict, target_params: dict, rng: jax.Array, config, spec
     return AgentState(params, target_params, opt_state, rng, jax.numpy.zeros((), jax.numpy.int32), config, spec)
 
 
-def apply_gradients(state: AgentState, grads: dict) -> AgentState:
-    """One Adam step on every trained network; each loss term only reaches its own nets."""
+def apply_gradients(state: AgentState, grads: dict, tau: float | None = None) -> AgentState:
+    """One Adam step on every trained network (each loss term only reaches its own nets), then,
+    with `tau`, a Polyak step of every target copy towards its online network."""
     tx = make_optimizer(state.config.learning_rate)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
-                         step=state.step + 1)
+    params = optax.apply_updates(state.params, updates)
+    target_params = state.target_params
+    if tau is not None:
+        target_params = {name: optax.incremental_update(params[name], target, tau)
+                         for name, target in target_params.items()}
+    return state.replace(params=params, target_params=target_params, opt_state=opt_state, step=state.step + 1)

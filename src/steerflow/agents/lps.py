@@ -11,6 +11,9 @@ the base policy, whose parameters — like the critic's — are frozen inside th
     act(s)   = clip(π_β(s, l_φ(s), 0, 1))                    (deterministic chunk, open-loop)
 
 There is no behaviour-regularisation weight: the frozen generative prior is the constraint.
+Ablations (paper §VII) are config switches: `geometry` sphere | normal | truncated, `decoder`
+meanflow | fm-bptt (FM-LPS: K Euler steps back-propagated) | fm-1step, and
+`base.parameterisation` action | displacement.
 Shapes: obs (B, obs_dim); chunks and latents (B, d), d = H·A.
 """
 
@@ -23,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, create_state
-from steerflow.generative import latent, meanflow
+from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
 
@@ -32,75 +35,69 @@ from steerflow.nets import MLP
 class Config:
     critic: qc.CriticConfig = field(default_factory=qc.CriticConfig)
     base: meanflow.MeanFlowConfig = field(default_factory=meanflow.MeanFlowConfig)
+    flow: flow.FlowConfig = field(default_factory=flow.FlowConfig)  # used by the fm-* decoders
+    decoder: str = "meanflow"  # meanflow | fm-bptt | fm-1step
     actor_hidden: Sequence[int] = (512, 512, 512, 512)  # width/depth not given by the paper
-    geometry: str = "sphere"  # latent prior of the base and support of the actor: sphere | normal
+    geometry: str = "sphere"  # latent prior of the base and support of the actor
     normalize_q: bool = True  # λ = 1/sg(mean|Q|), the paper's "unit norm" critic loss
-    base_loss_weight: float = 1.0  # α on L_MF, only for the sensitivity study (paper §V-C)
+    alpha: float = 1.0  # weight of the base's BC loss, only for the sensitivity study (paper §V-C)
     learning_rate: float = 3e-4
 
 
-def _nets(config: Config, spec: EnvSpec):
-    return (qc.make_critic(config.critic), meanflow.make_net(config.base, spec.chunk_dim),
-            MLP(tuple(config.actor_hidden), spec.chunk_dim))
-
-
-def init(key: jax.Array, spec: EnvSpec, config: Config = Config()) -> AgentState:
+def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     latent.check_geometry(config.geometry)
-    critic, base, actor = _nets(config, spec)
+    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
     k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
     obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
     params = {
         "critic": critic.init(k_critic, obs, chunk),
-        "base": base.init(k_base, obs, chunk, jnp.zeros((1,)), jnp.ones((1,))),
-        "actor": actor.init(k_actor, obs),
+        "base": base.init(k_base, spec.obs_dim, spec.chunk_dim),
+        "actor": MLP(tuple(config.actor_hidden), spec.chunk_dim).init(k_actor, obs),
     }
     return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
 
 
-def steered_chunk(state: AgentState, params: dict, obs: jnp.ndarray) -> jnp.ndarray:
-    """π_β(s, l_φ(s), 0, 1), unclipped and differentiable in the actor (and base) params."""
+def steer(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(l_φ(s), π_β(s, l_φ(s))): the actor's latent and its unclipped decoded chunk."""
     config = state.config
-    _, base, actor = _nets(config, state.spec)
-    latents = latent.constrain(actor.apply(params["actor"], obs), config.geometry)
-    return meanflow.decode(base.apply, params["base"], obs, latents)
+    raw = MLP(tuple(config.actor_hidden), state.spec.chunk_dim).apply(params["actor"], obs)
+    latents = latent.constrain(raw, config.geometry)
+    return latents, base_policy(config, state.spec).decode(params["base"], obs, latents)
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
     del key  # LPS acts deterministically
-    return jnp.clip(steered_chunk(state, state.params, obs), -1.0, 1.0)
+    return jnp.clip(steer(state, state.params, obs)[1], -1.0, 1.0)
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
     """−λ·mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)); β and θ are frozen *inside* this loss, so its
     gradient reaches only the latent actor φ (through π_β and Q)."""
-    config = state.config
-    critic, _, _ = _nets(config, state.spec)
+    critic = qc.make_critic(state.config.critic)
     frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
-    steered = steered_chunk(state, frozen, obs)
+    latents, steered = steer(state, frozen, obs)
     q = critic.apply(jax.lax.stop_gradient(params["critic"]), obs, steered)  # (J, B)
-    scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
+    scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if state.config.normalize_q else 1.0
     loss = -scale * jnp.mean(q)
     return loss, {"actor_loss": loss, "actor_q": jnp.mean(q),
+                  "latent_norm": jnp.mean(jnp.linalg.norm(latents, axis=-1)),
                   "steered_abs_max": jnp.mean(jnp.max(jnp.abs(steered), -1))}
 
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
     config, spec = state.config, state.spec
-    critic, base, _ = _nets(config, spec)
-    rng, k_rt, k_prior = jax.random.split(state.rng, 3)
+    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
+    rng, k_base, k_prior = jax.random.split(state.rng, 3)
     next_actions = act(state, batch["next_observations"])  # a' = clip(π_β(s', l_φ(s'))), no gradient
     prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
 
     def loss_fn(params):
         critic_loss, critic_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
                                                   batch, next_actions, config.critic, spec.horizon)
-        mf_loss, mf_info = meanflow.meanflow_loss(base.apply, params["base"], batch["observations"],
-                                                  batch["actions"], prior, k_rt, config.base)
+        bc_loss, bc_info = base.loss(params["base"], batch["observations"], batch["actions"], prior, k_base)
         pi_loss, actor_info = actor_loss(state, params, batch["observations"])
-        total = critic_loss + config.base_loss_weight * mf_loss + pi_loss
-        return total, {**critic_info, **mf_info, **actor_info}
+        total = critic_loss + config.alpha * bc_loss + pi_loss
+        return total, {**critic_info, **bc_info, **actor_info}
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = apply_gradients(state, grads)
-    target = {"critic": qc.polyak(state.target_params["critic"], state.params["critic"], config.critic.tau)}
-    return state.replace(target_params=target, rng=rng), metrics
+    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics

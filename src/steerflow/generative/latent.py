@@ -3,6 +3,9 @@
 Latents are flattened chunks `(B, d)`, `d = H·A`.
 - `sphere`: z = √d · ε/‖ε‖, ε ~ N(0, I_d); actor outputs are projected the same way.
 - `normal`: z ~ N(0, I_d); actor outputs are used as they are.
+- `truncated`: z ~ N(0, I_d) truncated to the box [−B, B]^d; actor outputs squashed B·tanh(h).
+  The paper's bound did not survive text extraction; B = 2 (the box polar823's LPSD rescales its
+  latents to) is our choice.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-GEOMETRIES = ("sphere", "normal")
+GEOMETRIES = ("sphere", "normal", "truncated")
+TRUNCATION = 2.0  # B of the truncated geometry
 
 
 def check_geometry(geometry: str) -> None:
@@ -26,10 +30,14 @@ def project_to_sphere(h: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
 
 def sample_prior(key: jax.Array, shape: tuple[int, ...], geometry: str) -> jnp.ndarray:
     """Draw base-policy latents from the prior of `geometry`."""
+    if geometry == "truncated":
+        return jax.random.truncated_normal(key, -TRUNCATION, TRUNCATION, shape)
     eps = jax.random.normal(key, shape)
     return project_to_sphere(eps) if geometry == "sphere" else eps
 
 
 def constrain(h: jnp.ndarray, geometry: str) -> jnp.ndarray:
     """Map a latent actor's raw output onto the prior's support."""
+    if geometry == "truncated":
+        return TRUNCATION * jnp.tanh(h)
     return project_to_sphere(h) if geometry == "sphere" else h

@@ -1,0 +1,16 @@
+"""DSRL-NA, original variant (SPEC §4.3): `dsrl_na` with a tanh-Gaussian latent actor scaled by
+`noise_scale`, SAC entropy with a learned temperature, and N(0, I) latents (see `dsrl_na` for
+the losses; this module only changes the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from steerflow.agents import dsrl_na
+from steerflow.agents.dsrl_na import act, init, update  # noqa: F401  (the agent contract)
+
+
+@dataclass(frozen=True)
+class Config(dsrl_na.Config):
+    variant: str = "gaussian"
+    geometry: str = "normal"

@@ -1,0 +1,112 @@
+"""LPSD (SPEC §4.2, LPS paper appendix E): LPS with a stochastic latent actor and an explicit
+distillation regulariser — the variant that brings a weight α back.
+
+The latent actor l_φ(s, ε) takes the state and a prior sample ε (same geometry as the base's
+latents) and is projected onto that geometry; the MeanFlow base π_β and the critic are frozen
+inside the actor loss, as in LPS:
+
+    a_φ      = π_β(s, l_φ(s, ε), 0, 1)
+    L_actor  = − λ·mean_j Q_j(s, a_φ) + α · R,   λ = 1/sg(mean|Q|)
+    R        = mean ‖a_φ − sg(π_β(s, ε, 0, 1))‖²      (`regularizer="action"`, the paper's text)
+             = mean ‖l_φ(s, ε) − ε‖²                   (`regularizer="latent"`, the other reading)
+    L_total  = L_MF(β) + L_actor(φ) + L_critic(θ);  a' and act use a fresh ε.
+
+Eq. 11 of the paper did not survive extraction, hence the flag. MeanFlow time convention: data
+at t=0, noise at t=1. Shapes: obs (B, obs_dim), latents and chunks (B, d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from steerflow import critic as qc
+from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.generative import flow, latent, meanflow
+from steerflow.nets import MLP
+
+REGULARIZERS = ("action", "latent")
+
+
+@dataclass(frozen=True)
+class Config:
+    critic: qc.CriticConfig = field(default_factory=qc.CriticConfig)
+    base: meanflow.MeanFlowConfig = field(default_factory=meanflow.MeanFlowConfig)
+    flow: flow.FlowConfig = field(default_factory=flow.FlowConfig)
+    decoder: str = "meanflow"
+    actor_hidden: Sequence[int] = (512, 512, 512, 512)
+    geometry: str = "sphere"
+    regularizer: str = "action"  # action | latent (the two readings of the lost Eq. 11)
+    alpha: float = 1.0  # regulariser weight (not given in the paper)
+    normalize_q: bool = True
+    learning_rate: float = 3e-4
+
+
+def _actor(config: Config, spec: EnvSpec) -> MLP:
+    return MLP(tuple(config.actor_hidden), spec.chunk_dim)
+
+
+def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
+    latent.check_geometry(config.geometry)
+    if config.regularizer not in REGULARIZERS:
+        raise ValueError(f"unknown LPSD regularizer {config.regularizer!r}; choose one of {REGULARIZERS}")
+    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
+    k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
+    obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
+    params = {
+        "critic": critic.init(k_critic, obs, chunk),
+        "base": base.init(k_base, spec.obs_dim, spec.chunk_dim),
+        "actor": _actor(config, spec).init(k_actor, jnp.concatenate([obs, chunk], -1)),
+    }
+    return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
+
+
+def steer(state: AgentState, params: dict, obs: jnp.ndarray, eps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(l_φ(s, ε), π_β(s, l_φ(s, ε))), unclipped."""
+    config = state.config
+    raw = _actor(config, state.spec).apply(params["actor"], jnp.concatenate([obs, eps], -1))
+    latents = latent.constrain(raw, config.geometry)
+    return latents, base_policy(config, state.spec).decode(params["base"], obs, latents)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    eps = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
+    return jnp.clip(steer(state, state.params, obs, eps)[1], -1.0, 1.0)
+
+
+def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, eps: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
+    """−λ·Q + α·R; β and θ frozen inside, so only φ moves."""
+    config = state.config
+    frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
+    latents, steered = steer(state, frozen, obs, eps)
+    q = qc.make_critic(config.critic).apply(jax.lax.stop_gradient(params["critic"]), obs, steered)
+    scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
+    if config.regularizer == "action":
+        anchor = base_policy(config, state.spec).decode(frozen["base"], obs, eps)
+        reg = jnp.mean((steered - jax.lax.stop_gradient(anchor)) ** 2)
+    else:
+        reg = jnp.mean((latents - eps) ** 2)
+    loss = -scale * jnp.mean(q) + config.alpha * reg
+    return loss, {"actor_loss": loss, "actor_q": jnp.mean(q), "regularizer": reg}
+
+
+def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
+    config, spec = state.config, state.spec
+    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
+    rng, k_next, k_base, k_prior, k_eps = jax.random.split(state.rng, 5)
+    next_actions = act(state, batch["next_observations"], k_next)
+    prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
+    eps = latent.sample_prior(k_eps, batch["actions"].shape, config.geometry)
+
+    def loss_fn(params):
+        critic_loss, critic_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
+                                                  batch, next_actions, config.critic, spec.horizon)
+        bc_loss, bc_info = base.loss(params["base"], batch["observations"], batch["actions"], prior, k_base)
+        pi_loss, actor_info = actor_loss(state, params, batch["observations"], eps)
+        return critic_loss + bc_loss + pi_loss, {**critic_info, **bc_info, **actor_info}
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
