@@ -28,6 +28,15 @@ SIZES = {"paper": {"*.hidden": (512,) * 4, "*.actor_hidden": (512,) * 4},
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+def size_overrides(agent_name: str, size: str) -> dict:
+    """The SIZES entry restricted to the nets this agent has."""
+    from steerflow.agents import get_agent
+    from steerflow.train import _has_field
+
+    config = get_agent(agent_name).Config()
+    return {k: v for k, v in SIZES[size].items() if _has_field(config, k[2:])}
+
+
 def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
     """steps/s per seed of the jitted train call on a synthetic cube-single-shaped dataset."""
     import jax
@@ -40,8 +49,7 @@ def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
     from steerflow.train import make_train_call
 
     agent = get_agent(agent_name)
-    overrides = {k: v for k, v in SIZES[size].items() if agent_name == "lps" or k != "*.actor_hidden"}
-    config = apply_overrides(agent.Config(), overrides)
+    config = apply_overrides(agent.Config(), size_overrides(agent_name, size))
     rng = np.random.default_rng(0)
     n = 100_000
     data = {"observations": rng.normal(size=(n, 28)).astype("f4"), "next_observations": rng.normal(size=(n, 28)).astype("f4"),
@@ -108,8 +116,7 @@ def loop(agent_name: str, size: str, steps: int) -> dict:
     import tempfile
 
     out = Path(tempfile.mkdtemp()) / "run"
-    size_args = ["--set", *(f"{k}={','.join(map(str, v))}" for k, v in SIZES[size].items()
-                            if agent_name == "lps" or k != "*.actor_hidden")]
+    size_args = ["--set", *(f"{k}={','.join(map(str, v))}" for k, v in size_overrides(agent_name, size).items())]
     cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", agent_name, "--task", "cube-single-task2",
            "--preset", "cpu" if size == "cpu" else "paper", "--steps", str(steps), "--out", str(out), *size_args,
            "--train-set", f"eval_every={steps}", f"log_every={min(1000, steps)}", f"checkpoint_every={steps}"]

@@ -133,7 +133,7 @@ def test_lps_update_moves_every_network_and_acts_on_the_sphere():
     assert all(np.isfinite(float(v)) for v in metrics.values())
     chunk = lps.act(new, _batch(jax.random.PRNGKey(2))["observations"])
     assert chunk.shape == (16, 6) and float(jnp.max(jnp.abs(chunk))) <= 1.0
-    latents = latent.constrain(lps._nets(config, SPEC)[2].apply(new.params["actor"], jnp.ones((3, 6))), "sphere")
+    latents, _ = lps.steer(new, new.params, jnp.ones((3, 6)))
     np.testing.assert_allclose(jnp.linalg.norm(latents, axis=-1), np.sqrt(6), rtol=1e-5)
 
 

@@ -2,10 +2,13 @@
 
     steerflow data generate DOMAIN [--episodes N] [--seed S] [--workers W]
     steerflow data info
-    steerflow train --agent {lps,bc-mf} --task TASK [--seeds 0,1,2] [--steps N]
+    steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume]
     steerflow eval RUN_DIR [--episodes N]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
+    steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
+                    [--set [AGENT:]KEY=V]... [--train-set KEY=V]... [--jobs N] [--dry-run]
+                    [--print-commands] [--unit ID]
 """
 
 from __future__ import annotations
@@ -64,11 +67,19 @@ class Data:
         self.command()
 
 
+# A flag that may be repeated and take several values: `--set a=1 --set b=2` or `--set a=1 b=2`
+Repeatable = Annotated[tyro.conf.UseAppendAction[list[list[str]]], tyro.conf.arg(metavar="KEY=V ...")]
+
+
+def flatten(groups: list[list[str]]) -> list[str]:
+    return [item for group in groups for item in group]
+
+
 @dataclass
 class Train:
     """Train an agent on a task; prints the final success rate."""
 
-    agent: str = "lps"  # lps | bc-mf
+    agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl
     task: str = "cube-single-task2"  # DOMAIN-taskN[-sparse]
     seeds: str = "0"  # comma-separated, e.g. 0,1,2
     steps: int | None = None  # overrides the preset's step count
@@ -76,8 +87,8 @@ class Train:
     out: Path | None = None  # run directory (default runs/AGENT-TASK-PRESET)
     resume: bool = False  # continue a killed run from its last checkpoint
     parallel: Literal["vmap", "processes"] = "vmap"  # seeds vmapped in one process, or a process per seed
-    set: list[str] = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
-    train_set: list[str] = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
+    set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
+    train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
 
     def __call__(self):
         from steerflow.config import parse_overrides
@@ -87,11 +98,11 @@ class Train:
             seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
         except ValueError:
             raise SystemExit(f"--seeds {self.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
-        train_overrides = parse_overrides(self.train_set)
+        train_overrides = parse_overrides(flatten(self.train_set))
         if self.steps is not None:
             train_overrides["steps"] = str(self.steps)
         run = RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset,
-                      overrides=parse_overrides(self.set), train_overrides=train_overrides)
+                      overrides=parse_overrides(flatten(self.set)), train_overrides=train_overrides)
         resolve(run)  # fail on a bad agent/preset/override before any data work
         out = self.out or Path("runs") / f"{self.agent}-{self.task}-{self.preset}"
         if self.parallel == "processes" and len(seeds) > 1:
@@ -133,11 +144,44 @@ class Report:
         print(f"report written to {self.out}/ (report.md, records.json, {len(result['files']) - 2} PNGs)")
 
 
+
+
+@dataclass
+class Sweep:
+    """Run agents x tasks x the product of --grid values as units: one configuration with all its
+    seeds (vmapped) per unit, each an independent, resumable `steerflow train` run in
+    OUT/runs/<id>. Done units are skipped and partial ones resumed, so re-running continues a
+    killed sweep; OUT/manifest.json lists every unit and its command."""
+
+    out: Path  # sweep directory: manifest.json, runs/<id>/, logs/<id>.log
+    agents: str = ""  # comma-separated, e.g. lps,bc-mf (leave out to act on every unit of OUT/manifest.json)
+    tasks: str = ""  # comma-separated DOMAIN-taskN[-sparse]
+    seeds: str = "0,1,2"  # every unit trains all of them, vmapped in one process
+    preset: str = "cpu"  # smoke | cpu | default | paper
+    grid: Repeatable = field(default_factory=list)  # agent-config values to sweep (scalars; product of all)
+    set: Repeatable = field(default_factory=list)  # agent-config overrides (AGENT: scopes one)
+    train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. steps=30000
+    jobs: int = 1  # units run at a time on this machine (one CPU thread each when > 1)
+    dry_run: bool = False  # print the units and their status (done/partial/pending), run nothing
+    unit: Annotated[str | None, tyro.conf.arg(metavar="ID")] = None  # run this unit in the foreground (a cluster job)
+    print_commands: bool = False  # print one `steerflow sweep --unit ID` command per unfinished unit
+
+    def __call__(self):
+        from steerflow.sweep import main as sweep
+
+        code = sweep(self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
+                     grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set), jobs=self.jobs,
+                     dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands)
+        if code:
+            raise SystemExit(code)
+
+
 Command = Union[
     Annotated[Data, tyro.conf.subcommand("data")],
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Report, tyro.conf.subcommand("report")],
+    Annotated[Sweep, tyro.conf.subcommand("sweep")],
 ]
 
 
