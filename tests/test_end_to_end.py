@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from steerflow import cli, train as trainer
+from steerflow.agents import AGENTS
 from steerflow.data.tasks import parse_task
 from steerflow.evaluate import EnvPool, run_episodes
 
@@ -41,6 +42,20 @@ def test_cli_smoke_run_writes_a_complete_run_directory(data_root, tmp_path, agen
     assert rows[0].startswith("step,seed,steps_per_s") and len(rows) == 1 + 2 * 2  # 2 log points x 2 seeds
     records = trainer.evaluate_run(out, episodes=2, workers=0)
     assert records[0]["step"] == 40 and len(records[0]["success"]) == 2
+
+
+@pytest.mark.parametrize("agent", sorted(set(AGENTS) - {"lps", "bc-mf"}))
+def test_every_baseline_trains_and_evaluates_from_the_cli(data_root, tmp_path, agent, capsys):
+    """Each baseline of issue 3 through the CLI on tiny real data: train, checkpoint, re-evaluate."""
+    out = tmp_path / agent
+    cli.main(["train", "--agent", agent, "--task", "cube-single-task2", "--preset", "smoke", "--seeds", "0",
+              "--out", str(out), *TINY])
+    final = json.loads((out / "final.json").read_text())
+    assert final["agent"] == agent and final["steps"] == 40 and 0.0 <= final["final_success"][0] <= 1.0
+    capsys.readouterr()
+    cli.main(["eval", str(out), "--episodes", "2", "--workers", "0"])
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["step"] == 40 and len(record["success"]) == 1
 
 
 def test_resume_after_a_kill_continues_bitwise(data_root, tmp_path, monkeypatch):
