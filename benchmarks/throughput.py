@@ -37,7 +37,8 @@ def size_overrides(agent_name: str, size: str) -> dict:
     return {k: v for k, v in SIZES[size].items() if _has_field(config, k[2:])}
 
 
-def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
+def bare(agent_name: str, size: str, seeds: int, seconds: float, count_flops: bool = True,
+         per_call: int = 20) -> dict:
     """steps/s per seed of the jitted train call on a synthetic cube-single-shaped dataset."""
     import jax
     import numpy as np
@@ -59,13 +60,14 @@ def bare(agent_name: str, size: str, seeds: int, seconds: float) -> dict:
     spec = EnvSpec(28, 5, 5)
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     states = jax.vmap(lambda k: agent.init(k, spec, config))(keys)
-    per_call = 20
     batch = 256 if size == "paper" else 128
     call = make_train_call(agent, batch, per_call)
     states, keys, _ = call(states, keys, ds)  # compile
     jax.block_until_ready(states)
     flops = None
     try:
+        if not count_flops:
+            raise RuntimeError("skipped")
         one = make_train_call(agent, batch, 1)
         cost = one.lower(states, keys, ds).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost

@@ -49,6 +49,21 @@ def base_policy(config, spec: EnvSpec):
     return make_base(config.decoder, config.base, config.flow, spec.chunk_dim)
 
 
+def init_critic_base_actor(key: jax.Array, spec: EnvSpec, config, actor, actor_input: jax.Array) -> AgentState:
+    """State of an agent made of a Q-chunking critic (with a target copy), a generative base and
+    an actor network `actor` initialised on `actor_input` (LPS, LPSD, QC-FQL/MFQL)."""
+    from steerflow.critic import make_critic
+
+    k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
+    obs, chunk = jax.numpy.zeros((1, spec.obs_dim)), jax.numpy.zeros((1, spec.chunk_dim))
+    params = {
+        "critic": make_critic(config.critic).init(k_critic, obs, chunk),
+        "base": base_policy(config, spec).init(k_base, spec.obs_dim, spec.chunk_dim),
+        "actor": actor.init(k_actor, actor_input),
+    }
+    return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
+
+
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, init_critic_base_actor
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
@@ -47,15 +47,8 @@ def _actor(config: Config, spec: EnvSpec) -> MLP:
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     latent.check_geometry(config.geometry)
-    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
-    k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
     obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
-    params = {
-        "critic": critic.init(k_critic, obs, chunk),
-        "base": base.init(k_base, spec.obs_dim, spec.chunk_dim),
-        "actor": _actor(config, spec).init(k_actor, jnp.concatenate([obs, chunk], -1)),
-    }
-    return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
+    return init_critic_base_actor(key, spec, config, _actor(config, spec), jnp.concatenate([obs, chunk], -1))
 
 
 def one_step(state: AgentState, actor_params, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
