@@ -22,7 +22,7 @@ $SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 
 $SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" \
   --grid decoder=fm-bptt,fm-1step --jobs 2
 $SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" \
-  --set base.parameterisation=displacement --jobs 2
+  --grid base.parameterisation=displacement --jobs 2
 $SF sweep --out "$OUT/ablations" --agents dsrl-na-sac --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" --jobs 2
 # 3. alpha sensitivity (paper §V-C) on task2, 2 seeds: decades first, then the half-decades
 for grid in alpha=1,10,100,1000 alpha=3,30,300; do
