@@ -64,6 +64,28 @@ def init_critic_base_actor(key: jax.Array, spec: EnvSpec, config, actor, actor_i
     return create_state(params, {"critic": params["critic"]}, k_state, config, spec)
 
 
+def joint_update(state: AgentState, batch: dict, next_actions, prior, key: jax.Array, rng: jax.Array,
+                 actor_loss, bc_weight: float = 1.0) -> tuple[AgentState, dict]:
+    """One step of the single-stage objective L_critic(θ) + w·L_BC(base) + L_actor shared by LPS,
+    LPSD and QC-FQL/MFQL. `actor_loss(params) -> (loss, info)` must itself keep the critic and
+    base frozen; `next_actions` (a', no gradient) and `prior` (the base's latents) come from the
+    caller, `key` drives the base loss's own sampling, `rng` is the state's next key."""
+    from steerflow.critic import critic_loss, make_critic
+
+    config, spec = state.config, state.spec
+    critic, base = make_critic(config.critic), base_policy(config, spec)
+
+    def loss_fn(params):
+        q_loss, q_info = critic_loss(critic, params["critic"], state.target_params["critic"], batch, next_actions,
+                                     config.critic, spec.horizon)
+        bc_loss, bc_info = base.loss(params["base"], batch["observations"], batch["actions"], prior, key)
+        pi_loss, pi_info = actor_loss(params)
+        return q_loss + bc_weight * bc_loss + pi_loss, {**q_info, **bc_info, **pi_info}
+
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
+
+
 def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, init_critic_base_actor
+from steerflow.agents.common import AgentState, EnvSpec, base_policy, init_critic_base_actor, joint_update
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
@@ -78,19 +78,8 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.n
 
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
-    config, spec = state.config, state.spec
-    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
     rng, k_base, k_prior = jax.random.split(state.rng, 3)
     next_actions = act(state, batch["next_observations"])  # a' = clip(π_β(s', l_φ(s'))), no gradient
-    prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)
-
-    def loss_fn(params):
-        critic_loss, critic_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
-                                                  batch, next_actions, config.critic, spec.horizon)
-        bc_loss, bc_info = base.loss(params["base"], batch["observations"], batch["actions"], prior, k_base)
-        pi_loss, actor_info = actor_loss(state, params, batch["observations"])
-        total = critic_loss + config.alpha * bc_loss + pi_loss
-        return total, {**critic_info, **bc_info, **actor_info}
-
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
+    prior = latent.sample_prior(k_prior, batch["actions"].shape, state.config.geometry)
+    return joint_update(state, batch, next_actions, prior, k_base, rng,
+                        lambda params: actor_loss(state, params, batch["observations"]), state.config.alpha)

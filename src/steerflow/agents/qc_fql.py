@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, init_critic_base_actor
+from steerflow.agents.common import AgentState, EnvSpec, base_policy, init_critic_base_actor, joint_update
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
@@ -76,20 +76,9 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, noise: jnp.nda
 
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
-    config, spec = state.config, state.spec
-    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
     rng, k_next, k_base, k_prior, k_noise = jax.random.split(state.rng, 5)
     next_actions = act(state, batch["next_observations"], k_next)
-    shape = batch["actions"].shape
-    prior = latent.sample_prior(k_prior, shape, config.geometry)
-    noise = latent.sample_prior(k_noise, shape, config.geometry)
-
-    def loss_fn(params):
-        critic_loss, critic_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"],
-                                                  batch, next_actions, config.critic, spec.horizon)
-        bc_loss, bc_info = base.loss(params["base"], batch["observations"], batch["actions"], prior, k_base)
-        pi_loss, actor_info = actor_loss(state, params, batch["observations"], noise)
-        return critic_loss + bc_loss + pi_loss, {**critic_info, **bc_info, **actor_info}
-
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
+    prior = latent.sample_prior(k_prior, batch["actions"].shape, state.config.geometry)
+    noise = latent.sample_prior(k_noise, batch["actions"].shape, state.config.geometry)
+    return joint_update(state, batch, next_actions, prior, k_base, rng,
+                        lambda params: actor_loss(state, params, batch["observations"], noise))
