@@ -5,7 +5,7 @@ over seeds) for every agent whose runs set `alpha`, and draws success against α
 one line per agent with its CI band. What α weighs differs by method (SPEC §4): QC-MFQL's
 distillation term; LPS's and DSRL-NA's base (BC) loss, since they have no regulariser of their own.
 
-    .venv/bin/python benchmarks/alpha_plot.py runs/baselines_cpu/alpha --out benchmarks/results/alpha_cpu
+    .venv/bin/python benchmarks/alpha_plot.py runs/baselines_cpu/alpha RUN_DIRS_AT_DEFAULT_ALPHA... --out OUT
 """
 
 from __future__ import annotations
@@ -18,14 +18,25 @@ from steerflow.report import build_report
 from steerflow.runinfo import atomic_write_json
 
 
+def run_alpha(record: dict) -> float | None:
+    """α of a record: its override, else the agent's default stored in the run's config.json."""
+    if "alpha" in record["overrides"]:
+        return float(record["overrides"]["alpha"])
+    dirs = record["run_dirs"] if isinstance(record["run_dirs"], list) else [record["run_dirs"]]
+    alphas = {json.loads((Path(d) / "config.json").read_text())["agent_config"].get("alpha") for d in dirs}
+    return float(alphas.pop()) if len(alphas) == 1 and None not in alphas else None
+
+
 def alpha_table(records: list[dict]) -> dict[str, list[dict]]:
-    """{agent: [{alpha, mean, ci95, seeds, final_success}, ...] sorted by α} from task records."""
+    """{agent: [{alpha, mean, ci95, seeds, final_success}, ...] sorted by α} from task records of
+    agents that have an α (runs at the default α count at that value)."""
     rows: dict[str, list[dict]] = {}
     for rec in records:
-        if rec["kind"] != "task" or "alpha" not in rec["overrides"]:
+        alpha = run_alpha(rec) if rec["kind"] == "task" else None
+        if alpha is None or (rec["overrides"] and set(rec["overrides"]) != {"alpha"}):
             continue
         rows.setdefault(rec["agent"], []).append({
-            "alpha": float(rec["overrides"]["alpha"]), "task": rec["task"], "mean": rec["mean"],
+            "alpha": alpha, "task": rec["task"], "mean": rec["mean"],
             "ci95": rec["ci95"], "seeds": rec["seeds"], "final_success": rec["final_success"]})
     return {agent: sorted(r, key=lambda x: x["alpha"]) for agent, r in sorted(rows.items())}
 
@@ -40,7 +51,8 @@ def plot(table: dict[str, list[dict]], path: Path, title: str) -> None:
     for agent, rows in table.items():
         alphas = [r["alpha"] for r in rows]
         mean = [100 * r["mean"] for r in rows]
-        line, = ax.plot(alphas, mean, marker="o", ms=3, label=f"{agent} ({len(rows[0]['seeds'])} seeds)")
+        seeds = sorted({len(r["seeds"]) for r in rows})
+        line, = ax.plot(alphas, mean, marker="o", ms=3, label=f"{agent} ({'/'.join(map(str, seeds))} seeds)")
         ax.fill_between(alphas, [100 * r["ci95"][0] for r in rows], [100 * r["ci95"][1] for r in rows],
                         alpha=0.2, color=line.get_color())
     ax.set_xscale("log")

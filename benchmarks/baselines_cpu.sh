@@ -16,16 +16,18 @@ for t in 1 2 3 4 5; do
   $SF sweep --out "$OUT/main" --agents bc-mf,bc-fm,lps,lpsd,qc-fql,qc-mfql,dsrl-na,cfgrl \
     --tasks cube-single-task$t --seeds 0,1,2 --preset cpu "${TS[@]}" --jobs 2
 done
-# 2. ablations on task2 (reference: the main table's lps task2 unit), and DSRL-NA's original variant
-$SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" \
+# 2. alpha sensitivity (paper §V-C) on task2, seeds 0,1. α=1 is the default of LPS and DSRL-NA
+#    (their base loss unweighted), so those points come from the main table's task2 units.
+$SF sweep --out "$OUT/alpha" --agents qc-mfql,lps,dsrl-na --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
+  --grid qc-mfql:alpha=1,10,100,1000 lps:alpha=10,100,1000 dsrl-na:alpha=10,1000 --jobs 2
+# 3. ablations on task2, seeds 0,1 (reference: the main table's lps task2 unit), and DSRL-NA's
+#    original variant
+$SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
   --grid geometry=normal,truncated --jobs 2
-$SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" \
+$SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
   --grid decoder=fm-bptt,fm-1step --jobs 2
-$SF sweep --out "$OUT/ablations" --agents lps --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" \
-  --grid base.parameterisation=displacement --jobs 2
-$SF sweep --out "$OUT/ablations" --agents dsrl-na-sac --tasks cube-single-task2 --seeds 0,1,2 --preset cpu "${TS[@]}" --jobs 2
-# 3. alpha sensitivity (paper §V-C) on task2, 2 seeds: decades first, then the half-decades
-for grid in alpha=1,10,100,1000 alpha=3,30,300; do
-  $SF sweep --out "$OUT/alpha" --agents qc-mfql,dsrl-na,lps --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
-    --grid $grid --jobs 2
-done
+$SF sweep --out "$OUT/ablations" --agents lps,dsrl-na-sac --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
+  --grid lps:base.parameterisation=displacement --jobs 2
+# 4. if time remains: the half-decades of alpha
+$SF sweep --out "$OUT/alpha" --agents qc-mfql,lps,dsrl-na --tasks cube-single-task2 --seeds 0,1 --preset cpu "${TS[@]}" \
+  --grid alpha=3,30,300 --jobs 2

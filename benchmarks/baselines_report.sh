@@ -9,8 +9,9 @@ SF=".venv/bin/steerflow"
 $SF report "$OUT/main" --out "$RES/main"
 # ablations on task2 next to the reference units of the main table (LPS defaults, DSRL-NA, BC-MF)
 $SF report "$OUT/ablations" "$OUT/main/runs/lps__cube-single-task2__default" \
-  "$OUT/main/runs/dsrl-na__cube-single-task2__default" "$OUT/main/runs/bc-mf__cube-single-task2__default" \
-  --out "$RES/ablations"
+  "$OUT/main/runs/dsrl-na__cube-single-task2__default" --out "$RES/ablations"
 # alpha sensitivity
 $SF report "$OUT/alpha" --out "$RES/alpha"
-.venv/bin/python benchmarks/alpha_plot.py "$OUT/alpha" --out "$RES/alpha_sensitivity"
+M="$OUT/main/runs"
+.venv/bin/python benchmarks/alpha_plot.py "$OUT/alpha" "$M/lps__cube-single-task2__default" \
+  "$M/dsrl-na__cube-single-task2__default" "$M/qc-mfql__cube-single-task2__default" --out "$RES/alpha_sensitivity"
