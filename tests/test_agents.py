@@ -77,8 +77,7 @@ def test_qc_fql_alpha_trades_distillation_against_q():
     state = qc_fql.init(jax.random.PRNGKey(0), SPEC, _config(qc_fql, alpha=0.0))
     obs = _batch(jax.random.PRNGKey(1))["observations"]
     noise = jax.random.normal(jax.random.PRNGKey(2), (16, 6))
-    _, info = qc_fql.actor_loss(state, state.params, obs, noise)
-    loss0, _ = qc_fql.actor_loss(state, state.params, obs, noise)
+    loss0, info = qc_fql.actor_loss(state, state.params, obs, noise)
     np.testing.assert_allclose(float(loss0), -float(info["actor_q"]), rtol=1e-5)
     big = state.replace(config=_config(qc_fql, alpha=1000.0))
     loss_big, info_big = qc_fql.actor_loss(big, big.params, obs, noise)
