@@ -6,6 +6,7 @@
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume]
     steerflow eval RUN_DIR [--episodes N]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
+    steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
     steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
                     [--set [AGENT:]KEY=V]... [--train-set KEY=V]... [--jobs N] [--dry-run]
                     [--print-commands] [--unit ID]
@@ -147,6 +148,29 @@ class Report:
 
 
 @dataclass
+class Toy:
+    """The 2-D toy study of the LPS paper's Figures 2 and 3 (CPU, ~2 minutes): QC-FQL across α,
+    DSRL-NA and LPS on a one-step task with an empty, rewarding corner; writes fig2_alpha.png,
+    fig3_latent_critic.png and summary.json and prints the numbers behind them."""
+
+    out: Path = Path("runs/toy")
+    seeds: str = "0,1,2"  # agent seeds, vmapped per method
+    steps: int = 3000  # updates per method
+    workers: int = 2  # training processes at once (one CPU thread each)
+
+    def __call__(self):
+        from steerflow import toy
+
+        try:
+            seeds = tuple(int(s) for s in self.seeds.split(",") if s.strip())
+        except ValueError:
+            raise SystemExit(f"--seeds {self.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
+        if not seeds or self.steps < 1 or self.workers < 1:
+            raise SystemExit("--seeds needs at least one seed; --steps and --workers must be positive")
+        toy.main(self.out, toy.ToyConfig(seeds=seeds, steps=self.steps), workers=self.workers)
+
+
+@dataclass
 class Sweep:
     """Run agents x tasks x the product of --grid values as units: one configuration with all its
     seeds (vmapped) per unit, each an independent, resumable `steerflow train` run in
@@ -182,6 +206,7 @@ Command = Union[
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Report, tyro.conf.subcommand("report")],
     Annotated[Sweep, tyro.conf.subcommand("sweep")],
+    Annotated[Toy, tyro.conf.subcommand("toy")],
 ]
 
 

@@ -97,10 +97,16 @@ def actor_latents(state: AgentState, actor_params, obs: jnp.ndarray, key: jax.Ar
     return config.noise_scale * jnp.tanh(u), log_prob
 
 
-def decode(state: AgentState, obs: jnp.ndarray, latents: jnp.ndarray) -> jnp.ndarray:
-    """D(s, w) = clip(Euler_K(v_ω̄, s, w)) through the EMA base; no gradient."""
+def decoder_map(state: AgentState, obs: jnp.ndarray, latents: jnp.ndarray) -> jnp.ndarray:
+    """D(s, w) = clip(Euler_K(v_ω̄, s, w)) through the EMA base, differentiable in w (the map the
+    latent critic is distilled from; the toy study pulls the action critic back through it)."""
     chunk = base_policy(state.config, state.spec).decode(state.target_params["base"], obs, latents)
-    return jax.lax.stop_gradient(jnp.clip(chunk, -1.0, 1.0))
+    return jnp.clip(chunk, -1.0, 1.0)
+
+
+def decode(state: AgentState, obs: jnp.ndarray, latents: jnp.ndarray) -> jnp.ndarray:
+    """D(s, w) with no gradient, as every DSRL loss uses it."""
+    return jax.lax.stop_gradient(decoder_map(state, obs, latents))
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
