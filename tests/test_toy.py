@@ -49,8 +49,9 @@ def test_cli_writes_both_figures_and_the_numbers(study):
 
 
 def test_lps_stays_in_the_data_and_beats_behaviour_cloning(study):
-    """Measured over seeds 0-5: LPS's farthest action from the data TODO; its reward TODO vs its own
-    base's (BC-MF) TODO."""
+    """Measured over seeds 0-5: LPS's farthest action from the data 0.005-0.055 (bound 0.1); its
+    reward 0.048-0.077 per seed, above its own base's (BC-MF, 0.036-0.060) on every seed; means
+    over three seeds 0.064 vs 0.052 (seeds 0-2) and 0.067 vs 0.043 (seeds 3-5) (bound 1.1x)."""
     _, summary = study
     lps, bc = summary["figure2"]["LPS"], summary["figure2"]["BC-MF (LPS's base)"]
     assert max(lps["max_support_distance_per_seed"]) < 0.1
@@ -58,8 +59,10 @@ def test_lps_stays_in_the_data_and_beats_behaviour_cloning(study):
 
 
 def test_regularised_method_leaves_the_data_at_small_alpha_and_collapses_to_bc_at_large(study):
-    """QC-FQL, measured over seeds 0-5: at α=0.01 TODO of actions are off the data (BC-FM: TODO); at
-    α=100 the reward is within TODO of its own base's (BC-FM) and the off-data share within TODO."""
+    """QC-FQL, measured over seeds 0-5: at α=0.01 five seeds put every action off the data (one sat on
+    its edge, 0.099 away), reward 0.19-1.0 vs its own base's (BC-FM) 0.038-0.044 (bounds: share
+    > 0.5, reward > 3x); at α=100 reward 0.040-0.043 and 10.5-13.3% off the data vs BC-FM's
+    9.8-14.5% (bounds: within 25% and 0.1)."""
     _, summary = study
     f2 = summary["figure2"]
     small, large, bc = f2["QC-FQL α=0.01"], f2["QC-FQL α=100"], f2["BC-FM (QC-FQL's base)"]
@@ -70,7 +73,8 @@ def test_regularised_method_leaves_the_data_at_small_alpha_and_collapses_to_bc_a
 
 def test_distilled_latent_critic_gradients_point_elsewhere(study):
     """DSRL-NA's latent critic vs the action critic pulled back through its decoder, on z ~ N(0, I).
-    Measured over seeds 0-5: mean cosine TODO per seed; values correlate TODO."""
+    Measured over seeds 0-5: mean cosine 0.73-0.84 per seed (an exact distillation gives 1), 11% of
+    latents below 0.5, while the values correlate 0.49-0.97. Bounds: mean < 0.9, every seed < 0.95."""
     _, summary = study
     f3 = summary["figure3"]
     assert f3["mean_cosine"] < 0.9

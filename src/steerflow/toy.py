@@ -307,16 +307,19 @@ def print_tables(result: dict) -> None:
     ref = result["reference"]
     print(f"\nFigure 2: where the actions land (reward r(a) in [0, 1]; dataset mean {ref['data_mean_reward']:.3f}, "
           f"best dataset action {ref['best_data_reward']:.3f}, empty corner 1.0)")
-    print(f"{'method':<18} {'mean reward':>11} {'outside data':>12}   per-seed reward")
+    print(f"{'method':<22} {'mean reward':>11} {'outside data':>12}   per-seed reward")
     for name, s in result["figure2"].items():
-        per_seed = " ".join(f"{r:.3f}" for r in s["mean_reward_per_seed"])
-        print(f"{name:<18} {s['mean_reward']:>11.3f} {s['outside_support']:>11.1%}   {per_seed}")
+        print(f"{name:<22} {s['mean_reward']:>11.3f} {s['outside_support']:>11.1%}   {_fmt(s['mean_reward_per_seed'])}")
     f3 = result["figure3"]
     print("\nFigure 3: DSRL-NA's distilled latent critic vs the action critic pulled back through its base")
     print(f"mean cosine(∇z Q(D(z)), ∇z Q_ψ(z)) on z ~ N(0, I): {f3['mean_cosine']:.3f} "
-          f"(per seed {f3['mean_cosine_per_seed']}); cosine < 0.5 on {f3['fraction_cosine_below_0.5']:.1%} of latents")
-    print(f"value agreement: correlation {f3['value_correlation_per_seed']}, "
-          f"relative RMSE {f3['value_relative_rmse_per_seed']}")
+          f"(per seed {_fmt(f3['mean_cosine_per_seed'])}); cosine < 0.5 on {f3['fraction_cosine_below_0.5']:.1%} of latents")
+    print(f"value agreement per seed: correlation {_fmt(f3['value_correlation_per_seed'])}, "
+          f"relative RMSE {_fmt(f3['value_relative_rmse_per_seed'])}")
+
+
+def _fmt(values) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
 
 
 def main(out: Path, toy: ToyConfig = ToyConfig(), workers: int = 2) -> dict:
