@@ -288,7 +288,8 @@ def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = Fals
     regularised = [t for t in trained if t.agent == "qc-fql"]
     rows = [["BC-FM (QC-FQL's base)"] + [t.name for t in regularised],
             ["BC-MF (LPS's base)"] + [t.name for t in trained if t.agent != "qc-fql"]]
-    actions = {"BC-FM (QC-FQL's base)": base_actions(regularised[-1], toy, key),  # the largest α's base
+    most_regularised = max(regularised, key=lambda t: t.states.config.alpha)
+    actions = {"BC-FM (QC-FQL's base)": base_actions(most_regularised, toy, key),
                "BC-MF (LPS's base)": base_actions(by_label["LPS"], toy, key)}
     actions |= {t.name: sample_actions(t, toy, key) for t in trained}
     stats = {name: action_stats(actions[name], data["actions"], toy.support_radius) for row in rows for name in row}
@@ -299,7 +300,7 @@ def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = Fals
             "figure2": stats, "figure3": latent,
             "reference": {"best_data_reward": best_in_support, "data_mean_reward": float(data["rewards"].mean()),
                           "corner_reward": 1.0},
-            "seconds": {"total_training": time.perf_counter() - start,
+            "seconds": {"total_training": round(time.perf_counter() - start, 1),
                         **{t.name: round(t.seconds, 1) for t in trained}}}
 
 
@@ -313,7 +314,8 @@ def print_tables(result: dict) -> None:
     f3 = result["figure3"]
     print("\nFigure 3: DSRL-NA's distilled latent critic vs the action critic pulled back through its base")
     print(f"mean cosine(∇z Q(D(z)), ∇z Q_ψ(z)) on z ~ N(0, I): {f3['mean_cosine']:.3f} "
-          f"(per seed {_fmt(f3['mean_cosine_per_seed'])}); cosine < 0.5 on {f3['fraction_cosine_below_0.5']:.1%} of latents")
+          f"(per seed {_fmt(f3['mean_cosine_per_seed'])}); "
+          f"cosine < 0.5 on {f3['fraction_cosine_below_0.5']:.1%} of latents")
     print(f"value agreement per seed: correlation {_fmt(f3['value_correlation_per_seed'])}, "
           f"relative RMSE {_fmt(f3['value_relative_rmse_per_seed'])}")
 
@@ -325,7 +327,6 @@ def _fmt(values) -> str:
 def main(out: Path, toy: ToyConfig = ToyConfig(), workers: int = 2) -> dict:
     from steerflow.toy_plots import plot_figure2, plot_figure3
 
-    os.environ.setdefault("MUJOCO_GL", "egl")
     start = time.perf_counter()
     result = run_study(toy, workers=workers)
     out.mkdir(parents=True, exist_ok=True)
