@@ -272,8 +272,9 @@ def latent_study(t: Trained, toy: ToyConfig, key, num_latents: int = 4096) -> di
 # ----------------------------------------------------------------------------- the study
 
 def methods(toy: ToyConfig) -> list[tuple[str, str, dict]]:
+    """(label, agent, overrides), the slowest first so that two workers finish close together."""
     qc_fql = [(f"QC-FQL α={a:g}", "qc-fql", {"alpha": a}) for a in toy.alphas]
-    return [*qc_fql, ("DSRL-NA", "dsrl-na", {"geometry": "normal"}), ("LPS", "lps", {})]
+    return [("DSRL-NA", "dsrl-na", {"geometry": "normal"}), *qc_fql, ("LPS", "lps", {})]
 
 
 def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = False) -> dict:
