@@ -208,6 +208,25 @@ def base_actions(t: Trained, toy: ToyConfig, key) -> np.ndarray:
     return np.asarray(jax.vmap(one)(t.states, jax.random.split(key, len(toy.seeds))))
 
 
+def sphere_image(t: Trained, num: int = 720) -> np.ndarray:
+    """(S, num, 2): the base decoding `num` evenly spaced latents of the sphere of radius √2 (in
+    d = 2 a circle), i.e. every action an LPS latent actor can choose."""
+    import jax
+    import jax.numpy as jnp
+
+    from steerflow.agents.common import base_policy
+
+    config, spec = t.states.config, t.states.spec
+    angles = jnp.linspace(0.0, 2 * jnp.pi, num, endpoint=False)
+    z = jnp.sqrt(2.0) * jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1)
+    obs = jnp.zeros((num, spec.obs_dim))
+
+    def decode(state):
+        return jnp.clip(base_policy(config, spec).decode(state.params["base"], obs, z), -1.0, 1.0)
+
+    return np.asarray(jax.vmap(decode)(t.states))
+
+
 def action_stats(actions: np.ndarray, data_actions: np.ndarray, support_radius: float) -> dict:
     """Mean reward and fraction outside the data, overall and per seed, of (S, N, 2) actions."""
     rewards, distance = reward(actions), support_distance(actions, data_actions)
@@ -294,10 +313,12 @@ def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = Fals
                "BC-MF (LPS's base)": base_actions(by_label["LPS"], toy, key)}
     actions |= {t.name: sample_actions(t, toy, key) for t in trained}
     stats = {name: action_stats(actions[name], data["actions"], toy.support_radius) for row in rows for name in row}
+    reachable = {"LPS": sphere_image(by_label["LPS"])}  # (S, 720, 2)
+    stats["LPS"]["best_reachable_reward_per_seed"] = reward(reachable["LPS"]).max(1).round(4).tolist()
     dsrl = next(t for t in trained if t.agent == "dsrl-na")
     latent = latent_study(dsrl, toy, jax.random.PRNGKey(54321))
     best_in_support = float(reward(data["actions"]).max())
-    return {"toy": asdict(toy), "data": data, "trained": trained, "actions": actions, "rows": rows,
+    return {"toy": asdict(toy), "data": data, "trained": trained, "actions": actions, "rows": rows, "reachable": reachable,
             "figure2": stats, "figure3": latent,
             "reference": {"best_data_reward": best_in_support, "data_mean_reward": float(data["rewards"].mean()),
                           "corner_reward": 1.0},
@@ -312,6 +333,9 @@ def print_tables(result: dict) -> None:
     print(f"{'method':<22} {'mean reward':>11} {'outside data':>12}   per-seed reward")
     for name, s in result["figure2"].items():
         print(f"{name:<22} {s['mean_reward']:>11.3f} {s['outside_support']:>11.1%}   {_fmt(s['mean_reward_per_seed'])}")
+    lps = result["figure2"]["LPS"]
+    print(f"LPS per seed: {_fmt(lps['mean_reward_per_seed'])}; best action its base decodes on the sphere "
+          f"(all it can reach): {_fmt(lps['best_reachable_reward_per_seed'])}")
     f3 = result["figure3"]
     print("\nFigure 3: DSRL-NA's distilled latent critic vs the action critic pulled back through its base")
     print(f"mean cosine(∇z Q(D(z)), ∇z Q_ψ(z)) on z ~ N(0, I): {f3['mean_cosine']:.3f} "

@@ -41,7 +41,8 @@ def _reward_background(ax):
 
 def plot_figure2(result: dict, path: Path) -> Path:
     """One panel per method, one row per family (behaviour-regularised, latent-steered): reward
-    (green), data (grey), the method's actions (colour per seed; stars for deterministic policies)."""
+    (green), data (grey), the method's actions (colour per seed; stars for deterministic policies)
+    and, for LPS, the base's image of the latent sphere (thin lines): every action it can choose."""
     plt = _plt()
     data, toy, rows = result["data"]["actions"], result["toy"], result["rows"]
     cols = max(len(row) for row in rows)
@@ -53,6 +54,8 @@ def plot_figure2(result: dict, path: Path) -> Path:
         ax.axis("on")
         _reward_background(ax)
         ax.scatter(data[:, 0], data[:, 1], s=1, c="0.55", alpha=0.35, linewidths=0)
+        for curve, colour in zip(result["reachable"].get(name, []), colours):  # LPS: decoded sphere
+            ax.plot(*np.append(curve, curve[:1], 0).T, color=colour, lw=0.6, alpha=0.6)
         for seed_actions, colour in zip(result["actions"][name], colours):
             unique = np.unique(seed_actions.round(4), axis=0)
             ax.scatter(unique[:, 0], unique[:, 1], s=30 if len(unique) < 4 else 4, color=colour,
