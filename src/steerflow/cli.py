@@ -160,13 +160,14 @@ class Toy:
 
     def __call__(self):
         from steerflow import toy
+        from steerflow.sweep import parse_seeds
 
         try:
-            seeds = tuple(int(s) for s in self.seeds.split(",") if s.strip())
-        except ValueError:
-            raise SystemExit(f"--seeds {self.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
-        if not seeds or self.steps < 1 or self.workers < 1:
-            raise SystemExit("--seeds needs at least one seed; --steps and --workers must be positive")
+            seeds = tuple(parse_seeds(self.seeds))
+        except ValueError as err:
+            raise SystemExit(str(err))
+        if self.steps < 1 or self.workers < 1:
+            raise SystemExit("--steps and --workers must be positive")
         toy.main(self.out, toy.ToyConfig(seeds=seeds, steps=self.steps), workers=self.workers)
 
 

@@ -190,22 +190,16 @@ def sample_actions(t: Trained, toy: ToyConfig, key) -> np.ndarray:
 
 
 def base_actions(t: Trained, toy: ToyConfig, key) -> np.ndarray:
-    """Behaviour cloning as the method itself learned it: its base policy decoding fresh prior
-    latents (LPS: BC-MF; QC-FQL: BC-FM), (S, num_actions, 2)."""
+    """Behaviour cloning as the method itself learned it: BC-MF's `act` (its base decoding fresh
+    prior latents) on the method's state (LPS: BC-MF; QC-FQL: BC-FM), (S, num_actions, 2)."""
     import jax
     import jax.numpy as jnp
 
-    from steerflow.agents.common import base_policy
-    from steerflow.generative import latent
+    from steerflow.agents import bc_mf
 
-    config, spec = t.states.config, t.states.spec
-    obs = jnp.zeros((toy.num_actions, spec.obs_dim))
-
-    def one(state, k):
-        z = latent.sample_prior(k, (toy.num_actions, spec.chunk_dim), config.geometry)
-        return jnp.clip(base_policy(config, spec).decode(state.params["base"], obs, z), -1.0, 1.0)
-
-    return np.asarray(jax.vmap(one)(t.states, jax.random.split(key, len(toy.seeds))))
+    obs = jnp.zeros((toy.num_actions, SPEC_DIMS["obs_dim"]))
+    keys = jax.random.split(key, len(toy.seeds))
+    return np.asarray(jax.vmap(lambda s, k: bc_mf.act(s, obs, k))(t.states, keys))
 
 
 def sphere_image(t: Trained, num: int = 720) -> np.ndarray:
