@@ -1,0 +1,323 @@
+"""The CPU-protocol study (issue 9): every unit of it, in priority order, resumable across
+sessions and machines.
+
+    .venv/bin/python benchmarks/protocol/study.py status                 # what is committed, running, left
+    .venv/bin/python benchmarks/protocol/study.py run --jobs 2 --commit  # run what is left, in order
+    .venv/bin/python benchmarks/protocol/study.py run --only 'tier1' --lps-dir ~/src/LPS --qc-dir ~/src/qc
+    .venv/bin/python benchmarks/protocol/study.py report                 # tables + curves from the records
+
+A *unit* is one seed of one configuration: (impl, agent, task, seed, overrides), trained by one
+single-threaded process (`steerflow train --preset cpu` for impl=steerflow; the reference's own
+`main.py` through `benchmarks/parity/run_reference.py` for impl=reference). One seed per unit
+because a unit's records are only committed once it finishes, and a session may end at any
+time: a 3-seed vmapped unit would lose three seeds' work, and vmapped seeds measured no faster
+than one process per core on this CPU (benchmarks/protocol/README.md).
+
+State lives in two places:
+* `benchmarks/results/protocol_cpu/units/<id>/` (committed): the records of each finished unit
+  (config.json, run_info.json, final.json, eval.csv, evals/, metrics.csv). A unit with a
+  final.json here is done and never re-run, on any machine;
+* `runs/protocol_cpu/runs/<id>/` (not committed): the live run directory with its checkpoints, so
+  a killed unit resumes on the same machine (`--resume`); `<id>.lock` holds the pid running it.
+
+`--commit` commits each unit's records as it finishes (`git commit --only` that directory, so
+nothing else staged is swept in). `steerflow report` reads the committed unit directories as
+ordinary run directories; reference runs carry `run.impl = "reference"` and are labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "protocol_cpu"
+RUNS = ROOT / "runs" / "protocol_cpu"
+PRESET = "cpu"
+RECORD_FILES = ("config.json", "run_info.json", "final.json", "eval.csv", "metrics.csv",
+                "wandb_log.jsonl", "reference_eval.csv", "reference_offline_agent.csv")  # the last 3: reference runs
+CUBE = "cube-single-task{}"
+TUNING_SEEDS = (100, 101)  # choice-gap study: tuning seeds, never the reported seeds 0-2
+
+
+@dataclass(frozen=True)
+class Unit:
+    tier: str
+    impl: str  # steerflow | reference
+    agent: str
+    task: str
+    seed: int
+    overrides: dict = field(default_factory=dict, hash=False)
+    name: str = ""  # short name of the overrides (choice-gap and ablation units)
+
+    @property
+    def id(self) -> str:
+        suffix = f"-{self.name}" if self.name else ""
+        return f"{self.impl}-{self.agent}{suffix}-{self.task}-s{self.seed}"
+
+
+def units() -> list[Unit]:
+    """The whole study, highest priority first."""
+    out: list[Unit] = []
+    sf = lambda tier, agent, task, seed, **kw: Unit(tier, "steerflow", agent, task, seed, **kw)  # noqa: E731
+    # tier 1a: parity on the tuning tasks, references beside steerflow, seed by seed
+    for seed in (0, 1, 2):
+        for t in (2, 4):
+            for agent in ("lps", "qc-fql"):
+                out += [sf("tier1", agent, CUBE.format(t), seed), Unit("tier1", "reference", agent, CUBE.format(t), seed)]
+            out.append(sf("tier1", "bc-mf", CUBE.format(t), seed))
+    # tier 1b: the other three tasks, and DSRL-NA on the tuning tasks
+    for seed in (0, 1, 2):
+        for t in (1, 3, 5):
+            out += [sf("tier1", agent, CUBE.format(t), seed) for agent in ("lps", "bc-mf", "qc-fql")]
+    out += [sf("tier1", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
+    # choice gaps with the authors' LPS code (reference/lps_reference_diff.md), together and apart,
+    # on the tuning tasks with tuning seeds
+    gaps = {
+        "default": {},
+        "authors": {"critic.aggregate": "min", "clip_actor_chunk": True, "base.weight_p": 0.5,
+                    "base.weight_c": 0.001, "base.error_reduce": "mean"},
+        "min": {"critic.aggregate": "min"},
+        "clip": {"clip_actor_chunk": True},
+        "mfweight": {"base.weight_p": 0.5, "base.weight_c": 0.001, "base.error_reduce": "mean"},
+        "min-clip": {"critic.aggregate": "min", "clip_actor_chunk": True},
+        "zero_r": {"base.rt_sampler": "zero_r"},
+    }
+    out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=o, name=n)
+            for seed in TUNING_SEEDS for t in (2, 4) for n, o in gaps.items()]
+    # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight)
+    for alpha in (3, 30, 300, 3000):
+        out += [sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
+                for seed in (0, 1) for t in (2, 4) for agent in ("qc-mfql", "qc-fql") if not (agent == "qc-fql" and alpha == 300)]
+    # tier 2: the other baselines and the ablations of paper §VII on the tuning tasks
+    out += [sf("tier2", agent, CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)
+            for agent in ("lpsd", "qc-mfql", "cfgrl", "bc-fm", "qc-bon")]
+    ablations = {"normal": {"geometry": "normal"}, "truncated": {"geometry": "truncated"},
+                 "fm-bptt": {"decoder": "fm-bptt"}, "fm-1step": {"decoder": "fm-1step"},
+                 "displacement": {"base.parameterisation": "displacement"}}
+    out += [sf("ablations", "lps", CUBE.format(t), seed, overrides=o, name=n)
+            for seed in (0, 1, 2) for t in (2, 4) for n, o in ablations.items()]
+    out += [sf("puzzle", agent, f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)
+            for agent in ("lps", "qc-fql", "bc-mf")]
+    return out
+
+
+# --------------------------------------------------------------------------- state
+
+def committed(unit: Unit) -> bool:
+    return (RESULTS / "units" / unit.id / "final.json").is_file()
+
+
+def running_pid(unit: Unit) -> int | None:
+    lock = RUNS / "runs" / f"{unit.id}.lock"
+    try:
+        pid = int(lock.read_text().split()[0])
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def status(unit: Unit) -> str:
+    if committed(unit):
+        return "done"
+    if running_pid(unit):
+        return "running"
+    run_dir = RUNS / "runs" / unit.id
+    if (run_dir / "final.json").is_file():
+        return "finished (not harvested)"
+    if (run_dir / "checkpoints" / "latest.msgpack").is_file():
+        return "partial"
+    return "pending"
+
+
+def select(all_units: list[Unit], only: list[str] | None) -> list[Unit]:
+    if not only:
+        return all_units
+    return [u for u in all_units if any(u.tier == p or fnmatch.fnmatch(u.id, p) for p in only)]
+
+
+# --------------------------------------------------------------------------- running
+
+def dataset_dir(task: str) -> Path:
+    from steerflow.data.ogbench_gen import cache_key, data_root
+    from steerflow.data.tasks import parse_task
+    from steerflow.train import TrainConfig, resolve, RunSpec
+
+    _, _, tc = resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET))
+    return data_root() / cache_key(parse_task(task).domain, tc.dataset_episodes, tc.dataset_seed,
+                                   tc.dataset_episode_steps)
+
+
+def ensure_dataset(task: str) -> Path:
+    """Generate the protocol's dataset once, with both cores, before any unit starts."""
+    from steerflow.data.tasks import load_task_dataset
+    from steerflow.train import RunSpec, resolve
+
+    _, _, tc = resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET))
+    load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
+                      episode_steps=tc.dataset_episode_steps, workers=os.cpu_count() or 1)
+    return dataset_dir(task)
+
+
+def command(unit: Unit, refs: dict[str, Path]) -> list[str]:
+    out = RUNS / "runs" / unit.id
+    if unit.impl == "reference":
+        ref_python = ROOT / ".venv-ref" / "bin" / "python"
+        return [str(ref_python), str(ROOT / "benchmarks" / "parity" / "run_reference.py"), "--impl", unit.agent,
+                "--reference-dir", str(refs[unit.agent]), "--task", unit.task, "--seed", str(unit.seed),
+                "--dataset-dir", str(dataset_dir(unit.task)), "--out", str(out), "--preset", PRESET]
+    from steerflow.train import RunSpec, train_command
+
+    return train_command(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
+                                 overrides=dict(unit.overrides)), out, resume=True)
+
+
+def harvest(unit: Unit, commit: bool) -> bool:
+    """Copy a finished unit's records into the committed results (atomically) and commit them."""
+    src = RUNS / "runs" / unit.id
+    if not (src / "final.json").is_file():
+        return False
+    dst = RESULTS / "units" / unit.id
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in RECORD_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    if (src / "evals").is_dir():
+        shutil.copytree(src / "evals", tmp / "evals")
+    (tmp / "unit.json").write_text(json.dumps({"tier": unit.tier, "impl": unit.impl, "agent": unit.agent,
+                                               "task": unit.task, "seed": unit.seed, "overrides": unit.overrides,
+                                               "name": unit.name}, indent=1) + "\n")
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    if commit:
+        final = json.loads((dst / "final.json").read_text())
+        msg = (f"protocol_cpu: {unit.id} finished, success {final['mean']:.2f} "
+               f"({final.get('device', '?')})")
+        for attempt in range(5):  # another commit may hold the index lock for a moment
+            subprocess.run(["git", "-C", str(ROOT), "add", str(dst)], capture_output=True)
+            r = subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m", msg, "--only", str(dst)],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                break
+            time.sleep(2 + 3 * attempt)
+        else:
+            print(f"[study] could not commit {dst}: {r.stderr.strip()}", file=sys.stderr)
+    return True
+
+
+def run(args) -> int:
+    from steerflow.train import single_thread_env
+
+    refs = {"lps": args.lps_dir, "qc-fql": args.qc_dir}
+    todo = []
+    for unit in select(units(), args.only):
+        state = status(unit)
+        if state == "finished (not harvested)":
+            harvest(unit, args.commit)
+        elif state in ("pending", "partial"):
+            if unit.impl == "reference" and refs.get(unit.agent) is None:
+                continue  # no checkout of that reference given
+            todo.append(unit)
+    if args.max_units:
+        todo = todo[: args.max_units]
+    print(f"[study] {len(todo)} unit(s) to run, {args.jobs} at a time")
+    for task in sorted({u.task for u in todo}):
+        ensure_dataset(task)
+    env = single_thread_env()
+    env.setdefault("MUJOCO_GL", "egl")
+    pending, live = list(todo), {}
+
+    def others_running() -> int:  # units started by another runner or by hand hold cores too
+        return sum(1 for u in units() if u not in live and running_pid(u))
+
+    while pending or live:
+        while pending and len(live) + others_running() < args.jobs:
+            unit = pending.pop(0)
+            if status(unit) in ("done", "running"):  # another runner took it meanwhile
+                continue
+            log = RUNS / "logs" / f"{unit.id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            (RUNS / "runs").mkdir(parents=True, exist_ok=True)
+            logf = open(log, "ab")
+            proc = subprocess.Popen(command(unit, refs), env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                    cwd=ROOT, start_new_session=True)
+            (RUNS / "runs" / f"{unit.id}.lock").write_text(f"{proc.pid}\n")
+            live[unit] = (proc, logf, time.time())
+            print(f"[study] {time.strftime('%H:%M:%S')} start {unit.id} (pid {proc.pid}, log {log})", flush=True)
+        time.sleep(5)
+        for unit, (proc, logf, t0) in list(live.items()):
+            if proc.poll() is None:
+                continue
+            logf.close()
+            del live[unit]
+            (RUNS / "runs" / f"{unit.id}.lock").unlink(missing_ok=True)
+            ok = proc.returncode == 0 and harvest(unit, args.commit)
+            print(f"[study] {time.strftime('%H:%M:%S')} {'done' if ok else 'FAILED'} {unit.id} "
+                  f"in {(time.time() - t0) / 60:.1f} min (exit {proc.returncode})", flush=True)
+    return 0
+
+
+def show_status(args) -> int:
+    rows = [(u, status(u)) for u in select(units(), args.only)]
+    counts: dict[str, dict[str, int]] = {}
+    for u, s in rows:
+        counts.setdefault(u.tier, {}).setdefault(s, 0)
+        counts[u.tier][s] += 1
+    for tier, c in counts.items():
+        print(f"{tier:10s} " + ", ".join(f"{k}: {v}" for k, v in sorted(c.items())))
+    if args.verbose:
+        for u, s in rows:
+            print(f"  {s:26s} {u.id}")
+    return 0
+
+
+def report(args) -> int:
+    from steerflow.report import build_report
+
+    dirs = sorted(p for p in (RESULTS / "units").iterdir() if (p / "final.json").is_file()
+                  and json.loads((p / "unit.json").read_text())["tier"] in args.tiers)
+    if not dirs:
+        raise SystemExit(f"no finished units of tiers {args.tiers} under {RESULTS / 'units'}")
+    build_report([str(d) for d in dirs], str(args.out))
+    print(f"report of {len(dirs)} unit(s) in {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("status")
+    s.add_argument("--only", nargs="*")
+    s.add_argument("-v", "--verbose", action="store_true")
+    r = sub.add_parser("run")
+    r.add_argument("--jobs", type=int, default=1)
+    r.add_argument("--only", nargs="*", help="tiers or fnmatch patterns of unit ids")
+    r.add_argument("--max-units", type=int, default=0)
+    r.add_argument("--commit", action="store_true", help="git-commit each unit's records as it finishes")
+    r.add_argument("--lps-dir", type=Path, default=os.environ.get("STEERFLOW_LPS_DIR"),
+                   help="clone of jellyho/LPS (reference units are skipped without it)")
+    r.add_argument("--qc-dir", type=Path, default=os.environ.get("STEERFLOW_QC_DIR"),
+                   help="clone of ColinQiyangLi/qc")
+    g = sub.add_parser("report")
+    g.add_argument("--tiers", nargs="*", default=["tier1"])
+    g.add_argument("--out", type=Path, default=RESULTS / "report")
+    args = p.parse_args(argv)
+    if args.cmd == "run" and args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    return {"status": show_status, "run": run, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
