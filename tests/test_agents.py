@@ -134,6 +134,73 @@ def test_lps_ablations_keep_the_frozen_in_loss_routing(overrides):
         np.testing.assert_allclose(jnp.linalg.norm(latents, axis=-1), np.sqrt(6), rtol=1e-5)
 
 
+def _train(module, steps=20, **overrides):
+    state = module.init(jax.random.PRNGKey(0), SPEC, _config(module, **overrides))
+    update = jax.jit(module.update)
+    for i in range(steps):
+        state, _ = update(state, _batch(jax.random.PRNGKey(100 + i)))
+    return state
+
+
+def _relative_change(a, b) -> float:
+    """max over networks of ‖a − b‖ / ‖a‖."""
+    return max(np.sqrt(_sq_norm(jax.tree.map(jnp.subtract, a[n], b[n])) / _sq_norm(a[n])) for n in a)
+
+
+@pytest.mark.parametrize("module", [lps, dsrl_na])
+def test_base_loss_weight_alpha_is_inert_under_adam(module):
+    """Paper §V-C weighs the base's BC loss by α. Only that loss reaches the base's parameters and
+    Adam divides each gradient by its own running RMS, so α·g gives the same step as g (up to
+    Adam's ε): α = 1000 and α = 1 train the same networks. Measured after 20 updates: relative
+    change 0.0 (bit-identical float32) in every network of LPS and DSRL-NA. α = 0 stops the base,
+    so α does reach the loss. A sensitivity study over this α is vacuous."""
+    a, b = _train(module, alpha=1.0), _train(module, alpha=1000.0)
+    assert _relative_change(a.params, b.params) < 1e-4
+    init = module.init(jax.random.PRNGKey(0), SPEC, _config(module, alpha=0.0))
+    assert not _moved(init.params["base"], _train(module, alpha=0.0).params["base"])
+
+
+def test_qc_mfql_alpha_is_not_inert():
+    """The control for the test above: QC-MFQL's α weighs distillation against Q on the *same*
+    actor, so it changes the actor (measured relative change 0.026 after 20 updates; QC-FQL 0.022)."""
+    a, b = _train(qc_mfql, alpha=1.0), _train(qc_mfql, alpha=1000.0)
+    assert _relative_change({"actor": a.params["actor"]}, {"actor": b.params["actor"]}) > 0.01
+
+
+def test_lps_clip_actor_chunk_scores_the_clipped_chunk():
+    """`clip_actor_chunk` (the authors' choice) feeds clip(π_β(s, l)) to Q in the actor loss: the
+    loss then equals −λ·mean Q(s, clip(chunk)), and entries outside the box get no gradient."""
+    state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps, clip_actor_chunk=True))
+    obs = _batch(jax.random.PRNGKey(1))["observations"]
+    _, chunk = lps.steer(state, state.params, obs)
+    critic = qc.make_critic(state.config.critic)
+    q = critic.apply(state.params["critic"], obs, jnp.clip(chunk, -1, 1))
+    loss, _ = lps.actor_loss(state, state.params, obs)
+    np.testing.assert_allclose(loss, -jnp.mean(q) / jnp.mean(jnp.abs(q)), rtol=1e-5)
+    unclipped = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps))
+    big = 30.0 * obs  # drive the decoded chunk out of the box
+    g_clip = _grads(lambda p: lps.actor_loss(state, p, big), state.params)["actor"]
+    g_raw = _grads(lambda p: lps.actor_loss(unclipped, p, big), unclipped.params)["actor"]
+    assert _sq_norm(g_clip) < _sq_norm(g_raw)
+
+
+def test_meanflow_error_reduce_mean_is_the_sum_over_d():
+    """`error_reduce="mean"` (the authors' weighting) reports the chunk-averaged error, 1/d of the
+    summed one, on the same draw."""
+    from steerflow.generative import meanflow
+
+    net = meanflow.make_net(meanflow.MeanFlowConfig(hidden=(16,)), 6)
+    obs, acts = jax.random.normal(jax.random.PRNGKey(0), (8, 6)), jax.random.uniform(jax.random.PRNGKey(1), (8, 6))
+    z = jax.random.normal(jax.random.PRNGKey(2), (8, 6))
+    params = net.init(jax.random.PRNGKey(3), obs, z, jnp.zeros(8), jnp.ones(8))
+    out = {r: meanflow.meanflow_loss(net.apply, params, obs, acts, z, jax.random.PRNGKey(4),
+                                     meanflow.MeanFlowConfig(hidden=(16,), error_reduce=r))[1]
+           for r in ("sum", "mean")}
+    np.testing.assert_allclose(out["mean"]["mf_sq_err"] * 6, out["sum"]["mf_sq_err"], rtol=1e-5)
+    with pytest.raises(ValueError, match="error_reduce"):
+        meanflow.make_net(meanflow.MeanFlowConfig(error_reduce="median"), 6)
+
+
 def test_fm_bptt_decoder_backpropagates_through_all_euler_steps():
     """FM-LPS's latent gradient differs from FM-1step's: the K steps are really differentiated."""
     grads = {}

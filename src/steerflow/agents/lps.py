@@ -6,6 +6,7 @@ behaviour cloning; a deterministic latent actor h_φ(s), projected onto the prio
 the base policy, whose parameters — like the critic's — are frozen inside that loss:
 
     L_actor  = − λ · mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)),   λ = 1 / sg(mean|Q|)
+               (`clip_actor_chunk`: Q_j(s, clip(π_β(...))), as the authors' code)
     L_total  = α · L_MF(β) + L_actor(φ) + L_critic(θ)        (α = 1 except in the α study)
     a'       = clip(π_β(s', l_φ(s'), 0, 1))                  (critic target action)
     act(s)   = clip(π_β(s, l_φ(s), 0, 1))                    (deterministic chunk, open-loop)
@@ -40,7 +41,10 @@ class Config:
     actor_hidden: Sequence[int] = (512, 512, 512, 512)  # width/depth not given by the paper
     geometry: str = "sphere"  # latent prior of the base and support of the actor
     normalize_q: bool = True  # λ = 1/sg(mean|Q|), the paper's "unit norm" critic loss
-    alpha: float = 1.0  # weight of the base's BC loss, only for the sensitivity study (paper §V-C)
+    alpha: float = 1.0  # weight of the base's BC loss; provably inert under Adam (see README, §V-C)
+    # clip the decoded chunk to [-1, 1] before the critic in the actor loss (the authors' code
+    # does; the critic never trained outside the box, and the clip zeroes the gradient there)
+    clip_actor_chunk: bool = False
     learning_rate: float = 3e-4
 
 
@@ -69,7 +73,8 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.n
     critic = qc.make_critic(state.config.critic)
     frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
     latents, steered = steer(state, frozen, obs)
-    q = critic.apply(jax.lax.stop_gradient(params["critic"]), obs, steered)  # (J, B)
+    scored = jnp.clip(steered, -1.0, 1.0) if state.config.clip_actor_chunk else steered
+    q = critic.apply(jax.lax.stop_gradient(params["critic"]), obs, scored)  # (J, B)
     scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if state.config.normalize_q else 1.0
     loss = -scale * jnp.mean(q)
     return loss, {"actor_loss": loss, "actor_q": jnp.mean(q),

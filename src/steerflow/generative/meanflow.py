@@ -38,9 +38,12 @@ class MeanFlowConfig:
     logit_mean: float = -0.4
     logit_std: float = 1.0
     equal_fraction: float = 0.75
-    # Adaptive weight w = sg(1 / (‖π − π_tgt‖² + c)^p), ‖·‖² summed over the chunk.
+    # Adaptive weight w = sg(1 / (e + c)^p) on the loss w·e, with e = ‖π − π_tgt‖² summed over the
+    # chunk's entries (`error_reduce="sum"`) or averaged (`"mean"`: the authors' LPS code, with
+    # p = 0.5, c = 1e-3). p = 1 makes the loss ≈ 1 whatever the error (a log-like objective).
     weight_p: float = 1.0
     weight_c: float = 0.01
+    error_reduce: str = "sum"  # sum | mean
     parameterisation: str = "action"  # "action" (noise-to-action) | "displacement"
 
 
@@ -64,6 +67,8 @@ class MeanFlowNet(nn.Module):
 def make_net(config: MeanFlowConfig, action_dim: int) -> MeanFlowNet:
     if config.parameterisation not in ("action", "displacement"):
         raise ValueError(f"unknown MeanFlow parameterisation {config.parameterisation!r}")
+    if config.error_reduce not in ("sum", "mean"):
+        raise ValueError(f"unknown MeanFlow error_reduce {config.error_reduce!r}; choose sum or mean")
     if config.rt_sampler not in RT_SAMPLERS:
         raise ValueError(f"unknown rt_sampler {config.rt_sampler!r}; choose one of {RT_SAMPLERS}")
     return MeanFlowNet(
@@ -106,6 +111,8 @@ def meanflow_loss(
     pi_val, dpi_dt = jax.jvp(pi, (z_t, r, t), (v, jnp.zeros_like(r), jnp.ones_like(t)))
     target = jax.lax.stop_gradient(z_t - v + (tc - rc) * (v - dpi_dt))
     sq_err = jnp.sum((pi_val - target) ** 2, axis=-1)
+    if config.error_reduce == "mean":
+        sq_err = sq_err / actions.shape[-1]
     weight = jax.lax.stop_gradient(1.0 / (sq_err + config.weight_c) ** config.weight_p)
     loss = jnp.mean(weight * sq_err)
     return loss, {"mf_loss": loss, "mf_sq_err": jnp.mean(sq_err)}
