@@ -217,16 +217,23 @@ def harvest(unit: Unit, commit: bool) -> bool:
     return True
 
 
+def harvest_finished(commit: bool) -> None:
+    """Harvest every unit that finished outside a runner (started by hand, or a runner that died)."""
+    for unit in units():
+        if status(unit) == "finished (not harvested)":
+            harvest(unit, commit)
+            print(f"[study] harvested {unit.id}", flush=True)
+
+
 def run(args) -> int:
     from steerflow.train import single_thread_env
 
     refs = {"lps": args.lps_dir, "qc-fql": args.qc_dir}
+    harvest_finished(args.commit)
     todo = []
     for unit in select(units(), args.only):
         state = status(unit)
-        if state == "finished (not harvested)":
-            harvest(unit, args.commit)
-        elif state in ("pending", "partial"):
+        if state in ("pending", "partial"):
             if unit.impl == "reference" and refs.get(unit.agent) is None:
                 continue  # no checkout of that reference given
             todo.append(unit)
@@ -257,6 +264,8 @@ def run(args) -> int:
             live[unit] = (proc, logf, time.time())
             print(f"[study] {time.strftime('%H:%M:%S')} start {unit.id} (pid {proc.pid}, log {log})", flush=True)
         time.sleep(5)
+        if int(time.time()) % 60 < 5:
+            harvest_finished(args.commit)
         for unit, (proc, logf, t0) in list(live.items()):
             if proc.poll() is None:
                 continue
@@ -310,12 +319,17 @@ def main(argv=None) -> int:
                    help="clone of jellyho/LPS (reference units are skipped without it)")
     r.add_argument("--qc-dir", type=Path, default=os.environ.get("STEERFLOW_QC_DIR"),
                    help="clone of ColinQiyangLi/qc")
+    h = sub.add_parser("harvest", help="copy (and commit) the records of units finished outside a runner")
+    h.add_argument("--commit", action="store_true")
     g = sub.add_parser("report")
     g.add_argument("--tiers", nargs="*", default=["tier1"])
     g.add_argument("--out", type=Path, default=RESULTS / "report")
     args = p.parse_args(argv)
     if args.cmd == "run" and args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.cmd == "harvest":
+        harvest_finished(args.commit)
+        return 0
     return {"status": show_status, "run": run, "report": report}[args.cmd](args)
 
 
