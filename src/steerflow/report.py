@@ -123,6 +123,7 @@ class SeedRun:
     episodes: int
     device: str
     commit: str
+    impl: str = "steerflow"  # "reference": a reference implementation's run (benchmarks/parity)
 
     @property
     def last_step(self) -> int:
@@ -171,6 +172,7 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
         overrides = dict(run.get("overrides") or {})
         preset = str(run.get("preset", "?"))
         episodes = int(cfg["train_config"].get("eval_episodes", 0))
+        impl = str(run.get("impl", "steerflow"))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"malformed {cfg_path}: {type(err).__name__}: {err}; expected "
                          "{'run': {agent, task, seeds, preset, overrides}, 'train_config': {steps, ...}} "
@@ -190,7 +192,7 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
         episodes = int(meta["episodes"])
     return [SeedRun(run_dir=run_dir, agent=agent, task=task, preset=preset, overrides=overrides, steps=steps,
                     seed=s, curve=curves.get(s, {}), episodes=episodes, device=str(meta.get("device", "unknown")),
-                    commit=str(meta.get("commit", "unknown"))) for s in seeds]
+                    commit=str(meta.get("commit", "unknown")), impl=impl) for s in seeds]
 
 
 _SKIP_DIRS = {"checkpoints", "evals", "__pycache__", "node_modules"}
@@ -255,10 +257,11 @@ def _fmt_value(v) -> str:
 
 
 def method_labels(runs: list[SeedRun]) -> list[str]:
-    """Label per seed run: agent + its non-empty overrides, + preset when the runs mix presets,
-    + steps when one such method was trained for different step counts."""
+    """Label per seed run: agent (+ ` [reference]` for a reference implementation's run) + its
+    non-empty overrides, + preset when the runs mix presets, + steps when one such method was
+    trained for different step counts."""
     mix_presets = len({r.preset for r in runs}) > 1
-    base = [r.agent + "".join(f" {k}={_fmt_value(v)}" for k, v in sorted(r.overrides.items()))
+    base = [r.agent + (f" [{r.impl}]" if r.impl != "steerflow" else "") + "".join(f" {k}={_fmt_value(v)}" for k, v in sorted(r.overrides.items()))
             + (f" preset={r.preset}" if mix_presets else "") for r in runs]
     steps_of: dict[str, set] = {}
     for b, r in zip(base, runs):
@@ -287,7 +290,7 @@ def task_record(label: str, runs: list[SeedRun], resamples: int = RESAMPLES) -> 
     best_step = common[int(np.argmax(curve_mean))]  # earliest step on ties
     best = [r.curve[best_step] for r in runs]
     r0 = runs[0]
-    return {"kind": "task", "method": label, "agent": r0.agent, "task": r0.task, "domain": task_domain(r0.task),
+    return {"kind": "task", "method": label, "agent": r0.agent, "impl": r0.impl, "task": r0.task, "domain": task_domain(r0.task),
             "preset": r0.preset, "steps": r0.steps, "seeds": [r.seed for r in runs], "final_success": final,
             "mean": float(np.mean(final)), "ci95": list(bootstrap_ci(final, resamples)),
             "best_success": float(np.mean(best)), "best_step": best_step, "best_per_seed": best,

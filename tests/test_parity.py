@@ -1,0 +1,110 @@
+"""The CPU-protocol study and the parity harness (benchmarks/protocol, benchmarks/parity) without
+running a reference: every study unit resolves to a valid configuration before hours are spent
+on it, the reference launcher's flags mirror the protocol, and a reference run's captured log
+becomes a run directory that `steerflow report` puts beside steerflow's own, labelled."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from steerflow.report import build_report, load_run
+from steerflow.train import PRESETS, RunSpec, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(rel):
+    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _module("benchmarks/protocol/study.py")
+parity = _module("benchmarks/parity/run_reference.py")
+
+
+def test_every_study_unit_resolves_and_initialises():
+    """A typo in an override would only fail hours into the study: resolve and init them all."""
+    from steerflow.agents.common import EnvSpec
+
+    units = study.units()
+    assert len({u.id for u in units}) == len(units), "unit ids must be unique"
+    spec = EnvSpec(obs_dim=28, action_dim=5, horizon=5)
+    seen = set()
+    for u in units:
+        if u.impl == "reference" or (u.agent, tuple(sorted(u.overrides.items()))) in seen:
+            continue
+        seen.add((u.agent, tuple(sorted(u.overrides.items()))))
+        agent, config, tc = resolve(RunSpec(agent=u.agent, task=u.task, seeds=[u.seed], preset=study.PRESET,
+                                            overrides=dict(u.overrides)))
+        jax.eval_shape(lambda k: agent.init(k, spec, config), jax.random.PRNGKey(0))
+        assert tc.steps == 100_000
+
+
+def test_tier1_is_what_the_issue_requires():
+    tier1 = [u for u in study.units() if u.tier == "tier1"]
+    have = {(u.impl, u.agent, u.task, u.seed) for u in tier1}
+    for seed in (0, 1, 2):
+        for t in (2, 4):
+            for agent in ("lps", "qc-fql"):
+                assert ("reference", agent, f"cube-single-task{t}", seed) in have
+            assert ("steerflow", "dsrl-na", f"cube-single-task{t}", seed) in have
+        for t in range(1, 6):
+            for agent in ("lps", "bc-mf", "qc-fql"):
+                assert ("steerflow", agent, f"cube-single-task{t}", seed) in have
+    gaps = [u for u in study.units() if u.tier == "gaps"]
+    assert {u.seed for u in gaps} == set(study.TUNING_SEEDS) and not set(study.TUNING_SEEDS) & {0, 1, 2}
+    assert {u.task for u in gaps} == {"cube-single-task2", "cube-single-task4"}
+
+
+def test_reference_flags_mirror_the_protocol():
+    train = PRESETS["cpu"]["train"]
+    args = parity.parse_args(["--impl", "lps", "--reference-dir", "/x", "--task", "cube-single-task4", "--seed", "2",
+                              "--dataset-dir", "/d", "--out", "/o"])
+    argv = parity.reference_argv(args, Path("/save"))
+    assert f"--offline_steps={train['steps']}" in argv and f"--eval_interval={train['eval_every']}" in argv
+    assert f"--agent.batch_size={train['batch_size']}" in argv and f"--eval_episodes={train['eval_episodes']}" in argv
+    assert "--env_name=cube-single-play-singletask-task4-v0" in argv and "--task_num=4" in argv
+    assert "--agent.critic_hidden_dims=(256,256)" in argv and "--seed=2" in argv
+    qc = parity.reference_argv(parity.parse_args(["--impl", "qc-fql", "--reference-dir", "/x", "--task",
+                                                  "puzzle-3x3-task2-sparse", "--seed", "0", "--dataset-dir", "/d",
+                                                  "--out", "/o"]), Path("/save"))
+    assert "--sparse=True" in qc and "--agent.alpha=300.0" in qc and "--agent.value_hidden_dims=(256,256)" in qc
+    with pytest.raises(SystemExit, match="--task"):
+        parity.task_names("cube-single")
+
+
+def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
+    """What the wandb capture records (training rows every log step, eval rows at eval steps)
+    turns into eval.csv / metrics.csv / final.json; steps/s skips windows that hold an evaluation."""
+    args = parity.parse_args(["--impl", "qc-fql", "--reference-dir", str(tmp_path), "--task", "cube-single-task2",
+                              "--seed", "1", "--dataset-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                              "--steps", "300", "--eval-every", "300", "--log-every", "100"])
+    records = [{"time": 10.0, "step": 100, "offline_agent/critic_loss": 2.0, "offline_agent/step": 100.0},
+               {"time": 12.0, "step": 200, "offline_agent/critic_loss": 1.5},
+               {"time": 16.0, "step": 300, "offline_agent/critic_loss": 1.0},
+               {"time": 17.0, "step": 300, "eval/success": 0.5}]
+    run_dir = tmp_path / "ref"
+    run_dir.mkdir()
+    final = parity.to_run_dir(args, records, run_dir, started=0.0)
+    assert final["final_success"] == [0.5] and final["impl"] == "reference"
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].split(",")[:3] == ["step", "seed", "steps_per_s"]
+    assert [row.split(",")[2] for row in metrics[1:]] == ["", "50.0", ""]  # no previous row; 100 steps in 2 s; eval
+    (seed_run,) = load_run(run_dir)
+    assert seed_run.impl == "reference" and seed_run.finished and seed_run.curve == {300: 0.5}
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "config.json").write_text(json.dumps({"run": {"agent": "qc-fql", "task": "cube-single-task2", "seeds": [1],
+                                                          "preset": "cpu", "overrides": {}},
+                                                  "train_config": {"steps": 300, "eval_episodes": 50}}))
+    (ours / "eval.csv").write_text("step,seed,success\n300,1,0.6\n")
+    records = build_report([str(run_dir), str(ours)], None, plots=False)["records"]
+    methods = {r["method"] for r in records if r["kind"] == "task"}
+    assert methods == {"qc-fql", "qc-fql [reference]"}
