@@ -197,12 +197,14 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
     return np.stack(results)
 
 
-def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec) -> dict:
+def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
+                 eval_s: float | None = None) -> dict:
     from steerflow.runinfo import atomic_write_json
 
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
-              "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed))}
+              "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed)),
+              **({"eval_s": round(eval_s, 2)} if eval_s is not None else {})}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
     with open(run_dir / "eval.csv", "a", newline="") as f:
         writer = csv.writer(f)
@@ -309,6 +311,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     policy = make_policy(agent)
     pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
     record = None
+    run_start = time.perf_counter()
     try:
         bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
                    disable=quiet, dynamic_ncols=True, smoothing=0.05)
@@ -326,9 +329,10 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
                                                              if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
                 window_t, window_steps = time.perf_counter(), 0
             if step % tc.eval_every == 0 or step == tc.steps:
+                eval_start = time.perf_counter()
                 success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers,
                                           seed=step, policy=policy, pool=pool)
-                record = _record_eval(out, step, seeds, success, run)
+                record = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start)
                 bar.write(f"step {step}: success {record['mean']:.3f} per seed {np.round(record['success'], 3).tolist()}")
                 window_t = time.perf_counter()  # evaluation time does not count as training speed
             if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -340,7 +344,8 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
         record = json.loads((out / "evals" / f"step_{tc.steps:08d}.json").read_text())
     final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": tc.steps, "seeds": seeds,
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
-             "device": device_description(), "commit": git_commit(), "overrides": run.overrides}
+             "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
+             "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
     atomic_write_json(out / "final.json", final)
     return final
 
