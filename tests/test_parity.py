@@ -108,3 +108,21 @@ def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
     records = build_report([str(run_dir), str(ours)], None, plots=False)["records"]
     methods = {r["method"] for r in records if r["kind"] == "task"}
     assert methods == {"qc-fql", "qc-fql [reference]"}
+
+
+def test_gpu_paper_slice_dry_run_resolves_every_unit(tmp_path):
+    """The GPU script's plan on this CPU: every unit resolved at paper size, nothing trained; a bad
+    agent fails before the lease would be spent."""
+    import subprocess
+
+    script = ROOT / "benchmarks" / "gpu" / "paper_slice.py"
+    out = subprocess.run([sys.executable, str(script), "run", "--dry-run", "--agents", "lps,qc-fql", "--tasks", "2",
+                          "--steps", "50000", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "2 training unit(s)" in out.stdout and "[data]" in out.stdout and "--preset paper" in out.stdout
+    resolved = [json.loads(line.split("resolved: ", 1)[1]) for line in out.stdout.splitlines() if "resolved:" in line]
+    assert resolved == [{"steps": 50000, "batch_size": 256, "seeds": [0, 1, 2], "base_hidden": [512] * 4}] * 2
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
+    bad = subprocess.run([sys.executable, str(script), "run", "--dry-run", "--agents", "lpz"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and "lpz" in bad.stderr
