@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test clean reference-env
 
 install: $(STAMP)
 
@@ -15,9 +15,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Default job: LPS on cube-single-task2 (data generated on first use), prints the final success.
+# Default job: LPS on cube-single-task2 at the CPU protocol (data generated on first use), then its
+# success next to the committed results of BC-MF and the authors' code on the same task.
 run: install
-	MUJOCO_GL=egl $(BIN)/steerflow train --agent lps --task cube-single-task2 --preset default --out runs/default
+	MUJOCO_GL=egl $(BIN)/steerflow train --agent lps --task cube-single-task2 --preset default --out runs/default --resume
+	$(BIN)/python benchmarks/protocol/study.py compare runs/default
+
+# The venv the reference implementations run in (benchmarks/parity/README.md).
+reference-env: .venv-ref/.installed
+.venv-ref/.installed: benchmarks/parity/requirements-reference.txt
+	test -x .venv-ref/bin/python || $(PYTHON) -m venv .venv-ref
+	.venv-ref/bin/pip install --quiet -r benchmarks/parity/requirements-reference.txt
+	.venv-ref/bin/pip install --quiet --no-deps flaxmodels
+	touch $@
 
 test: install
 	MUJOCO_GL=egl $(BIN)/python -m pytest -q tests

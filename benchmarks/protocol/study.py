@@ -304,6 +304,30 @@ def report(args) -> int:
     return 0
 
 
+def compare(args) -> int:
+    """A finished run's success next to the committed protocol results on its task (`make run`)."""
+    import numpy as np
+
+    final = json.loads((args.run / "final.json").read_text())
+    task = final["task"]
+    print(f"\n{final['agent']} on {task}, {final['steps']} steps: success {100 * final['mean']:.0f}% "
+          f"({final['episodes']} episodes, seeds {final['seeds']})")
+    rows: dict[str, list[float]] = {}
+    for unit in units():
+        if unit.task == task and unit.tier == "tier1" and committed(unit):
+            rec = json.loads((RESULTS / "units" / unit.id / "final.json").read_text())
+            if rec["steps"] == final["steps"]:
+                rows.setdefault(f"{unit.agent}{' [reference]' if unit.impl == 'reference' else ''}", []).append(rec["mean"])
+    if not rows:
+        print(f"no committed protocol results for {task} at {final['steps']} steps to compare with")
+        return 0
+    print(f"committed CPU-protocol results on {task} (benchmarks/results/protocol_cpu, mean over seeds):")
+    for label, values in sorted(rows.items()):
+        print(f"  {label:20s} {100 * np.mean(values):5.1f}%  ({len(values)} seed(s): "
+              f"{', '.join(f'{100 * v:.0f}' for v in values)})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -321,6 +345,8 @@ def main(argv=None) -> int:
                    help="clone of ColinQiyangLi/qc")
     h = sub.add_parser("harvest", help="copy (and commit) the records of units finished outside a runner")
     h.add_argument("--commit", action="store_true")
+    c = sub.add_parser("compare", help="a finished run next to the committed results on its task")
+    c.add_argument("run", type=Path)
     g = sub.add_parser("report")
     g.add_argument("--tiers", nargs="*", default=["tier1"])
     g.add_argument("--out", type=Path, default=RESULTS / "report")
@@ -330,7 +356,7 @@ def main(argv=None) -> int:
     if args.cmd == "harvest":
         harvest_finished(args.commit)
         return 0
-    return {"status": show_status, "run": run, "report": report}[args.cmd](args)
+    return {"status": show_status, "run": run, "report": report, "compare": compare}[args.cmd](args)
 
 
 if __name__ == "__main__":
