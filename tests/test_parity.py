@@ -86,7 +86,8 @@ def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
     args = parity.parse_args(["--impl", "qc-fql", "--reference-dir", str(tmp_path), "--task", "cube-single-task2",
                               "--seed", "1", "--dataset-dir", str(tmp_path), "--out", str(tmp_path / "o"),
                               "--steps", "300", "--eval-every", "300", "--log-every", "100"])
-    records = [{"time": 10.0, "step": 100, "offline_agent/critic_loss": 2.0, "offline_agent/step": 100.0},
+    records = [{"time": 9.0, "step": 100, "eval/success": 0.0},  # evaluated after logging step 100
+               {"time": 10.0, "step": 100, "offline_agent/critic_loss": 2.0, "offline_agent/step": 100.0},
                {"time": 12.0, "step": 200, "offline_agent/critic_loss": 1.5},
                {"time": 16.0, "step": 300, "offline_agent/critic_loss": 1.0},
                {"time": 17.0, "step": 300, "eval/success": 0.5}]
@@ -96,9 +97,9 @@ def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
     assert final["final_success"] == [0.5] and final["impl"] == "reference"
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert metrics[0].split(",")[:3] == ["step", "seed", "steps_per_s"]
-    assert [row.split(",")[2] for row in metrics[1:]] == ["", "50.0", ""]  # no previous row; 100 steps in 2 s; eval
+    assert [row.split(",")[2] for row in metrics[1:]] == ["", "", "25.0"]  # no previous row; the eval after row 100; 100 steps in 4 s
     (seed_run,) = load_run(run_dir)
-    assert seed_run.impl == "reference" and seed_run.finished and seed_run.curve == {300: 0.5}
+    assert seed_run.impl == "reference" and seed_run.finished and seed_run.curve == {100: 0.0, 300: 0.5}
     ours = tmp_path / "ours"
     ours.mkdir()
     (ours / "config.json").write_text(json.dumps({"run": {"agent": "qc-fql", "task": "cube-single-task2", "seeds": [1],

@@ -224,6 +224,34 @@ def run_reference(args: argparse.Namespace, work: Path, capture: WandbCapture) -
             raise
 
 
+def write_metrics(records: list[dict], eval_steps: set, seed: int, path: Path) -> None:
+    """metrics.csv from the captured log: the training rows, with steps/s between consecutive log
+    points whose window holds no evaluation."""
+    train_rows = [r for r in records if not any(k.startswith("eval/") for k in r) and r.get("step")]
+    rows, prev = [], None
+    for r in train_rows:
+        sps = ""
+        # the references evaluate right after logging step s, so that evaluation falls in [s, next log)
+        if prev is not None and not any(prev["step"] <= s < r["step"] for s in eval_steps):
+            sps = round((r["step"] - prev["step"]) / (r["time"] - prev["time"]), 2)
+        rows.append({"step": int(r["step"]), "seed": seed, "steps_per_s": sps,
+                     **{k.split("/", 1)[-1]: v for k, v in r.items() if k.split("/")[-1] not in ("time", "step")}})
+        prev = r
+    if rows:
+        fields = ["step", "seed", "steps_per_s", *sorted({k for row in rows for k in row} - {"step", "seed", "steps_per_s"})]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def rebuild_metrics(run_dir: Path) -> None:
+    """Re-derive a finished reference run's metrics.csv from its wandb_log.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "wandb_log.jsonl").read_text().splitlines()]
+    seed = json.loads((run_dir / "config.json").read_text())["run"]["seeds"][0]
+    write_metrics(records, {int(r["step"]) for r in records if "eval/success" in r}, seed, run_dir / "metrics.csv")
+
+
 def to_run_dir(args: argparse.Namespace, records: list[dict], tmp: Path, started: float) -> dict:
     """Turn the captured log into steerflow's run-directory records."""
     evals = [(int(r["step"]), r["eval/success"]) for r in records if "eval/success" in r]
@@ -241,23 +269,7 @@ def to_run_dir(args: argparse.Namespace, records: list[dict], tmp: Path, started
         (tmp / "evals" / f"step_{step:08d}.json").write_text(json.dumps(
             {"agent": IMPLS[args.impl]["agent"], "task": args.task, "preset": args.preset, "step": step,
              "seeds": [seed], "episodes": args.eval_episodes, "success": [success], "mean": success}))
-    # training log: rows at log points; steps/s between consecutive log points with no eval between
-    train_rows = [r for r in records if not any(k.startswith("eval/") for k in r) and r.get("step")]
-    eval_steps = {s for s, _ in evals}
-    rows, prev = [], None
-    for r in train_rows:
-        sps = ""
-        if prev is not None and not any(prev["step"] < s <= r["step"] for s in eval_steps):
-            sps = round((r["step"] - prev["step"]) / (r["time"] - prev["time"]), 2)
-        rows.append({"step": int(r["step"]), "seed": seed, "steps_per_s": sps,
-                     **{k.split("/", 1)[-1]: v for k, v in r.items() if k.split("/")[-1] not in ("time", "step")}})
-        prev = r
-    if rows:
-        fields = ["step", "seed", "steps_per_s", *sorted({k for row in rows for k in row} - {"step", "seed", "steps_per_s"})]
-        with open(tmp / "metrics.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fields, lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
+    write_metrics(records, {s for s, _ in evals}, seed, tmp / "metrics.csv")
     device = device_description()
     commit = reference_commit(args.reference_dir)
     reference = {"repo": IMPLS[args.impl]["repo"], "commit": commit, "argv": reference_argv(args, Path("SAVE_DIR"))}
