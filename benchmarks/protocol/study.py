@@ -226,7 +226,7 @@ def harvest_finished(commit: bool) -> None:
 
 
 def run(args) -> int:
-    from steerflow.train import single_thread_env
+    from steerflow.train import free_core, pinned_to, single_thread_env
 
     refs = {"lps": args.lps_dir, "qc-fql": args.qc_dir}
     harvest_finished(args.commit)
@@ -249,6 +249,14 @@ def run(args) -> int:
     def others_running() -> int:  # units started by another runner or by hand hold cores too
         return sum(1 for u in units() if u not in live and running_pid(u))
 
+    def others_cores() -> set[int]:  # the CPUs those are pinned to (all of them when unpinned)
+        cores: set[int] = set()
+        for u in units():
+            if u not in live and (pid := running_pid(u)):
+                affinity = os.sched_getaffinity(pid)
+                cores |= affinity if len(affinity) == 1 else set()
+        return cores
+
     while pending or live:
         while pending and len(live) + others_running() < args.jobs:
             unit = pending.pop(0)
@@ -258,15 +266,16 @@ def run(args) -> int:
             log.parent.mkdir(parents=True, exist_ok=True)
             (RUNS / "runs").mkdir(parents=True, exist_ok=True)
             logf = open(log, "ab")
+            core = free_core({c for *_, c in live.values()} | others_cores())
             proc = subprocess.Popen(command(unit, refs), env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                    cwd=ROOT, start_new_session=True)
+                                    cwd=ROOT, start_new_session=True, preexec_fn=pinned_to(core))
             (RUNS / "runs" / f"{unit.id}.lock").write_text(f"{proc.pid}\n")
-            live[unit] = (proc, logf, time.time())
+            live[unit] = (proc, logf, time.time(), core)
             print(f"[study] {time.strftime('%H:%M:%S')} start {unit.id} (pid {proc.pid}, log {log})", flush=True)
         time.sleep(5)
         if int(time.time()) % 60 < 5:
             harvest_finished(args.commit)
-        for unit, (proc, logf, t0) in list(live.items()):
+        for unit, (proc, logf, t0, _) in list(live.items()):
             if proc.poll() is None:
                 continue
             logf.close()

@@ -383,7 +383,7 @@ def run_units(out: Path, units: list[Unit], jobs: int = 1) -> dict[str, str]:
 
     jobs_list = [(u.id, u.command(out), out / u.log) for u in todo]
     try:
-        run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None,
+        run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None, pin=jobs > 1,
                      on_start=started, on_finish=finished)
     finally:
         bar.close()

@@ -375,10 +375,22 @@ def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
     return cmd
 
 
+def free_core(busy: set[int]) -> int | None:
+    """A CPU of this process's affinity set not in `busy` (None when all are taken)."""
+    return next((c for c in sorted(os.sched_getaffinity(0)) if c not in busy), None)
+
+
+def pinned_to(core: int | None):
+    """preexec_fn pinning a child process to one CPU. Single-threaded processes sharing this 2-core
+    machine unpinned lose ~20% of the total throughput to migrations (benchmarks/protocol/README.md)."""
+    return None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+
+
 def run_commands(jobs, max_procs: int, env: dict | None = None, on_start=None, on_finish=None,
-                 poll_s: float = 0.5, grace_s: float = 20.0) -> dict:
+                 poll_s: float = 0.5, grace_s: float = 20.0, pin: bool = False) -> dict:
     """Run `jobs`, (name, argv, log path) triples, at most `max_procs` at a time, each one's stdout
-    and stderr appended to its log; returns {name: exit code}. `on_start(name, argv, log)` and
+    and stderr appended to its log; returns {name: exit code}. With `pin`, each process is bound
+    to a CPU of its own while fewer run than there are CPUs. `on_start(name, argv, log)` and
     `on_finish(name, code)` are called as they start and end. On Ctrl-C (or SIGTERM) every running
     child's process group gets SIGINT, so it stops as an interrupted `steerflow train` does (its
     last checkpoint stays for --resume), SIGKILL after `grace_s`; then the interrupt propagates."""
@@ -404,12 +416,13 @@ def run_commands(jobs, max_procs: int, env: dict | None = None, on_start=None, o
                     on_start(name, cmd, log)
                 # own process group: a terminal Ctrl-C reaches only this runner, which stops each
                 # child together with its env workers below
+                core = free_core({c for *_, c in running}) if pin else None
                 proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-                running.append((name, proc, logf))
+                                        start_new_session=True, preexec_fn=pinned_to(core))
+                running.append((name, proc, logf, core))
             time.sleep(poll_s)
             for item in list(running):
-                name, proc, logf = item
+                name, proc, logf, _ = item
                 if proc.poll() is not None:
                     running.remove(item)
                     logf.close()
@@ -434,10 +447,10 @@ def _stop_children(running, grace_s: float) -> None:
         except (ProcessLookupError, PermissionError):
             pass
 
-    for _, proc, _ in running:
+    for _, proc, _, _ in running:
         signal_group(proc, signal.SIGINT)
     deadline = time.monotonic() + grace_s
-    for _, proc, logf in running:
+    for _, proc, logf, _ in running:
         try:
             proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -452,7 +465,7 @@ def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: in
     jobs = [(seed, train_command(dataclasses.replace(run, seeds=[seed]), out / f"seed_{seed}", resume),
              out / f"seed_{seed}.log") for seed in run.seeds]
     codes = run_commands(
-        jobs, max_procs or os.cpu_count() or 1, env=single_thread_env(),
+        jobs, max_procs or os.cpu_count() or 1, env=single_thread_env(), pin=True,
         on_start=lambda seed, cmd, log: print(f"[seed {seed}] {' '.join(cmd[2:])}  (log: {log})"),
         on_finish=lambda seed, code: print(f"[seed {seed}] finished with exit code {code}"))
     failed = [seed for seed, code in codes.items() if code != 0]
