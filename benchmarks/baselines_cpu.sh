@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 export MUJOCO_GL=egl
 SF=".venv/bin/steerflow"
 OUT=${OUT:-runs/baselines_cpu}
-TS=(--train-set steps=5000 eval_every=5000 checkpoint_every=2500)
+# issue 3's budget, pinned: the cpu preset has since become the 100K-step protocol (benchmarks/protocol)
+TS=(--train-set steps=5000 eval_every=5000 checkpoint_every=2500 dataset_episodes=1000)
 
 # 1. main table: all agents x cube-single tasks 1-5 x 3 seeds (one sweep call per task, so an
 #    interrupted session leaves complete task columns)

@@ -1,5 +1,7 @@
-"""LPS vs BC-MF on cube-single tasks 1-5, `cpu` preset, 3 seeds, 50 evaluation episodes
-(issue 2, item 8). Each (agent, task, seed) is an independent, resumable run directory; runs go
+"""LPS vs BC-MF on cube-single tasks 1-5, 3 seeds, 50 evaluation episodes (issue 2, item 8), at
+that issue's budget: the then-`cpu` preset (2x256, batch 128) for 15K steps on the 1000-episode
+dataset, pinned below as `--train-set` so the script still reproduces its committed records. The
+CPU protocol that superseded it (100K steps) is benchmarks/protocol/study.py. Each (agent, task, seed) is an independent, resumable run directory; runs go
 through a queue of single-threaded processes, one per core (measured faster than vmapped seeds
 on this CPU). Finished runs are skipped, killed ones resumed, so re-running the script continues.
 
@@ -28,6 +30,9 @@ HERE = Path(__file__).resolve().parent
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+ISSUE2_BUDGET = ["steps=15000", "eval_every=5000", "checkpoint_every=5000", "dataset_episodes=1000"]
+
+
 def run_queue(jobs: list[tuple[str, str, int]], runs_dir: Path, preset: str, parallel: int) -> None:
     env = dict(os.environ, XLA_FLAGS=SINGLE_THREAD, MUJOCO_GL="egl")
     pending = [j for j in jobs if not (runs_dir / _name(*j) / "final.json").exists()]
@@ -40,7 +45,7 @@ def run_queue(jobs: list[tuple[str, str, int]], runs_dir: Path, preset: str, par
             out = runs_dir / _name(*job)
             resume = (out / "checkpoints" / "latest.msgpack").exists()
             cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", agent, "--task", task,
-                   "--seeds", str(seed), "--preset", preset, "--out", str(out), "--train-set", "eval_workers=0",
+                   "--seeds", str(seed), "--preset", preset, "--out", str(out), "--train-set", "eval_workers=0", *ISSUE2_BUDGET,
                    *(["--resume"] if resume else [])]
             out.mkdir(parents=True, exist_ok=True)
             log = open(out.with_suffix(".log"), "ab")
