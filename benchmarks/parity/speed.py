@@ -6,7 +6,8 @@ For LPS and for QC-FQL, at the CPU protocol's sizes (2x256 nets, batch 128, cube
 * `together`: steerflow's run and the reference's run start at the same time, one single-threaded
   process each, each pinned to a CPU of its own (the way the study runs them), so both see the
   same machine; `together_unpinned`: the same, left to the scheduler;
-* `alone`: each by itself, one single-threaded process, nothing else running.
+* `alone`: each by itself, one single-threaded XLA process left free to use both CPUs (its Python
+  thread overlaps the XLA thread), nothing else running.
 steps/s is the median over log windows (every 1000 steps) after the first two (compilation, warm-up),
 from each run's metrics.csv; the single evaluation at the end (5 episodes) is outside those windows.
 `--pause-study` stops the protocol study's unit processes (SIGSTOP) for the duration and resumes
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+MODES = ("alone", "together", "together_unpinned")
 sys.path.insert(0, str(ROOT / "benchmarks" / "protocol"))
 
 
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--qc-dir", type=Path, required=True)
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--pause-study", action="store_true")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = p.parse_args(argv)
     env = dict(single_thread_env(), MUJOCO_GL="egl")
     dataset = study.ensure_dataset("cube-single-task2")
@@ -98,15 +101,15 @@ def main(argv=None) -> int:
     with study_paused(args.pause_study) as paused, tempfile.TemporaryDirectory() as tmp:
         for agent, ref_dir in (("lps", args.lps_dir), ("qc-fql", args.qc_dir)):
             row = {"agent": agent}
-            for mode in ("together", "together_unpinned", "alone"):
+            for mode in args.modes:
                 out = Path(tmp) / agent / mode
                 cmds = commands(agent, ref_dir, out, args.steps, dataset)
                 start = time.time()
                 if mode.startswith("together"):
                     run_all(cmds, env, pin=mode == "together")
-                else:
+                else:  # alone, unpinned: a lone process may use the other CPU for its Python side
                     for name, cmd in cmds.items():
-                        run_all({name: cmd}, env)
+                        run_all({name: cmd}, env, pin=False)
                 for name in cmds:
                     row[f"{name}_{mode}"] = round(median_sps(out / name / "metrics.csv"), 1)
                 row[f"ratio_{mode}"] = round(row[f"steerflow_{mode}"] / row[f"reference_{mode}"], 2)
@@ -116,8 +119,12 @@ def main(argv=None) -> int:
               "sizes": "2x256 nets, batch 128 (CPU protocol), cube-single-task2, one single-threaded process per run",
               "lps_reference": study_commit(args.lps_dir), "qc_reference": study_commit(args.qc_dir), "rows": rows}
     path = ROOT / "benchmarks" / "results" / "parity_speed_cpu.json"
+    if path.exists() and set(args.modes) != set(MODES):  # a partial re-measurement updates its modes only
+        old = {r["agent"]: r for r in json.loads(path.read_text())["rows"]}
+        rows = [{**old.get(r["agent"], {}), **r} for r in rows]
+        result["rows"] = rows
     path.write_text(json.dumps(result, indent=1) + "\n")
-    modes = ("alone", "together", "together_unpinned")
+    modes = [m for m in MODES if all(f"ratio_{m}" in r for r in rows)]
     print("| agent | " + " | ".join(f"steerflow / reference / ratio, {m}" for m in modes) + " |")
     print("|---|" + "---|" * len(modes))
     for r in rows:
