@@ -6,7 +6,8 @@
 `--impl lps` runs the authors' LPS code (github.com/jellyho/LPS, `main.py --agent agents/lps.py`),
 `--impl qc-fql` the Q-chunking code's QC-FQL (github.com/ColinQiyangLi/qc, `agents/acfql.py`).
 Neither is vendored: the user points `--reference-dir` at a clone. This script runs in the
-reference venv (`make reference-env`), never imports steerflow, and changes nothing in the checkout.
+reference venv (`make reference-env`), imports nothing of steerflow but its stdlib-only
+provenance helpers (`steerflow.runinfo`), and changes nothing in the checkout.
 Everything it needs is placed around the checkout (shared/reference/running_references.md):
 
 * data: a scratch `HOME` whose `.ogbench/data/` links OGBench's file names to steerflow's generated
@@ -32,7 +33,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import runpy
 import shutil
@@ -40,6 +40,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+# steerflow's provenance helpers are stdlib-only, so the reference venv imports them from this
+# checkout without steerflow's training stack: both sides then describe the device alike
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from steerflow.runinfo import device_description, library_versions  # noqa: E402
 
 IMPLS = {
     "lps": {"repo": "jellyho/LPS", "agent": "lps", "agent_file": "agents/lps.py"},
@@ -94,22 +99,6 @@ def reference_argv(args: argparse.Namespace, save_dir: Path) -> list[str]:
                 f"--agent.latent_actor_hidden_dims={hidden}", *common]
     return ["--agent=agents/acfql.py", f"--sparse={sparse}", f"--agent.alpha={args.alpha}", "--online_steps=0",
             f"--agent.actor_hidden_dims={hidden}", f"--agent.value_hidden_dims={hidden}", *common]
-
-
-def device_description() -> str:
-    """As steerflow's runinfo.device_description writes it, so both sides group alike."""
-    import jax
-
-    dev = jax.devices()[0]
-    if dev.platform != "cpu":
-        return f"{dev.platform}: {getattr(dev, 'device_kind', dev)}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu: {model}, {os.cpu_count()} cores"
 
 
 def reference_commit(ref_dir: Path) -> str:
@@ -280,13 +269,9 @@ def to_run_dir(args: argparse.Namespace, records: list[dict], tmp: Path, started
                                "hidden": args.hidden},
               "reference": reference}
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    import jax
-    import ogbench
-
     (tmp / "run_info.json").write_text(json.dumps(
         {"commit": f"{IMPLS[args.impl]['repo']}@{commit}", "device": device, "wall_s": round(time.time() - started, 1),
-         "versions": {"jax": jax.__version__, "ogbench": getattr(ogbench, "__version__", "?"), "python": sys.version.split()[0]},
-         "dataset_dir": str(args.dataset_dir)}, indent=1))
+         "versions": library_versions(), "dataset_dir": str(args.dataset_dir)}, indent=1))
     final_step, final_success = evals[-1]
     final = {"agent": IMPLS[args.impl]["agent"], "impl": "reference", "task": args.task, "preset": args.preset,
              "steps": args.steps, "seeds": [seed], "final_success": [final_success], "mean": final_success,
