@@ -261,7 +261,8 @@ def method_labels(runs: list[SeedRun]) -> list[str]:
     non-empty overrides, + preset when the runs mix presets, + steps when one such method was
     trained for different step counts."""
     mix_presets = len({r.preset for r in runs}) > 1
-    base = [r.agent + (f" [{r.impl}]" if r.impl != "steerflow" else "") + "".join(f" {k}={_fmt_value(v)}" for k, v in sorted(r.overrides.items()))
+    base = [r.agent + (f" [{r.impl}]" if r.impl != "steerflow" else "")
+            + "".join(f" {k}={_fmt_value(v)}" for k, v in sorted(r.overrides.items()))
             + (f" preset={r.preset}" if mix_presets else "") for r in runs]
     steps_of: dict[str, set] = {}
     for b, r in zip(base, runs):
@@ -290,7 +291,8 @@ def task_record(label: str, runs: list[SeedRun], resamples: int = RESAMPLES) -> 
     best_step = common[int(np.argmax(curve_mean))]  # earliest step on ties
     best = [r.curve[best_step] for r in runs]
     r0 = runs[0]
-    return {"kind": "task", "method": label, "agent": r0.agent, "impl": r0.impl, "task": r0.task, "domain": task_domain(r0.task),
+    return {"kind": "task", "method": label, "agent": r0.agent, "impl": r0.impl, "task": r0.task,
+            "domain": task_domain(r0.task),
             "preset": r0.preset, "steps": r0.steps, "seeds": [r.seed for r in runs], "final_success": final,
             "mean": float(np.mean(final)), "ci95": list(bootstrap_ci(final, resamples)),
             "best_success": float(np.mean(best)), "best_step": best_step, "best_per_seed": best,
