@@ -313,6 +313,23 @@ def report(args) -> int:
     return 0
 
 
+def table(args) -> int:
+    """Markdown: every committed unit of the given tiers, success (%) at each evaluation step."""
+    import csv
+
+    print("| task | seed | method | 25K | 50K | 75K | 100K |")
+    print("|---|---|---|---|---|---|---|")
+    for unit in sorted((u for u in units() if u.tier in args.tiers and committed(u)),
+                       key=lambda u: (u.task, u.seed, u.agent, u.impl)):
+        d = RESULTS / "units" / unit.id
+        with open(d / "eval.csv") as f:
+            curve = {int(r["step"]): float(r["success"]) for r in csv.DictReader(f)}
+        label = unit.agent + (" [reference]" if unit.impl == "reference" else "") + (f" {unit.name}" if unit.name else "")
+        cells = " | ".join(f"{100 * curve[s]:.0f}" if s in curve else "–" for s in (25_000, 50_000, 75_000, 100_000))
+        print(f"| {unit.task} | {unit.seed} | {label} | {cells} |")
+    return 0
+
+
 def compare(args) -> int:
     """A finished run's success next to the committed protocol results on its task (`make run`)."""
     import numpy as np
@@ -356,6 +373,8 @@ def main(argv=None) -> int:
     h.add_argument("--commit", action="store_true")
     c = sub.add_parser("compare", help="a finished run next to the committed results on its task")
     c.add_argument("run", type=Path)
+    t = sub.add_parser("table", help="markdown table of the committed units' curves")
+    t.add_argument("--tiers", nargs="*", default=["tier1"])
     g = sub.add_parser("report")
     g.add_argument("--tiers", nargs="*", default=["tier1"])
     g.add_argument("--out", type=Path, default=RESULTS / "report")
@@ -365,7 +384,7 @@ def main(argv=None) -> int:
     if args.cmd == "harvest":
         harvest_finished(args.commit)
         return 0
-    return {"status": show_status, "run": run, "report": report, "compare": compare}[args.cmd](args)
+    return {"status": show_status, "run": run, "report": report, "compare": compare, "table": table}[args.cmd](args)
 
 
 if __name__ == "__main__":
