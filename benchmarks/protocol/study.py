@@ -150,7 +150,7 @@ def select(all_units: list[Unit], only: list[str] | None) -> list[Unit]:
 def dataset_dir(task: str) -> Path:
     from steerflow.data.ogbench_gen import cache_key, data_root
     from steerflow.data.tasks import parse_task
-    from steerflow.train import TrainConfig, resolve, RunSpec
+    from steerflow.train import RunSpec, resolve
 
     _, _, tc = resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET))
     return data_root() / cache_key(parse_task(task).domain, tc.dataset_episodes, tc.dataset_seed,
