@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ("alone", "together", "together_unpinned")
-sys.path.insert(0, str(ROOT / "benchmarks" / "protocol"))
+sys.path[:0] = [str(ROOT / "benchmarks" / "protocol"), str(ROOT / "benchmarks" / "parity")]
+from run_reference import reference_commit  # noqa: E402
 
 
 def median_sps(metrics_csv: Path) -> float:
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
             rows.append(row)
     result = {"device": device_description(), "commit": git_commit(), "steps": args.steps, "study_units_paused": paused,
               "sizes": "2x256 nets, batch 128 (CPU protocol), cube-single-task2, one single-threaded process per run",
-              "lps_reference": study_commit(args.lps_dir), "qc_reference": study_commit(args.qc_dir), "rows": rows}
+              "lps_reference": reference_commit(args.lps_dir), "qc_reference": reference_commit(args.qc_dir), "rows": rows}
     path = ROOT / "benchmarks" / "results" / "parity_speed_cpu.json"
     if path.exists() and set(args.modes) != set(MODES):  # a partial re-measurement updates its modes only
         old = {r["agent"]: r for r in json.loads(path.read_text())["rows"]}
@@ -132,10 +133,6 @@ def main(argv=None) -> int:
                                                  for m in modes) + " |")
     print(f"wrote {path}")
     return 0
-
-
-def study_commit(ref_dir: Path) -> str:
-    return subprocess.run(["git", "-C", str(ref_dir), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":
