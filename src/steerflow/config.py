@@ -2,7 +2,9 @@
 
 Keys are dotted paths (`critic.num_critics=10`); a leading `*.` sets the field at every depth
 where it exists (`*.hidden=256,256` sizes every network at once). Values are parsed to the type
-of the field they replace, so a typo or a wrong type fails with the key named.
+of the field they replace, so a typo or a wrong type fails with the key named. A nested config
+may name bundles of its fields (`NAMED`, e.g. `critic=qpilots`): setting the nested config to
+such a name sets exactly those fields and leaves the others (the net sizes of a preset) alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from typing import Any
 
 
 def _parse(raw: Any, current: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(current):
+        named = getattr(current, "NAMED", {})
+        if not isinstance(raw, str) or raw not in named:
+            raise ValueError(f"config override {key}={raw!r}: {type(current).__name__} names "
+                             f"{sorted(named) or 'no configurations'}; set its fields as {key}.FIELD=VALUE")
+        return dataclasses.replace(current, **named[raw])
     if isinstance(raw, list):  # from JSON; configs must stay hashable (they are static under jit)
         return tuple(raw)
     if not isinstance(raw, str):

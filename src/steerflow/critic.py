@@ -12,12 +12,12 @@ from the valid-start chunk sampler (SPEC §1.2):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from steerflow.nets import CriticEnsemble
+from steerflow.nets import CriticEnsemble, check_activation
 
 AGGREGATES = ("mean", "min", "pessimistic")
 
@@ -30,12 +30,17 @@ class CriticConfig:
     rho: float = 0.5
     discount: float = 0.99
     tau: float = 0.005  # Polyak rate of the target critic, applied after every update
+    activation: str = "gelu"  # gelu | silu (QPILOTS)
+
+    # `--set critic=qpilots`: the QPILOTS/QAM critic (paper App. C.1), keeping the net's size
+    NAMED: ClassVar[dict] = {"qpilots": dict(num_critics=10, aggregate="pessimistic", rho=0.5, activation="silu")}
 
 
 def make_critic(config: CriticConfig) -> CriticEnsemble:
     if config.aggregate not in AGGREGATES:
         raise ValueError(f"unknown critic aggregate {config.aggregate!r}; choose one of {AGGREGATES}")
-    return CriticEnsemble(hidden=tuple(config.hidden), num_critics=config.num_critics)
+    check_activation(config.activation)
+    return CriticEnsemble(hidden=tuple(config.hidden), num_critics=config.num_critics, activation=config.activation)
 
 
 def aggregate(q: jnp.ndarray, config: CriticConfig) -> jnp.ndarray:

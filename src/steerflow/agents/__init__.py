@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from steerflow.agents import bc_fm, bc_mf, cfgrl, dsrl_na, dsrl_na_sac, lps, lpsd, qc_bon, qc_fql, qc_mfql
+from steerflow.agents import (bc_fm, bc_mf, cfgrl, dsrl_na, dsrl_na_sac, lps, lpsd, qc_bon, qc_fql, qc_mfql,
+                              qpilots_m, qpilots_u)
 
 AGENTS: dict[str, ModuleType] = {
     "lps": lps,
@@ -17,6 +18,8 @@ AGENTS: dict[str, ModuleType] = {
     "dsrl-na": dsrl_na,
     "dsrl-na-sac": dsrl_na_sac,
     "cfgrl": cfgrl,
+    "qpilots-u": qpilots_u,
+    "qpilots-m": qpilots_m,
 }
 
 

@@ -23,6 +23,7 @@ class Config:
     decoder: str = "meanflow"  # meanflow | fm-bptt (K Euler steps) | fm-1step
     geometry: str = "sphere"  # prior of the base policy's noise endpoint: sphere | normal | truncated
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:

@@ -42,6 +42,7 @@ class Config:
     label_dropout: float = 0.1
     geometry: str = "normal"
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 class LabelledField(nn.Module):

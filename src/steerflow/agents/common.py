@@ -86,19 +86,24 @@ def joint_update(state: AgentState, batch: dict, next_actions, prior, key: jax.A
     return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
 
 
-def make_optimizer(learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate)
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam on every trained network; with `config.max_grad_norm > 0` the gradients of all of
+    them are first clipped jointly to that global norm (QPILOTS: 1.0; off by default, so results
+    without it do not move)."""
+    adam = optax.adam(config.learning_rate)
+    max_norm = getattr(config, "max_grad_norm", 0.0)
+    return optax.chain(optax.clip_by_global_norm(max_norm), adam) if max_norm > 0 else adam
 
 
 def create_state(params: dict, target_params: dict, rng: jax.Array, config, spec: EnvSpec) -> AgentState:
-    opt_state = make_optimizer(config.learning_rate).init(params)
+    opt_state = make_optimizer(config).init(params)
     return AgentState(params, target_params, opt_state, rng, jax.numpy.zeros((), jax.numpy.int32), config, spec)
 
 
 def apply_gradients(state: AgentState, grads: dict, tau: float | None = None) -> AgentState:
     """One Adam step on every trained network (each loss term only reaches its own nets), then,
     with `tau`, a Polyak step of every target copy towards its online network."""
-    tx = make_optimizer(state.config.learning_rate)
+    tx = make_optimizer(state.config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     target_params = state.target_params

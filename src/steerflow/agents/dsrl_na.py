@@ -51,6 +51,7 @@ class Config:
     init_temperature: float = 1.0  # gaussian variant
     alpha: float = 1.0  # weight of the base's BC loss, only for the sensitivity study
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def _actor(config: Config, spec: EnvSpec) -> MLP:

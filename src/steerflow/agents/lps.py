@@ -46,6 +46,7 @@ class Config:
     # does; the critic never trained outside the box, and the clip zeroes the gradient there)
     clip_actor_chunk: bool = False
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:

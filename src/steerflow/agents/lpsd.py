@@ -43,6 +43,7 @@ class Config:
     alpha: float = 1.0  # regulariser weight (not given in the paper)
     normalize_q: bool = True
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def _actor(config: Config, spec: EnvSpec) -> MLP:

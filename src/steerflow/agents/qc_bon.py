@@ -32,6 +32,7 @@ class Config:
     num_samples: int = 32  # N
     geometry: str = "normal"
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:

@@ -38,6 +38,7 @@ class Config:
     normalize_q: bool = False  # QC's acfql leaves the Q term unnormalised
     geometry: str = "normal"  # prior of the base's noise and of the actor's ε
     learning_rate: float = 3e-4
+    max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
 def _actor(config: Config, spec: EnvSpec) -> MLP:

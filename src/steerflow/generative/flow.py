@@ -13,25 +13,32 @@ Shapes: obs (B, obs_dim), chunks and noises (B, d), times (B,).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from steerflow.nets import ConditionalField
+from steerflow.nets import ConditionalField, check_activation
 
 
 @dataclass(frozen=True)
 class FlowConfig:
     hidden: Sequence[int] = (512, 512, 512, 512)
     steps: int = 10  # Euler steps K used to sample (and to decode in FM-LPS / DSRL)
+    activation: str = "gelu"  # gelu | silu (QPILOTS)
+    time_features: int = 0  # 0: τ as a raw feature; > 0: a Fourier embedding of that size (QPILOTS: 64)
+
+    # `--set flow=qpilots`: the QPILOTS paper's velocity net (App. C.1), keeping the net's size
+    NAMED: ClassVar[dict] = {"qpilots": dict(activation="silu", time_features=64)}
 
 
 def make_net(config: FlowConfig, action_dim: int) -> ConditionalField:
-    """v_ω(s, x, τ): an MLP over [s, x, τ] (GELU, no LayerNorm)."""
+    """v_ω(s, x, τ): an MLP over [s, x, τ] (no LayerNorm)."""
     if config.steps < 1:
         raise ValueError(f"flow steps must be ≥ 1, got {config.steps}")
-    return ConditionalField(hidden=tuple(config.hidden), out_dim=action_dim)
+    check_activation(config.activation)
+    return ConditionalField(hidden=tuple(config.hidden), out_dim=action_dim, activation=config.activation,
+                            time_features=config.time_features)
 
 
 def fm_loss(apply_fn: Callable, params, obs: jnp.ndarray, actions: jnp.ndarray, noise: jnp.ndarray,
