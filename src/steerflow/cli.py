@@ -3,7 +3,7 @@
     steerflow data generate DOMAIN [--episodes N] [--seed S] [--workers W]
     steerflow data info
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
-                    [--preset smoke|cpu|default|paper] [--out DIR] [--resume]
+                    [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
     steerflow eval RUN_DIR [--episodes N]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
@@ -80,7 +80,7 @@ def flatten(groups: list[list[str]]) -> list[str]:
 class Train:
     """Train an agent on a task; prints the final success rate."""
 
-    agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl
+    agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl | qpilots-u | qpilots-m
     task: str = "cube-single-task2"  # DOMAIN-taskN[-sparse]
     seeds: str = "0"  # comma-separated, e.g. 0,1,2
     steps: int | None = None  # overrides the preset's step count
@@ -90,6 +90,7 @@ class Train:
     parallel: Literal["vmap", "processes"] = "vmap"  # seeds vmapped in one process, or a process per seed
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
+    base_from: Path | None = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
 
     def __call__(self):
         from steerflow.config import parse_overrides
@@ -102,8 +103,15 @@ class Train:
         train_overrides = parse_overrides(flatten(self.train_set))
         if self.steps is not None:
             train_overrides["steps"] = str(self.steps)
-        run = RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset,
-                      overrides=parse_overrides(flatten(self.set)), train_overrides=train_overrides)
+        overrides = parse_overrides(flatten(self.set))
+        if self.base_from is not None:
+            from steerflow.agents import get_agent
+            from steerflow.frozen_base import overrides_for
+
+            overrides = overrides_for(self.base_from, get_agent(self.agent), overrides, seeds)
+        run = RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset, overrides=overrides,
+                      train_overrides=train_overrides,
+                      base_from=None if self.base_from is None else str(self.base_from))
         resolve(run)  # fail on a bad agent/preset/override before any data work
         out = self.out or Path("runs") / f"{self.agent}-{self.task}-{self.preset}"
         if self.parallel == "processes" and len(seeds) > 1:

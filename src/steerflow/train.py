@@ -77,6 +77,7 @@ class RunSpec:
     preset: str = "cpu"
     overrides: dict = field(default_factory=dict)  # agent-config overrides (`--set`)
     train_overrides: dict = field(default_factory=dict)
+    base_from: str | None = None  # run directory whose frozen FM base this run steers (`frozen_base`)
 
 
 def resolve(run: RunSpec):
@@ -300,6 +301,10 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
     init_keys, keys = jax.vmap(lambda k: jax.random.split(k))(seed_keys).transpose((1, 0, 2))
     states = jax.vmap(lambda k: agent.init(k, spec, config))(init_keys)
+    if run.base_from and not (resume and has_ckpt):
+        from steerflow.frozen_base import load_into
+
+        states = load_into(states, Path(run.base_from), seeds, spec.obs_dim, spec.chunk_dim)
     step = 0
     if resume and has_ckpt:
         states, keys, step = load_checkpoint(out, states, keys)
@@ -366,7 +371,8 @@ def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
     """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
     cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
            "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
-           "--parallel", "vmap", *(["--resume"] if resume else [])]
+           "--parallel", "vmap", *(["--resume"] if resume else []),
+           *(["--base-from", run.base_from] if run.base_from else [])]
     # one flag with every value: a repeated `--set` flag would keep only its last value
     if run.overrides:
         cmd += ["--set", *(f"{k}={_fmt(v)}" for k, v in run.overrides.items())]

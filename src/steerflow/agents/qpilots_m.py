@@ -76,12 +76,16 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     return qpilots_u.steered_sample(state, obs, key, state.params["base"], steering_gradient)
 
 
+def mfm_loss(state: AgentState, batch: dict):
+    """(params, key) ↦ λ_diag·L_diag + λ_cons·L_cons on the batch's (s, a) pairs."""
+    net = mfm.make_net(state.config.mfm, state.spec.chunk_dim)
+    return lambda params, key: mfm.mfm_loss(net, params["mfm"], state.target_params["mfm"], batch["observations"],
+                                            batch["actions"], key, state.config.mfm)
+
+
+def loss_terms(state: AgentState, batch: dict, key: jax.Array):
+    return qpilots_u.loss_terms(state, batch, key, steering_gradient, mfm_loss(state, batch))
+
+
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
-    config, spec = state.config, state.spec
-    net = mfm.make_net(config.mfm, spec.chunk_dim)
-
-    def mfm_loss(params, key):
-        return mfm.mfm_loss(net, params["mfm"], state.target_params["mfm"], batch["observations"],
-                            batch["actions"], key, config.mfm)
-
-    return qpilots_u.update(state, batch, steering_gradient, mfm_loss)
+    return qpilots_u.update(state, batch, steering_gradient, mfm_loss(state, batch))

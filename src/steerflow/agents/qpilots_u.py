@@ -116,25 +116,40 @@ def next_actions(state: AgentState, next_obs: jnp.ndarray, key: jax.Array, gradi
     return jax.lax.stop_gradient(steered_sample(state, next_obs, key, base_params, gradient_fn))
 
 
-def update(state: AgentState, batch: dict, gradient_fn=steering_gradient, extra_loss=None) -> tuple[AgentState, dict]:
-    """L_critic + L_FM (+ `extra_loss(params, key)`, QPILOTS-M's MFM loss); one clipped Adam step."""
+def loss_terms(state: AgentState, batch: dict, key: jax.Array, gradient_fn=steering_gradient, extra_loss=None):
+    """params ↦ ({term: loss}, metrics): L_critic, L_FM (while the base trains) and `extra_loss`
+    (QPILOTS-M's MFM loss, `extra_loss(params, key)`). Each term reaches only its own network."""
     config, spec = state.config, state.spec
     critic, net = qc.make_critic(config.critic), flow.make_net(config.flow, spec.chunk_dim)
-    rng, k_next, k_fm, k_prior, k_extra = jax.random.split(state.rng, 5)
+    k_next, k_fm, k_prior, k_extra = jax.random.split(key, 4)
     a_next = next_actions(state, batch["next_observations"], k_next, gradient_fn)
     prior = latent.sample_prior(k_prior, batch["actions"].shape, "normal")
 
-    def loss_fn(params):
-        loss, info = qc.critic_loss(critic, params["critic"], state.target_params["critic"], batch, a_next,
-                                    config.critic, spec.horizon)
+    def terms(params):
+        losses, info = {}, {}
+        losses["critic"], q_info = qc.critic_loss(critic, params["critic"], state.target_params["critic"], batch,
+                                                  a_next, config.critic, spec.horizon)
+        info.update(q_info)
         if config.train_base:
-            fm, fm_info = flow.fm_loss(net.apply, params["base"], batch["observations"], batch["actions"], prior,
-                                       k_fm, batch.get("valid"))
-            loss, info = loss + fm, {**info, **fm_info}
+            losses["fm"], fm_info = flow.fm_loss(net.apply, params["base"], batch["observations"], batch["actions"],
+                                                 prior, k_fm, batch.get("valid"))
+            info.update(fm_info)
         if extra_loss is not None:
-            more, more_info = extra_loss(params, k_extra)
-            loss, info = loss + more, {**info, **more_info}
-        return loss, info
+            losses["extra"], extra_info = extra_loss(params, k_extra)
+            info.update(extra_info)
+        return losses, info
+
+    return terms
+
+
+def update(state: AgentState, batch: dict, gradient_fn=steering_gradient, extra_loss=None) -> tuple[AgentState, dict]:
+    """The sum of `loss_terms`; one (clipped) Adam step on every network, Polyak targets."""
+    rng, key = jax.random.split(state.rng)
+    terms = loss_terms(state, batch, key, gradient_fn, extra_loss)
+
+    def loss_fn(params):
+        losses, info = terms(params)
+        return sum(losses.values()), info
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
-    return apply_gradients(state, grads, tau=config.critic.tau).replace(rng=rng), metrics
+    return apply_gradients(state, grads, tau=state.config.critic.tau).replace(rng=rng), metrics

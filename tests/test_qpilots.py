@@ -1,0 +1,324 @@
+"""QPILOTS-U / QPILOTS-M (SPEC §4.4): the steering estimators against finite differences and a
+closed-form posterior, the sampler's rescale and sign, α = 0 against the base sampler bit for
+bit, the gradient routing of the losses, and steering a frozen base from a finished run."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from steerflow import cli
+from steerflow import critic as qc
+from steerflow.agents import bc_fm, qpilots_m, qpilots_u
+from steerflow.agents.common import EnvSpec
+from steerflow.config import apply_overrides
+from steerflow.generative import flow, latent, steering
+from steerflow.generative import meta_flow_map as mfm
+from steerflow.train import load_checkpoint
+
+SPEC = EnvSpec(obs_dim=3, action_dim=2, horizon=2)
+SMALL = {"*.hidden": (32, 32)}
+
+
+def small(agent, **changes):
+    return dataclasses.replace(apply_overrides(agent.Config(), SMALL), **changes)
+
+
+def batch(key, size=8):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"observations": jax.random.normal(k1, (size, SPEC.obs_dim)),
+            "actions": jnp.tanh(jax.random.normal(k2, (size, SPEC.chunk_dim))),
+            "rewards": -jnp.ones(size), "masks": jnp.ones(size),
+            "next_observations": jax.random.normal(k3, (size, SPEC.obs_dim))}
+
+
+def central_difference(f, x, h=1e-3):
+    """∇f(x) for f: (B, d) → scalar, one coordinate at a time."""
+    grad = np.zeros(x.shape)
+    for idx in np.ndindex(*x.shape):
+        e = jnp.zeros_like(x).at[idx].set(h)
+        grad[idx] = (float(f(x + e)) - float(f(x - e))) / (2 * h)
+    return grad
+
+
+def test_tweedie_gradient_matches_finite_differences_and_clips_straight_through():
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (3, SPEC.obs_dim))
+    x = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (3, SPEC.chunk_dim))
+    tau = jnp.full((3,), 0.4)
+    net = flow.make_net(state.config.flow, SPEC.chunk_dim)
+    velocity = lambda x_, t_: net.apply(state.params["base"], obs, x_, t_)  # noqa: E731
+    psi = qpilots_u.pessimistic_value(state)
+
+    def denoised(x_):
+        return x_ + (1 - tau)[:, None] * velocity(x_, tau)
+
+    assert float(jnp.max(jnp.abs(denoised(x)))) < 1.0  # inside the box: the clip is inactive
+    grad = steering.tweedie_gradient(velocity, psi, obs, x, tau)
+    fd = central_difference(lambda x_: jnp.sum(psi(obs, denoised(x_))), x)
+    np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-3)
+
+    far = x + 3.0  # denoised point far outside [-1, 1]: the forward pass scores the clipped chunk,
+    _, pullback = jax.vjp(denoised, far)  # the backward pass ignores the clip
+    score_grad = jax.grad(lambda a: jnp.sum(psi(obs, a)))(jnp.clip(denoised(far), -1, 1))
+    np.testing.assert_allclose(steering.tweedie_gradient(velocity, psi, obs, far, tau), pullback(score_grad)[0],
+                               rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(grad).sum()) > 0
+
+
+def test_mfm_posterior_gradient_matches_finite_differences_with_statistics_held():
+    state = qpilots_m.init(jax.random.PRNGKey(0), SPEC, small(qpilots_m))
+    net = mfm.make_net(state.config.mfm, SPEC.chunk_dim)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (3, SPEC.obs_dim))
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, SPEC.chunk_dim))
+    tau = jnp.full((3,), 0.5)
+    noises = jax.random.normal(jax.random.PRNGKey(3), (4, 3, SPEC.chunk_dim))
+    posterior = lambda o, x_, t_, e: mfm.posterior_sample(net, state.params["mfm"], o, x_, t_, e)  # noqa: E731
+    psi = qpilots_u.pessimistic_value(state)
+
+    def scores(x_):
+        return jax.vmap(lambda e: psi(obs, posterior(obs, x_, tau, e)))(noises)  # (N, B)
+
+    raw = scores(x)
+    mean, std = float(jnp.mean(raw)), float(jnp.std(raw))
+
+    def objective(x_):  # the same statistics at every x: what "held constant" means
+        z = 2.0 * jnp.clip((scores(x_) - mean) / (std + 1e-6), -5.0, 5.0)
+        return jnp.sum(jax.nn.logsumexp(z, axis=0) - jnp.log(4))
+
+    normalise = lambda q: steering.normalise_scores(q, 5.0, 2.0)  # noqa: E731
+    batched = steering.posterior_gradient(posterior, psi, obs, x, tau, noises, normalise, batched=True)
+    looped = steering.posterior_gradient(posterior, psi, obs, x, tau, noises, normalise, batched=False)
+    np.testing.assert_allclose(batched, central_difference(objective, x), rtol=3e-2, atol=3e-3)
+    np.testing.assert_allclose(batched, looped, rtol=1e-4, atol=1e-6)
+
+
+def test_steered_euler_adds_the_rescaled_gradient_from_the_second_step_on():
+    """Analytic fields: v(x) = −x, ĝ(x) = (1, 2). A wrong sign, a missing rescale or steering at
+    τ = 0 each changes the result."""
+    noise = jnp.array([[1.0, -2.0], [0.5, 0.5]])
+    g = jnp.array([1.0, 2.0])
+    alpha, steps = 0.7, 4
+    out = steering.steered_euler(lambda x, t: -x, lambda x, t, k: jnp.broadcast_to(g, x.shape), noise, steps,
+                                 alpha, jax.random.PRNGKey(0), eps=0.0)
+    x = np.asarray(noise)
+    for i in range(steps):
+        v = -x
+        if i > 0:
+            v = v + alpha * np.linalg.norm(v, axis=1, keepdims=True) / np.linalg.norm(g) * np.asarray(g)
+        x = x + v / steps
+    np.testing.assert_allclose(out, x, rtol=1e-6)
+
+
+@pytest.mark.parametrize("agent", [qpilots_u, qpilots_m])
+def test_alpha_zero_is_the_base_sampler_bit_for_bit(agent):
+    state = agent.init(jax.random.PRNGKey(0), SPEC, small(agent, alpha=0.0))
+    fm_config = dataclasses.replace(bc_fm.Config(), flow=state.config.flow)
+    base = bc_fm.init(jax.random.PRNGKey(5), SPEC, fm_config)
+    base = base.replace(params={"base": state.params["base"]})
+    obs = jax.random.normal(jax.random.PRNGKey(1), (6, SPEC.obs_dim))
+    for seed in range(3):
+        key = jax.random.PRNGKey(10 + seed)
+        steered = jax.jit(agent.act)(state, obs, key)
+        plain = jax.jit(bc_fm.act)(base, obs, key)
+        np.testing.assert_array_equal(np.asarray(steered), np.asarray(plain))
+    moved = jax.jit(agent.act)(state.replace(config=dataclasses.replace(state.config, alpha=0.5)), obs, key)
+    assert not np.array_equal(np.asarray(moved), np.asarray(plain))  # and α > 0 does steer
+
+
+@pytest.mark.parametrize("agent,next_action_base", [(qpilots_u, "target"), (qpilots_u, "online"),
+                                                    (qpilots_m, "target"), (qpilots_m, "online")])
+def test_each_loss_reaches_only_its_own_network(agent, next_action_base):
+    """The critic's TD loss (whose a' runs the steered sampler through base, critic and MFM) has no
+    gradient on base or MFM; L_FM only reaches the base; the MFM loss never reaches the critic."""
+    state = agent.init(jax.random.PRNGKey(0), SPEC, small(agent, next_action_base=next_action_base, alpha=1.0))
+    terms = agent.loss_terms(state, batch(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+    names = set(state.params)
+    expected = {"critic": {"critic"}, "fm": {"base"}, "extra": {"mfm"}}
+    losses, _ = terms(state.params)
+    assert set(losses) == ({"critic", "fm", "extra"} if agent is qpilots_m else {"critic", "fm"})
+    for term in losses:
+        grads = jax.grad(lambda p: terms(p)[0][term])(state.params)
+        for net in names:
+            norm = float(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads[net])))
+            assert (norm > 0) == (net in expected[term]), (term, net, norm)
+
+
+@pytest.mark.parametrize("agent", [qpilots_u, qpilots_m])
+def test_a_frozen_base_stays_bitwise_unchanged_under_training(agent):
+    state = agent.init(jax.random.PRNGKey(0), SPEC, small(agent, train_base=False))
+    assert "base" not in state.target_params
+    before = jax.tree.map(np.asarray, state.params["base"])
+    update = jax.jit(agent.update)
+    for i in range(3):
+        state, metrics = update(state, batch(jax.random.PRNGKey(i)))
+    assert "fm_loss" not in metrics
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params["base"]))
+
+
+def test_gradient_clipping_bounds_the_joint_step():
+    """With max_grad_norm the first Adam step is unchanged (Adam normalises) but the moments see
+    the clipped gradient: the clipped run's first moment has global norm ≤ (1 − β1)·max_norm."""
+    clipped = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u, max_grad_norm=1e-3))
+    clipped, _ = jax.jit(qpilots_u.update)(clipped, batch(jax.random.PRNGKey(1)))
+    mu = clipped.opt_state[1][0].mu
+    assert float(jnp.sqrt(sum(jnp.sum(m ** 2) for m in jax.tree.leaves(mu)))) <= 0.1 * 1e-3 * (1 + 1e-4)
+    plain = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u, max_grad_norm=0.0))
+    plain, _ = jax.jit(qpilots_u.update)(plain, batch(jax.random.PRNGKey(1)))
+    assert float(jnp.sqrt(sum(jnp.sum(m ** 2) for m in jax.tree.leaves(plain.opt_state[0].mu)))) > 0.1 * 1e-3 * 10
+
+
+def test_named_configs_set_their_fields_and_keep_the_sizes():
+    config = apply_overrides(qpilots_u.Config(), {"*.hidden": (64, 64)})
+    assert config.critic.num_critics == 10 and config.critic.aggregate == "pessimistic"
+    assert config.critic.rho == 0.5 and config.critic.activation == "silu" and config.critic.hidden == (64, 64)
+    assert config.flow.activation == "silu" and config.flow.time_features == 64
+    from steerflow.agents import qc_fql
+
+    fql = apply_overrides(qc_fql.Config(), {"*.hidden": (64, 64), "critic": "qpilots"})
+    assert fql.critic == dataclasses.replace(qc.CriticConfig(hidden=(64, 64)), **qc.CriticConfig.NAMED["qpilots"])
+    assert qc_fql.Config().critic.activation == "gelu" and qc_fql.Config().max_grad_norm == 0.0  # defaults stay
+    with pytest.raises(ValueError, match="critic=.*names \\['qpilots'\\]"):
+        apply_overrides(qc_fql.Config(), {"critic": "qpilot"})
+
+
+# --------------------------------------------------------------------------- the 2-D posterior
+
+MODES = np.array([[-0.5, 0.0], [0.5, 0.2]])
+MODE_STD = 0.15
+
+
+def exact_posterior(x, tau):
+    """p(a | x_τ = x) for a ~ ½ Σ_k N(μ_k, s² I), x_τ = (1 − τ)·ε + τ·a: (weights (K,), means (K, 2), var)."""
+    s2, n2 = MODE_STD ** 2, (1 - tau) ** 2
+    precision = 1 / s2 + tau ** 2 / n2
+    means = (MODES / s2 + tau * x / n2) / precision
+    marginal_var = tau ** 2 * s2 + n2
+    log_w = -np.sum((x - tau * MODES) ** 2, -1) / (2 * marginal_var)
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum(), means, 1 / precision
+
+
+def exact_tilt_gradient(x, tau, c):
+    """∇_x log E[exp(c·a) | x_τ = x] for the closed-form Gaussian-mixture posterior."""
+    def log_tilt(x_):
+        s2, n2 = MODE_STD ** 2, (1 - tau) ** 2
+        precision = 1 / s2 + tau ** 2 / n2
+        means = (jnp.asarray(MODES) / s2 + tau * x_ / n2) / precision
+        log_w = -jnp.sum((x_ - tau * jnp.asarray(MODES)) ** 2, -1) / (2 * (tau ** 2 * s2 + n2))
+        log_w = log_w - jax.nn.logsumexp(log_w)
+        return jax.nn.logsumexp(log_w + means @ c + 0.5 * jnp.sum(c ** 2) / precision)
+
+    return np.asarray(jax.grad(log_tilt)(jnp.asarray(x)))
+
+
+@pytest.fixture(scope="module")
+def trained_mfm():
+    """An MFM trained by `mfm_loss` (the agent's own loss and Polyak target) on 2-D mixture data."""
+    import optax
+
+    config = mfm.MetaFlowMapConfig(hidden=(128, 128, 128))
+    net = mfm.make_net(config, 2)
+    params = mfm.init(net, jax.random.PRNGKey(0), 1, 2)
+    target, tx = params, optax.adam(1e-3)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, target, opt_state, key):
+        k_data, k_mode, k_loss = jax.random.split(key, 3)
+        modes = jnp.asarray(MODES)[jax.random.randint(k_mode, (512,), 0, 2)]
+        actions = modes + MODE_STD * jax.random.normal(k_data, (512, 2))
+        grads = jax.grad(lambda p: mfm.mfm_loss(net, p, target, jnp.zeros((512, 1)), actions, k_loss, config)[0])(params)
+        updates, opt_state = tx.update(grads, opt_state)
+        params = optax.apply_updates(params, updates)
+        return params, optax.incremental_update(params, target, 0.005), opt_state
+
+    for i in range(4000):
+        params, target, opt_state = step(params, target, opt_state, jax.random.PRNGKey(i))
+    return net, params
+
+
+CONTEXTS = [(0.3, (0.1, 0.0)), (0.5, (0.3, 0.2)), (0.7, (-0.3, 0.0)), (0.5, (0.0, 0.05))]
+
+
+@pytest.mark.parametrize("tau,x", CONTEXTS)
+def test_the_mfm_samples_the_closed_form_posterior(trained_mfm, tau, x):
+    net, params = trained_mfm
+    n = 4000
+    rep = lambda a: jnp.broadcast_to(jnp.asarray(a, jnp.float32), (n, *np.shape(a)))  # noqa: E731
+    samples = np.asarray(mfm.posterior_sample(net, params, jnp.zeros((n, 1)), rep(x), jnp.full((n,), tau),
+                                              jax.random.normal(jax.random.PRNGKey(7), (n, 2))))
+    w, means, var = exact_posterior(np.asarray(x), tau)
+    mean = w @ means
+    cov = np.diag([var, var]) + np.einsum("k,ki,kj->ij", w, means - mean, means - mean)
+    np.testing.assert_allclose(samples.mean(0), mean, atol=0.06)
+    np.testing.assert_allclose(np.cov(samples.T), cov, atol=0.25 * np.max(np.diag(cov)) + 2e-3)
+    near_first = np.mean(np.linalg.norm(samples - means[0], axis=1) < np.linalg.norm(samples - means[1], axis=1))
+    assert abs(near_first - w[0]) < 0.12  # the mode weights, not just the moments
+
+
+@pytest.mark.parametrize("tau,x", CONTEXTS)
+def test_the_mfm_steering_gradient_points_along_the_exact_tilt_gradient(trained_mfm, tau, x):
+    net, params = trained_mfm
+    c = jnp.array([1.5, -1.0])  # ψ(a) = c·a, so E[exp ψ | x] has a closed form
+    xs = jnp.asarray([x], jnp.float32)
+    noises = jax.random.normal(jax.random.PRNGKey(3), (512, 1, 2))
+    posterior = lambda o, x_, t_, e: mfm.posterior_sample(net, params, o, x_, t_, e)  # noqa: E731
+    grad = np.asarray(steering.posterior_gradient(posterior, lambda o, a: a @ c, jnp.zeros((1, 1)), xs,
+                                                  jnp.full((1,), tau), noises))[0]
+    exact = exact_tilt_gradient(np.asarray(x, np.float32), tau, c)
+    cosine = grad @ exact / (np.linalg.norm(grad) * np.linalg.norm(exact))
+    assert cosine > 0.9, (grad, exact)
+
+
+# --------------------------------------------------------------------------- frozen base, end to end
+
+TINY = ["--train-set", "dataset_episodes=3", "dataset_episode_steps=101"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STEERFLOW_DATA", str(root))
+    yield root
+    mp.undo()
+
+
+def _states(run_dir, agent_module):
+    from steerflow.train import RunSpec, resolve
+
+    run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
+    _, config, _ = resolve(run)
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in run.seeds])
+    states = jax.vmap(lambda k: agent_module.init(k, SPEC_CUBE, config))(keys)
+    return load_checkpoint(run_dir, states, keys)[0]
+
+
+SPEC_CUBE = EnvSpec(obs_dim=28, action_dim=5, horizon=5)
+
+
+def test_steering_a_frozen_bc_fm_run_from_the_cli(data_root, tmp_path, capsys):
+    base_dir, steer_dir = tmp_path / "base", tmp_path / "steer"
+    cli.main(["train", "--agent", "bc-fm", "--task", "cube-single-task2", "--preset", "smoke", "--seeds", "0,1",
+              "--out", str(base_dir), *TINY])
+    cli.main(["train", "--agent", "qpilots-u", "--task", "cube-single-task2", "--preset", "smoke", "--seeds", "1",
+              "--out", str(steer_dir), "--base-from", str(base_dir), "--set", "alpha=0", *TINY])
+    config = json.loads((steer_dir / "config.json").read_text())
+    assert config["run"]["base_from"] == str(base_dir) and config["agent_config"]["train_base"] is False
+    base, steered = _states(base_dir, bc_fm), _states(steer_dir, qpilots_u)
+    seed1 = jax.tree.map(lambda a: a[1], base)
+    jax.tree.map(np.testing.assert_array_equal, seed1.params["base"],
+                 jax.tree.map(lambda a: a[0], steered.params["base"]))  # frozen through 40 updates
+    obs = jax.random.normal(jax.random.PRNGKey(0), (5, 28))
+    key = jax.random.PRNGKey(3)
+    np.testing.assert_array_equal(jax.jit(qpilots_u.act)(jax.tree.map(lambda a: a[0], steered), obs, key),
+                                  jax.jit(bc_fm.act)(seed1, obs, key))  # α = 0 reproduces the base's samples
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--agent", "qpilots-u", "--task", "cube-single-task2", "--preset", "smoke",
+                  "--seeds", "5", "--out", str(tmp_path / "bad"), "--base-from", str(base_dir), *TINY])
+    assert "seeds [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before any data or directory work
