@@ -233,3 +233,25 @@ def test_cli_exit_code_2_on_a_missing_path(tmp_path, capsys):
         cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "missing does not exist" in capsys.readouterr().err
+
+
+def test_report_selects_the_swept_value_with_the_best_tuning_task_mean(tmp_path, capsys):
+    """The per-domain α rule: best mean over tasks 2 and 4; task 3 (not a tuning task) and the
+    other agent's runs do not vote; an α missing a tuning task is not a candidate."""
+    finals = {0.1: {2: 0.2, 4: 0.6, 3: 0.0}, 0.3: {2: 0.5, 4: 0.5, 3: 0.0}, 1.0: {2: 0.9, 4: 0.0, 3: 1.0}}
+    for alpha, per_task in finals.items():
+        for n, final in per_task.items():
+            make_run(tmp_path / f"u-{alpha}-{n}", "qpilots-u", f"cube-double-task{n}",
+                     {0: flat(final), 1: flat(final)}, overrides={"alpha": alpha})
+    make_run(tmp_path / "u-2.0-2", "qpilots-u", "cube-double-task2", {0: flat(1.0)}, overrides={"alpha": 2.0})
+    make_run(tmp_path / "fql", "qc-fql", "cube-double-task2", {0: flat(1.0)}, overrides={"alpha": 300})
+    cli.main(["report", str(tmp_path), "--out", str(tmp_path / "report")])
+    out = capsys.readouterr().out
+    records = json.loads((tmp_path / "report" / "records.json").read_text())
+    (sel,) = [r for r in records if r.get("kind") == "selection"]
+    assert sel["agent"] == "qpilots-u" and sel["domain"] == "cube-double" and sel["keys"] == ["alpha"]
+    assert sel["tuning_tasks"] == ["cube-double-task2", "cube-double-task4"]
+    assert sel["selected"] == {"alpha": "0.3"} and sel["selected_mean"] == pytest.approx(0.5)  # 0.45 < 0.5 > 0.45
+    assert [c["values"]["alpha"] for c in sel["candidates"]] == ["0.1", "0.3", "1.0"]
+    assert sel["incomplete"] == ["2.0"]
+    assert "## Selected hyperparameters" in out and "**alpha=0.3**" in out

@@ -9,6 +9,12 @@ evaluated, as written by `train.train`; `seed_k/` children of `train_processes` 
 directories). Seeds are grouped into methods (agent + its `--set` overrides, + preset when the
 runs mix presets) and tasks; the seeds of one (method, task) may come from several directories.
 A seed counts only once its last evaluation step equals its configured `train_config.steps`.
+
+Hyperparameter selection (`select_hyperparameters`), the one rule every tuned method uses (SPEC §6,
+the QC/QAM/QPILOTS protocol): within an agent, the `--set` keys whose values differ between runs
+are the swept ones; per domain, each of their value combinations is scored by its mean final
+success over the tuning tasks (2 and 4) and the best is selected (ties: the first in value order).
+The selection is printed in the report and recorded in records.json (`"kind": "selection"`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 RESAMPLES = 1000
+TUNING_TASKS = (2, 4)  # manipulation domains (SPEC §6)
 
 
 def bootstrap_ci(values, resamples: int = RESAMPLES, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -375,6 +382,73 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def select_hyperparameters(task_recs: dict, tuning_tasks=TUNING_TASKS) -> list[dict]:
+    """One selection record per (agent, impl, preset, fixed overrides, domain) whose runs sweep
+    one or more `--set` keys over ≥ 2 value combinations, each measured on every tuning task of
+    the domain present in the runs (module docstring)."""
+    by_agent: dict[tuple, list[dict]] = {}
+    for rec in task_recs.values():
+        by_agent.setdefault((rec["agent"], rec["impl"], rec["preset"]), []).append(rec)
+    selections = []
+    for (agent, impl, preset), recs in sorted(by_agent.items()):
+        keys = sorted({k for r in recs for k in r["overrides"]})
+        swept = [k for k in keys if len({_fmt_value(r["overrides"].get(k, "default")) for r in recs}) > 1]
+        if not swept:
+            continue
+        groups: dict[tuple, dict[tuple, dict[str, float]]] = {}
+        for r in recs:
+            fixed = tuple((k, _fmt_value(r["overrides"][k])) for k in keys if k not in swept and k in r["overrides"])
+            n = _task_number(r["task"])
+            if n in tuning_tasks:
+                value = tuple(_fmt_value(r["overrides"].get(k, "default")) for k in swept)
+                groups.setdefault((r["domain"], fixed), {}).setdefault(value, {})[r["task"]] = r["mean"]
+        for (domain, fixed), candidates in sorted(groups.items()):
+            tasks = sorted({t for c in candidates.values() for t in c}, key=_task_key)
+            scored = {v: float(np.mean([c[t] for t in tasks])) for v, c in candidates.items() if set(c) == set(tasks)}
+            if len(scored) < 2:
+                continue
+            order = sorted(scored, key=_value_order)
+            best = max(order, key=lambda v: scored[v])  # max keeps the first of equal scores
+            selections.append({
+                "kind": "selection", "agent": agent, "impl": impl, "preset": preset, "domain": domain,
+                "fixed_overrides": dict(fixed), "keys": swept, "tuning_tasks": tasks,
+                "candidates": [{"values": dict(zip(swept, v)), "tuning_mean": scored[v]} for v in order],
+                "selected": dict(zip(swept, best)), "selected_mean": scored[best],
+                "incomplete": sorted(" ".join(v) for v in candidates if v not in scored)})
+    return selections
+
+
+def _task_number(task: str) -> int:
+    m = _TASK_RE.match(task)
+    return int(m.group("n")) if m else 0
+
+
+def _value_order(values: tuple) -> tuple:
+    """Numeric values in numeric order, then anything else as text."""
+    def key(v):
+        try:
+            return (0, float(v), "")
+        except ValueError:
+            return (1, 0.0, v)
+    return tuple(key(v) for v in values)
+
+
+def _selection_markdown(selections: list[dict]) -> list[str]:
+    if not selections:
+        return []
+    lines = ["## Selected hyperparameters", "",
+             "Per domain, the swept `--set` values with the best mean final success over the tuning tasks "
+             f"({', '.join(f'task{n}' for n in TUNING_TASKS)}); reuse them on all five tasks with fresh seeds.", "",
+             "| agent | domain | swept | candidates (tuning mean %) | selected |", "|---|---|---|---|---|"]
+    for sel in selections:
+        name = sel["agent"] + (f" [{sel['impl']}]" if sel["impl"] != "steerflow" else "")
+        name += "".join(f" {k}={v}" for k, v in sel["fixed_overrides"].items())
+        cands = ", ".join(" ".join(c["values"].values()) + f": {100 * c['tuning_mean']:.1f}" for c in sel["candidates"])
+        chosen = " ".join(f"{k}={v}" for k, v in sel["selected"].items())
+        lines.append(f"| {name} | {sel['domain']} | {', '.join(sel['keys'])} | {cands} | **{chosen}** |")
+    return lines + [""]
+
+
 def build_report(run_dirs, out: str | os.PathLike | None = "report", resamples: int = RESAMPLES,
                  plots: bool = True) -> dict:
     """Aggregate run directories into `report.md`, `records.json` and learning-curve PNGs under
@@ -420,8 +494,11 @@ def build_report(run_dirs, out: str | os.PathLike | None = "report", resamples: 
 
     records = [task_recs[(m, t)] for m in methods for t in tasks if (m, t) in task_recs]
     records += [domain_recs[(m, d)] for m in methods for d in domains if (m, d) in domain_recs]
+    selections = select_hyperparameters(task_recs)
+    records += selections
     markdown = _markdown(runs, labels, dirs, methods, domains, task_recs, domain_recs, missing, incomplete, warnings,
                          resamples, plots and out is not None)
+    markdown += "\n" + "\n".join(_selection_markdown(selections)) if selections else ""
 
     files = []
     if out is not None:
@@ -455,7 +532,7 @@ def build_report(run_dirs, out: str | os.PathLike | None = "report", resamples: 
                     plot_curves(curves, files[-1], title=f"{dom}: mean over {len(dom_tasks)} tasks, "
                                                          f"{n} seeds, 95% bootstrap CI", ymax=None)
     return {"records": records, "markdown": markdown, "warnings": warnings, "incomplete": incomplete,
-            "files": [str(f) for f in files]}
+            "selections": selections, "files": [str(f) for f in files]}
 
 
 def _markdown(runs, labels, dirs, methods, domains, task_recs, domain_recs, missing, incomplete, warnings, resamples,
