@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from throughput import bare, size_overrides  # noqa: E402
 
 
-def act_latency(agent_name: str, size: str, calls: int) -> dict:
+def act_latency(agent_name: str, size: str, calls: int, batch: int = 1, overrides: dict | None = None) -> dict:
     import jax
     import numpy as np
 
@@ -35,10 +35,10 @@ def act_latency(agent_name: str, size: str, calls: int) -> dict:
     from steerflow.config import apply_overrides
 
     agent = get_agent(agent_name)
-    config = apply_overrides(agent.Config(), size_overrides(agent_name, size))
+    config = apply_overrides(agent.Config(), {**size_overrides(agent_name, size), **(overrides or {})})
     state = agent.init(jax.random.PRNGKey(0), EnvSpec(28, 5, 5), config)
     policy = jax.jit(agent.act)
-    obs = np.random.default_rng(0).normal(size=(1, 28)).astype("f4")
+    obs = np.random.default_rng(0).normal(size=(batch, 28)).astype("f4")
     key = jax.random.PRNGKey(1)
     for _ in range(5):  # compile and warm up
         np.asarray(policy(state, obs, key))

@@ -38,7 +38,7 @@ def size_overrides(agent_name: str, size: str) -> dict:
 
 
 def bare(agent_name: str, size: str, seeds: int, seconds: float, count_flops: bool = True,
-         per_call: int = 20) -> dict:
+         per_call: int = 20, overrides: dict | None = None) -> dict:
     """steps/s per seed of the jitted train call on a synthetic cube-single-shaped dataset."""
     import jax
     import numpy as np
@@ -50,7 +50,7 @@ def bare(agent_name: str, size: str, seeds: int, seconds: float, count_flops: bo
     from steerflow.train import make_train_call
 
     agent = get_agent(agent_name)
-    config = apply_overrides(agent.Config(), size_overrides(agent_name, size))
+    config = apply_overrides(agent.Config(), {**size_overrides(agent_name, size), **(overrides or {})})
     rng = np.random.default_rng(0)
     n = 100_000
     data = {"observations": rng.normal(size=(n, 28)).astype("f4"), "next_observations": rng.normal(size=(n, 28)).astype("f4"),
