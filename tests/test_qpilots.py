@@ -129,6 +129,19 @@ def test_alpha_zero_is_the_base_sampler_bit_for_bit(agent):
     assert not np.array_equal(np.asarray(moved), np.asarray(plain))  # and α > 0 does steer
 
 
+def test_unsteered_targets_value_the_base_policy():
+    """steered_targets=False: a' is the target base's own sample (the α = 1 steering is not used)."""
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u, alpha=1.0, steered_targets=False))
+    state = state.replace(target_params={**state.target_params,  # a target base distinct from the online one
+                                         "base": jax.tree.map(lambda p: 0.9 * p, state.params["base"])})
+    base = bc_fm.init(jax.random.PRNGKey(5), SPEC, dataclasses.replace(bc_fm.Config(), flow=state.config.flow))
+    base = base.replace(params={"base": state.target_params["base"]})
+    obs, key = jax.random.normal(jax.random.PRNGKey(1), (6, SPEC.obs_dim)), jax.random.PRNGKey(4)
+    np.testing.assert_array_equal(qpilots_u.next_actions(state, obs, key), bc_fm.act(base, obs, key))
+    steered = dataclasses.replace(state.config, steered_targets=True)
+    assert not np.array_equal(qpilots_u.next_actions(state.replace(config=steered), obs, key), bc_fm.act(base, obs, key))
+
+
 @pytest.mark.parametrize("agent,next_action_base", [(qpilots_u, "target"), (qpilots_u, "online"),
                                                     (qpilots_m, "target"), (qpilots_m, "online")])
 def test_each_loss_reaches_only_its_own_network(agent, next_action_base):

@@ -16,6 +16,9 @@ where Q̄' = mean_j Q'_j − ρ·std_j Q'_j is the target ensemble (J = 10, ρ =
 base flow (paper App. C.3: more stable for the biased Tweedie estimate). `act` steers the online
 base; a' for the TD target runs the same sampler with the target base's velocity (App. C.2,
 "using target nets"; `next_action_base`). α = 0 is exactly the base policy's own sampler.
+`steered_targets=False` (not the paper's OGBench setting) values the base policy instead, so
+updates cost no steering gradients (the paper's LIBERO runs use SARSA targets for a related
+reason, §5.2).
 
 Frozen base (`steerflow train --base-from RUN_DIR`): `train_base=False`, the base parameters come
 from a finished FM run, are never updated and serve as their own target.
@@ -44,6 +47,7 @@ class Config:
     steer_eps: float = 1e-6  # ε of the drift rescale
     train_base: bool = True  # False: frozen base (--base-from), trained by nothing
     next_action_base: str = "target"  # base velocity net of the a' sampler: target | online
+    steered_targets: bool = True  # False: a' is the base's own (unsteered) sample — ~10x cheaper updates
     learning_rate: float = 3e-4
     max_grad_norm: float = 1.0  # joint global-norm clipping (paper App. C.2)
 
@@ -111,8 +115,15 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
 
 
 def next_actions(state: AgentState, next_obs: jnp.ndarray, key: jax.Array, gradient_fn=steering_gradient):
-    """a' ~ the steered policy at s_{t+H} (critic_steered_targets), without gradient."""
-    base_params = target_base(state) if state.config.next_action_base == "target" else state.params["base"]
+    """a' ~ the steered policy at s_{t+H} (critic_steered_targets), without gradient; with
+    `steered_targets=False` the base's own sample instead (the critic then values the base
+    policy, and steering is left to acting: no gradient evaluations inside the update)."""
+    config, spec = state.config, state.spec
+    base_params = target_base(state) if config.next_action_base == "target" else state.params["base"]
+    if not config.steered_targets:
+        noise = latent.sample_prior(key, (next_obs.shape[0], spec.chunk_dim), "normal")
+        x = flow.sample(flow.make_net(config.flow, spec.chunk_dim).apply, base_params, next_obs, noise, config.flow.steps)
+        return jax.lax.stop_gradient(jnp.clip(x, -1.0, 1.0))
     return jax.lax.stop_gradient(steered_sample(state, next_obs, key, base_params, gradient_fn))
 
 
