@@ -15,15 +15,6 @@ from steerflow.evaluate import EnvPool, run_episodes
 TINY = ["--train-set", "dataset_episodes=3", "dataset_episode_steps=101"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEERFLOW_DATA", str(root))
-    yield root
-    mp.undo()
-
-
 @pytest.mark.parametrize("agent", ["lps", "bc-mf"])
 def test_cli_smoke_run_writes_a_complete_run_directory(data_root, tmp_path, agent, capsys):
     out = tmp_path / agent

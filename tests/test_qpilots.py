@@ -296,15 +296,6 @@ def test_the_mfm_steering_gradient_points_along_the_exact_tilt_gradient(trained_
 TINY = ["--train-set", "dataset_episodes=3", "dataset_episode_steps=101"]
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEERFLOW_DATA", str(root))
-    yield root
-    mp.undo()
-
-
 def _states(run_dir, agent_module):
     from steerflow.train import RunSpec, resolve
 

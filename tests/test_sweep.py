@@ -186,15 +186,6 @@ def test_missing_manifest_and_unknown_unit_are_named(tmp_path, capsys):
     assert "did you mean ['lps__cube-single-task1__default']" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEERFLOW_DATA", str(root))
-    yield root
-    mp.undo()
-
-
 def test_real_sweep_then_skip_then_resume(data_root, tmp_path, capsys):
     out = tmp_path / "sw"
     args = ["sweep", "--out", str(out), "--agents", "bc-mf,lps", "--tasks", "cube-single-task2", "--seeds", "0,1",

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# QPILOTS on a frozen BC-FM base at the CPU protocol (issue 10, item 8; benchmarks/results/README.md):
+#   1. BC-FM with the QPILOTS velocity net (flow=qpilots), 100K steps, `--preset cpu`;
+#   2. QPILOTS-U and QPILOTS-M steering that frozen base, critic (and MFM) trained 100K steps with
+#      a' from the base's own sampler (steered_targets=false: nothing trained depends on α);
+#   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds.
+# Records (no checkpoints) are copied to benchmarks/results/qpilots_cpu/. Usage:
+#   benchmarks/qpilots_frozen_base.sh cube-single-task2 0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TASK=$1 SEED=$2
+BIN=.venv/bin
+RUNS=runs/qpilots_cpu RESULTS=benchmarks/results/qpilots_cpu
+export MUJOCO_GL=egl XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+base=$RUNS/bc-fm-$TASK-s$SEED
+$BIN/steerflow train --agent bc-fm --task "$TASK" --seeds "$SEED" --preset cpu --out "$base" --resume --set flow=qpilots
+for agent in qpilots-u qpilots-m; do
+  run=$RUNS/$agent-frozen-$TASK-s$SEED
+  $BIN/steerflow train --agent $agent --task "$TASK" --seeds "$SEED" --preset cpu --out "$run" --resume \
+      --base-from "$base" --set steered_targets=false
+  [ -f "$run/alpha_eval.json" ] || $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2
+done
+for run in "$base" $RUNS/qpilots-{u,m}-frozen-$TASK-s$SEED; do
+  dst=$RESULTS/$(basename "$run"); mkdir -p "$dst/evals"
+  cp "$run"/{config.json,run_info.json,final.json,eval.csv,metrics.csv} "$dst"/
+  cp "$run"/evals/*.json "$dst/evals/"
+  [ -f "$run/alpha_eval.json" ] && cp "$run/alpha_eval.json" "$dst/"
+done
+echo "records in $RESULTS"
