@@ -108,16 +108,17 @@ def units() -> list[Unit]:
     out += [sf("puzzle", agent, f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)
             for agent in ("lps", "qc-fql", "bc-mf")]
     # QPILOTS (issue 10) beside the baselines of its paper, all on the QPILOTS critic (J = 10,
-    # mean − 0.5·std, SiLU); BC-FM is tier 2's. α on the tuning seeds over part of the paper's grid
+    # mean − 0.5·std, SiLU) and velocity net (SiLU, Fourier time features). α on the tuning seeds over part of the paper's grid
     # first, then the reported seeds at the default α = 0.3. Measured cost on this CPU (one thread,
     # benchmarks/results/qpilots_speed_cpu.json): hours per unit, so these are GPU-sized.
     out += [sf("qpilots-alpha", agent, CUBE.format(t), seed, overrides={"alpha": a}, name=f"alpha{a}")
             for seed in TUNING_SEEDS for t in (2, 4) for a in (0.1, 0.3, 1.0) for agent in ("qpilots-u", "qpilots-m")]
-    qcritic = {"critic": "qpilots"}
+    qnets = {"qc-fql": {"critic": "qpilots", "flow": "qpilots"}, "qc-bon": {"critic": "qpilots", "flow": "qpilots"},
+             "bc-fm": {"flow": "qpilots"}}
     out += [sf("qpilots", agent, CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)
             for agent in ("qpilots-u", "qpilots-m")]
-    out += [sf("qpilots", agent, CUBE.format(t), seed, overrides=qcritic, name="qcritic")
-            for seed in (0, 1, 2) for t in (2, 4) for agent in ("qc-fql", "qc-bon")]
+    out += [sf("qpilots", agent, CUBE.format(t), seed, overrides=o, name="qnets")
+            for seed in (0, 1, 2) for t in (2, 4) for agent, o in qnets.items()]
     return out
 
 
