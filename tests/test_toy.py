@@ -5,11 +5,14 @@ assertion; the figures' seeds 0-2 are not among them. Each bound below was set f
 per-seed figures measured over seeds 0-5 (written next to it), with a margin."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from steerflow import cli, toy
+from steerflow import cli
+from steerflow.studies import toy, toy_task
 
 SEEDS = "3,4,5"
 
@@ -22,22 +25,31 @@ def study(tmp_path_factory):
 
 
 def test_toy_data_is_seeded_multimodal_and_leaves_the_rewarding_corner_empty():
-    data, again, other = toy.make_transitions(0, 2000), toy.make_transitions(0, 2000), toy.make_transitions(1, 2000)
+    data, again, other = (toy_task.make_transitions(s, 2000) for s in (0, 0, 1))
     np.testing.assert_array_equal(data["actions"], again["actions"])
     assert not np.array_equal(data["actions"], other["actions"])
     a = data["actions"]
     assert np.abs(a).max() <= 1.0 and np.all(data["terminals"] == 1) and np.all(data["masks"] == 0)
-    nearest_mode = np.argmin(((a[:, None] - np.asarray(toy.MODES)[None]) ** 2).sum(-1), 1)
+    nearest_mode = np.argmin(((a[:, None] - np.asarray(toy_task.MODES)[None]) ** 2).sum(-1), 1)
     assert np.bincount(nearest_mode).min() > 0.25 * len(a)  # every mode holds its share
     assert np.mean((a[:, 0] > 0.4) & (a[:, 1] > 0.4)) < 0.005  # the top-right corner is empty...
-    assert data["rewards"].max() < 0.5 * toy.reward(np.array([1.0, 1.0]))  # ...and is where reward is
-    np.testing.assert_allclose(data["rewards"], toy.reward(a), rtol=1e-6)
+    assert data["rewards"].max() < 0.5 * toy_task.reward(np.array([1.0, 1.0]))  # ...and is where reward is
+    np.testing.assert_allclose(data["rewards"], toy_task.reward(a), rtol=1e-6)
 
 
 def test_toy_agents_regress_the_reward_with_no_bootstrap():
-    for name in ("lps", "qc-fql", "dsrl-na"):
-        config = toy.agent_config(name, toy.ToyConfig())
-        assert config.critic.discount == 0.0 and config.critic.hidden == toy.ToyConfig().critic_hidden
+    sizes = toy.ToyConfig()
+    for name in ("lps", "qc-fql", "dsrl-na", "qpilots-u", "qpilots-m"):
+        config = toy.agent_config(name, sizes)
+        assert config.critic.discount == 0.0 and config.critic.hidden == sizes.critic_hidden
+    config = toy.agent_config("qpilots-m", sizes)
+    assert config.flow.hidden == config.mfm.hidden == sizes.flow_hidden  # the MFM as large as the FM base
+
+
+def test_toy_plots_do_not_import_the_study():
+    """The figures take numbers, not the study: the dependency runs toy → toy_plots → toy_task."""
+    code = "import sys, steerflow.studies.toy_plots; assert 'steerflow.studies.toy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_writes_both_figures_and_the_numbers(study):
