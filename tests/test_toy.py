@@ -91,11 +91,12 @@ def test_regularised_method_leaves_the_data_at_small_alpha_and_collapses_to_bc_a
 
 
 def test_qpilots_steering_raises_the_reward_from_its_base(study):
-    """QPILOTS-U and -M steer one QPILOTS-M state per seed (1000 updates, J = 2). Measured on seeds
-    0-2 (Intel Xeon VM): at α = 0 (the base's own samples) reward 0.044-0.050 and 19.7% off the data
-    vs BC-FM's 11.1% (its base is looser at 1000 updates; bounds: < 0.3 and within 0.15 of BC-FM);
-    at α = 2 QPILOTS-U's reward is 2.5-3.1x its base's on every seed (bound 1.5x), QPILOTS-M's
-    1.29x on the mean, 1.05-1.5x per seed (bound: mean 1.1x)."""
+    """QPILOTS-U and -M steer one QPILOTS-M state per seed (1000 updates, J = 2). Measured over
+    seeds 0-5 (Intel Xeon VM): at α = 0 (the base's own samples) reward 0.040-0.050 and 19.4-19.7%
+    off the data vs BC-FM's 11.1-11.6% (its base is looser at 1000 updates; bounds: < 0.3 and
+    within 0.15 of BC-FM); at α = 2 QPILOTS-U's reward is 2.5-4.4x its base's on every seed (bound
+    1.5x), QPILOTS-M's 1.29x and 2.6x on the means of seeds 0-2 and 3-5, 1.05-4.6x per seed
+    (bound: mean 1.1x)."""
     _, summary = study
     f2 = summary["figure2"]
     base, bc = f2["QPILOTS-U α=0"], f2["BC-FM (QC-FQL's base)"]
