@@ -157,8 +157,8 @@ class Report:
 
 @dataclass
 class Toy:
-    """The 2-D toy study of the LPS paper's Figures 2 and 3 (~2.5 min on 2 CPU cores): QC-FQL
-    across α, DSRL-NA and LPS on a one-step task with an empty, rewarding corner; writes
+    """The 2-D toy study of the LPS paper's Figures 2 and 3 (~2.5-3 min on 2 CPU cores): QC-FQL
+    across α, DSRL-NA, LPS, QPILOTS-U/M across α on a one-step task with an empty, rewarding corner; writes
     fig2_alpha.png, fig3_latent_critic.png and summary.json and prints the numbers behind them."""
 
     out: Path = Path("runs/toy")
@@ -167,7 +167,7 @@ class Toy:
     workers: int = 2  # training processes at once (one CPU thread each)
 
     def __call__(self):
-        from steerflow import toy
+        from steerflow.studies import toy
         from steerflow.sweep import parse_seeds
 
         try:

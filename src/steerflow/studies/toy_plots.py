@@ -1,7 +1,8 @@
-"""Figures of the 2-D toy study (`steerflow.toy`): Figure-2 and Figure-3 analogues of the LPS paper.
+"""Figures of the 2-D toy study (`studies.toy`): Figure-2 and Figure-3 analogues of the LPS paper.
 
 Both figures draw in the action square [-1, 1]² (Figure 2) or in a window of DSRL's 2-D latent
-plane (Figure 3); seed 0's networks are drawn, the titles carry the all-seed numbers.
+plane (Figure 3); seed 0's networks are drawn, the titles carry the all-seed numbers. Drawing only:
+every number comes in the study's result (`studies.toy.run_study`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-GRID = 121  # points per axis of the heat maps
-LATENT_WINDOW = 3.0  # Figure 3 shows z in [-3, 3]²
+from steerflow.studies.toy_task import reward
+
+GRID = 121  # points per axis of the reward background
 
 
 def _plt():
@@ -32,15 +34,14 @@ def _save(fig, path: Path) -> Path:
 
 
 def _reward_background(ax):
-    from steerflow.toy import reward
-
     xs = np.linspace(-1, 1, GRID)
     grid = np.stack(np.meshgrid(xs, xs), -1)
     ax.imshow(reward(grid), origin="lower", extent=(-1, 1, -1, 1), cmap="Greens", vmin=0, vmax=1, alpha=0.6)
 
 
 def plot_figure2(result: dict, path: Path) -> Path:
-    """One panel per method, one row per family (behaviour-regularised, latent-steered): reward
+    """One panel per method, one row per family (behaviour-regularised, latent-steered, then QPILOTS-U
+    and QPILOTS-M across α from their base at α = 0): reward
     (green), data (grey), the method's actions (colour per seed; stars for deterministic policies)
     and, for LPS, the base's image of the latent sphere (thin lines): every action it can choose."""
     plt = _plt()
@@ -72,24 +73,16 @@ def plot_figure2(result: dict, path: Path) -> Path:
 
 def plot_figure3(result: dict, path: Path) -> Path:
     """Data with reward; Q(s, D(z)) and Q_ψ(s, z) over DSRL's latent plane; their gradient cosine."""
-    import jax
-    import jax.numpy as jnp
-
-    from steerflow.toy import gradient_cosine
-
     plt = _plt()
-    dsrl = next(t for t in result["trained"] if t.agent == "dsrl-na")
-    state = jax.tree.map(lambda x: x[0], dsrl.states)  # seed 0
-    zs = np.linspace(-LATENT_WINDOW, LATENT_WINDOW, GRID)
-    z = jnp.asarray(np.stack(np.meshgrid(zs, zs), -1).reshape(-1, 2), jnp.float32)
-    cos, q_pb, q_d = (np.asarray(x).reshape(GRID, GRID) for x in jax.jit(gradient_cosine)(state, z))
+    maps = result["latent_maps"]
+    cos, q_pb, q_d, window = maps["cosine"], maps["pulled_back"], maps["distilled"], maps["window"]
     data = result["data"]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.3))
     sc = axes[0].scatter(data["actions"][:, 0], data["actions"][:, 1], c=data["rewards"], s=2, cmap="viridis")
     axes[0].set_title("(1) data, coloured by reward", fontsize=9)
     axes[0].set_xlim(-1, 1), axes[0].set_ylim(-1, 1)
     fig.colorbar(sc, ax=axes[0], fraction=0.046)
-    extent = (-LATENT_WINDOW, LATENT_WINDOW, -LATENT_WINDOW, LATENT_WINDOW)
+    extent = (-window, window, -window, window)
     vmin, vmax = min(q_pb.min(), q_d.min()), max(q_pb.max(), q_d.max())
     for ax, values, title in ((axes[1], q_pb, "(2) action critic pulled back: Q(s, D(z))"),
                               (axes[2], q_d, "(3) DSRL's distilled latent critic Q_ψ(s, z)")):

@@ -1,7 +1,8 @@
 """The 2-D toy study of the LPS paper (§III-C, Figures 2 and 3), on the project's own agents.
 
-Task: one state (obs = 0, obs_dim 1), one step (H = 1, γ = 0, every transition terminal), so the
-critic is a regression of the reward and "acting well" means picking a good 2-D action.
+Task (`studies.toy_task`): one state (obs = 0, obs_dim 1), one step (H = 1, γ = 0, every
+transition terminal), so the critic is a regression of the reward and "acting well" means
+picking a good 2-D action.
     behaviour  a ~ equal-weight mixture of three Gaussian blobs (std `MODE_STD`) on the anti-diagonal,
                at (−0.6, 0.6), (0, 0) and (0.6, −0.6): the top-right and bottom-left of [-1, 1]²
                stay empty
@@ -11,34 +12,42 @@ critic is a regression of the reward and "acting well" means picking a good 2-D 
     support    an action is "outside the data" when its nearest dataset action is farther than
                `ToyConfig.support_radius`
 
-Figure 2 (`fig2_alpha.png`): where QC-FQL's actions land for α from small to large, next to BC,
-DSRL-NA and LPS. Figure 3 (`fig3_latent_critic.png`): on DSRL-NA's own FM base D (latent z ~ N(0, I)
-in R², decoded by K Euler steps), the action critic pulled back into latent space, Q(s, D(z)),
-against DSRL's distilled latent critic Q_ψ(s, z), and the cosine similarity of their z-gradients.
+Figure 2 (`fig2_alpha.png`), one row per family, each panel's mean reward and off-data share:
+QC-FQL across its regularisation weight α next to its BC-FM base; BC-MF, DSRL-NA and LPS; and
+QPILOTS-U and QPILOTS-M across their steering coefficient α, from α = 0 (the base's own samples).
+QPILOTS steers only at inference time, so one QPILOTS-U and one QPILOTS-M per seed are trained and
+sampled at every α by changing `config.alpha` in the trained state (`steered_actions`).
+Figure 3 (`fig3_latent_critic.png`): on DSRL-NA's own FM base D (latent z ~ N(0, I) in R², decoded
+by K Euler steps), the action critic pulled back into latent space, Q(s, D(z)), against DSRL's
+distilled latent critic Q_ψ(s, z), and the cosine similarity of their z-gradients.
 
 Every method is the project's agent (`steerflow.agents`), trained by the project's jitted trainer
 (`train.make_train_call`) on the toy transitions, all seeds vmapped. Shapes: actions (N, 2),
-latents (N, 2), per-seed results (S, ...).
+latents (N, 2), per-seed results (S, ...), QPILOTS panels (A, S, N, 2) over A values of α.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-# Three equal-weight Gaussian blobs on the anti-diagonal: the top-right and bottom-left halves of
-# the square stay empty, the centre blob holds the best in-support actions, and the straight
-# paths between blobs (where a smooth generator interpolates) are worse than the centre blob.
-MODES = ((-0.6, 0.6), (0.0, 0.0), (0.6, -0.6))
-MODE_STD = 0.1
-REWARD_CENTRE = (1.0, 1.0)
-REWARD_WIDTH = 0.6
-SPEC_DIMS = dict(obs_dim=1, action_dim=2, horizon=1)
+from steerflow.studies.toy_task import MODES, SPEC_DIMS, make_transitions, reward, support_distance
+
+__all__ = ["MODES", "SPEC_DIMS", "ToyConfig", "agent_config", "make_transitions", "reward", "run_study",
+           "support_distance", "main"]
+
+# γ = 0 and terminal transitions make QPILOTS' TD target r whatever its steered a' sampler returns
+# (y = r + γ·m·Q̄'(s', a')), so it trains with a one-step sampler: the same parameters (bitwise,
+# measured over 50 updates) without the K-step steered a', ~85% of an update's cost at K = 10.
+# Sampling restores K to the library default, the K of every other FM sampler in the study.
+QPILOTS_TRAIN_STEPS = 1
 
 
 @dataclass(frozen=True)
@@ -57,47 +66,36 @@ class ToyConfig:
     actor_hidden: tuple[int, ...] = (64, 64)  # latent actors and QC-FQL's one-step actor
     equal_fraction: float = 0.25  # MeanFlow's share of r = t pairs (paper: 0.75; 2-D fits better lower)
     learning_rate: float = 1e-3
+    qpilots_alphas: tuple[float, ...] = (0.1, 0.5, 2.0)  # QPILOTS' steering coefficients, shown with α = 0
+    qpilots_critics: int = 2  # QPILOTS' ensemble size J (paper: 10, ~2-3x the update cost here)
+    qpilots_steps: int = 1000  # QPILOTS' updates (at most `steps`; a QPILOTS-M worker is ~75% compile)
+    qpilots_own_u: bool = False  # False: QPILOTS-U steers QPILOTS-M's trained base and critic (`methods`)
     updates_per_call: int = 250  # progress-bar granularity
 
 
-def reward(actions: np.ndarray) -> np.ndarray:
-    """r(a) for actions (..., 2)."""
-    sq = np.sum((np.asarray(actions) - np.asarray(REWARD_CENTRE)) ** 2, -1)
-    return np.exp(-sq / (2 * REWARD_WIDTH**2))
-
-
-def make_transitions(seed: int, n: int) -> dict:
-    """n single-step transitions from the behaviour mixture, each its own (terminal) trajectory."""
-    rng = np.random.default_rng(seed)
-    centres = np.asarray(MODES)[rng.integers(0, len(MODES), n)]
-    actions = np.clip(centres + MODE_STD * rng.standard_normal((n, 2)), -1.0, 1.0).astype(np.float32)
-    obs = np.zeros((n, SPEC_DIMS["obs_dim"]), np.float32)
-    return {"observations": obs, "actions": actions, "rewards": reward(actions).astype(np.float32),
-            "masks": np.zeros(n, np.float32), "next_observations": obs, "terminals": np.ones(n, np.float32)}
-
-
-def support_distance(actions: np.ndarray, data_actions: np.ndarray) -> np.ndarray:
-    """Distance from each action (..., 2) to its nearest dataset action."""
-    flat = actions.reshape(-1, 2)
-    d = np.sqrt(((flat[:, None, :] - data_actions[None, :, :]) ** 2).sum(-1)).min(1)
-    return d.reshape(actions.shape[:-1])
-
-
 def agent_config(name: str, toy: ToyConfig, **overrides):
-    """The agent's own Config at toy size: small nets, γ = 0, a faster learning rate."""
+    """The agent's own Config at toy size: small nets (QPILOTS-M's meta flow map as large as the FM
+    base), γ = 0, a faster learning rate."""
     from steerflow.agents import get_agent
     from steerflow.config import apply_overrides
     from steerflow.train import _has_field
 
     config = get_agent(name).Config()
-    toy_size = {"base.hidden": toy.base_hidden, "flow.hidden": toy.flow_hidden, "critic.hidden": toy.critic_hidden,
-                "actor_hidden": toy.actor_hidden, "base.equal_fraction": toy.equal_fraction,
-                "critic.discount": 0.0, "learning_rate": toy.learning_rate}
+    toy_size = {"base.hidden": toy.base_hidden, "flow.hidden": toy.flow_hidden, "mfm.hidden": toy.flow_hidden,
+                "critic.hidden": toy.critic_hidden, "actor_hidden": toy.actor_hidden,
+                "base.equal_fraction": toy.equal_fraction, "critic.discount": 0.0, "learning_rate": toy.learning_rate}
     present = {k: v for k, v in toy_size.items() if _has_field(config, k.split(".")[0])}
     return apply_overrides(config, present | overrides)
 
 
 # ----------------------------------------------------------------------------- training
+
+class Method(NamedTuple):
+    label: str  # label in figures and tables
+    agent: str  # registry name
+    overrides: dict  # Config overrides on top of `agent_config`'s toy size
+    steps: int  # updates
+
 
 @dataclass
 class Trained:
@@ -113,9 +111,13 @@ class Trained:
         return get_agent(self.agent)
 
 
-def train_method(label: str, name: str, overrides: dict, toy: ToyConfig, data: dict, progress=None) -> Trained:
-    """Train one (label, agent, overrides) on the toy data with every seed vmapped, through the
-    project's jitted trainer; `progress(n)` is told of every `n` updates done."""
+def _calls(m: Method, toy: ToyConfig) -> int:
+    return -(-m.steps // toy.updates_per_call)
+
+
+def train_method(m: Method, toy: ToyConfig, data: dict, progress=None) -> Trained:
+    """Train one method on the toy data with every seed vmapped, through the project's jitted
+    trainer; `progress(n)` is told of every `n` updates done."""
     import jax
 
     from steerflow.agents import get_agent
@@ -124,23 +126,23 @@ def train_method(label: str, name: str, overrides: dict, toy: ToyConfig, data: d
     from steerflow.train import make_train_call
 
     start = time.perf_counter()
-    module, config, spec = get_agent(name), agent_config(name, toy, **overrides), EnvSpec(**SPEC_DIMS)
+    module, config, spec = get_agent(m.agent), agent_config(m.agent, toy, **m.overrides), EnvSpec(**SPEC_DIMS)
     ds = build_chunk_dataset(data, horizon=1, discount=0.0)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.PRNGKey(s)))(np.asarray(toy.seeds))
     states = jax.vmap(lambda k: module.init(k, spec, config))(keys[:, 0])
     train_call, loop_keys = make_train_call(module, toy.batch_size, toy.updates_per_call), keys[:, 1]
-    for _ in range(-(-toy.steps // toy.updates_per_call)):
+    for _ in range(_calls(m, toy)):
         states, loop_keys, _ = train_call(states, loop_keys, ds)
         if progress is not None:
             progress(toy.updates_per_call)
-    return Trained(label, name, jax.device_get(states), time.perf_counter() - start)
+    return Trained(m.label, m.agent, jax.device_get(states), time.perf_counter() - start)
 
 
 def _train_in_worker(queue, *args) -> Trained:
     return train_method(*args, progress=queue.put)
 
 
-def train_all(methods: list[tuple[str, str, dict]], toy: ToyConfig, data: dict, workers: int = 2,
+def train_all(methods: list[Method], toy: ToyConfig, data: dict, workers: int = 2,
               quiet: bool = False) -> list[Trained]:
     """Train every method; with `workers` > 1, in that many single-threaded processes at once
     (small networks barely use a second thread, so two processes on 2 cores train ~2x faster)."""
@@ -152,10 +154,10 @@ def train_all(methods: list[tuple[str, str, dict]], toy: ToyConfig, data: dict, 
 
     from steerflow.train import single_thread_env
 
-    total = len(methods) * -(-toy.steps // toy.updates_per_call) * toy.updates_per_call
+    total = sum(_calls(m, toy) for m in methods) * toy.updates_per_call
     bar = tqdm(total=total, desc="toy: training", unit="upd", disable=quiet, dynamic_ncols=True, smoothing=0)
     if workers <= 1:
-        trained = [train_method(*m, toy, data, progress=bar.update) for m in methods]
+        trained = [train_method(m, toy, data, progress=bar.update) for m in methods]
         bar.close()
         return trained
     saved = dict(os.environ)
@@ -164,7 +166,7 @@ def train_all(methods: list[tuple[str, str, dict]], toy: ToyConfig, data: dict, 
         ctx = mp.get_context("spawn")
         with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             queue = manager.Queue()
-            futures = [pool.submit(_train_in_worker, queue, *m, toy, data) for m in methods]
+            futures = [pool.submit(_train_in_worker, queue, m, toy, data) for m in methods]
             while not all(f.done() for f in futures):
                 try:
                     bar.update(queue.get(timeout=0.5))
@@ -200,6 +202,38 @@ def base_actions(t: Trained, toy: ToyConfig, key) -> np.ndarray:
     obs = jnp.zeros((toy.num_actions, SPEC_DIMS["obs_dim"]))
     keys = jax.random.split(key, len(toy.seeds))
     return np.asarray(jax.vmap(lambda s, k: bc_mf.act(s, obs, k))(t.states, keys))
+
+
+def qpilots_alphas(toy: ToyConfig) -> tuple[float, ...]:
+    """α = 0 (the base's own sampler, `qpilots_u`: exactly BC-FM's) and the study's grid."""
+    return (0.0, *toy.qpilots_alphas)
+
+
+def steered_actions(states, agent: str, toy: ToyConfig, key) -> np.ndarray:
+    """(A, S, num_actions, 2) actions of QPILOTS `agent`'s sampler at every α of `qpilots_alphas`
+    on trained `states` (seed axis first): the one state per seed with its config's α replaced
+    (and K restored, `QPILOTS_TRAIN_STEPS`). The same key at every α, so the same prior noises:
+    α alone moves the actions."""
+    import jax
+    import jax.numpy as jnp
+
+    from steerflow.agents import get_agent
+    from steerflow.generative.flow import FlowConfig
+
+    act = get_agent(agent).act
+    obs = jnp.zeros((toy.num_actions, SPEC_DIMS["obs_dim"]))
+    keys = jax.random.split(key, len(toy.seeds))
+    trained = states.config
+    sampling = dataclasses.replace(trained, flow=dataclasses.replace(trained.flow, steps=FlowConfig().steps))
+
+    def at_alpha(states, alpha):
+        # α traced, so one compile serves the whole grid (the agents use α only arithmetically);
+        # the config is static, so it is replaced inside the vmap, on each seed's state
+        return jax.vmap(lambda s, k: act(s.replace(config=dataclasses.replace(sampling, alpha=alpha)), obs, k))(
+            states, keys)
+
+    grid = jnp.asarray(qpilots_alphas(toy), jnp.float32)
+    return np.asarray(jax.jit(jax.vmap(at_alpha, in_axes=(None, 0)))(states, grid))
 
 
 def sphere_image(t: Trained, num: int = 720) -> np.ndarray:
@@ -269,7 +303,6 @@ def gradient_cosine(state, z):
 def latent_study(t: Trained, toy: ToyConfig, key, num_latents: int = 4096) -> dict:
     """Per seed: mean cosine on prior latents z ~ N(0, I), and how well Q_ψ matches the values."""
     import jax
-    import jax.numpy as jnp
 
     z = jax.random.normal(key, (num_latents, SPEC_DIMS["action_dim"]))
     cos, q_pb, q_d = jax.vmap(lambda s: gradient_cosine(s, z))(t.states)
@@ -282,12 +315,49 @@ def latent_study(t: Trained, toy: ToyConfig, key, num_latents: int = 4096) -> di
             "value_relative_rmse_per_seed": np.round(rel_rmse, 4).tolist()}
 
 
+def latent_maps(t: Trained, grid: int = 121, window: float = 3.0) -> dict:
+    """Figure 3's heat maps for seed 0 on a grid × grid lattice of the latent window [−window,
+    window]²: the gradient cosine, Q(s, D(z)) and Q_ψ(s, z), each (grid, grid), rows along z₂."""
+    import jax
+    import jax.numpy as jnp
+
+    state = jax.tree.map(lambda x: x[0], t.states)  # seed 0
+    zs = np.linspace(-window, window, grid)
+    z = jnp.asarray(np.stack(np.meshgrid(zs, zs), -1).reshape(-1, 2), jnp.float32)
+    cos, q_pb, q_d = (np.asarray(x).reshape(grid, grid) for x in jax.jit(gradient_cosine)(state, z))
+    return {"window": window, "cosine": cos, "pulled_back": q_pb, "distilled": q_d}
+
+
 # ----------------------------------------------------------------------------- the study
 
-def methods(toy: ToyConfig) -> list[tuple[str, str, dict]]:
-    """(label, agent, overrides), the slowest first so that two workers finish close together."""
-    qc_fql = [(f"QC-FQL α={a:g}", "qc-fql", {"alpha": a}) for a in toy.alphas]
-    return [("DSRL-NA", "dsrl-na", {"geometry": "normal"}), *qc_fql, ("LPS", "lps", {})]
+def methods(toy: ToyConfig) -> list[Method]:
+    """Every method trained, the slowest first so that two workers finish close together.
+
+    QPILOTS trains once per seed, its α only steers sampling (`steered_actions`). QPILOTS-M's
+    state holds all QPILOTS-U samples from (base, target base, target critic; its own loss adds only
+    the MFM's), so by default QPILOTS-U's Tweedie steering runs on QPILOTS-M's trained networks:
+    the two rows then differ by the steering gradient alone, and the study saves a QPILOTS-U worker
+    (~30 s on one core, two thirds of it compilation) to stay within 3 minutes on 2 cores. The one
+    difference from QPILOTS-U's own training is the joint gradient clipping, which there sees no MFM
+    gradient; `qpilots_own_u=True` trains it separately."""
+    qc_fql = [Method(f"QC-FQL α={a:g}", "qc-fql", {"alpha": a}, toy.steps) for a in toy.alphas]
+    qpilots = {"critic.num_critics": toy.qpilots_critics, "flow.steps": QPILOTS_TRAIN_STEPS}
+    steps = min(toy.steps, toy.qpilots_steps)
+    own_u = [Method("QPILOTS-U", "qpilots-u", qpilots, steps)] if toy.qpilots_own_u else []
+    return [Method("DSRL-NA", "dsrl-na", {"geometry": "normal"}, toy.steps), *qc_fql,
+            Method("QPILOTS-M", "qpilots-m", qpilots, steps), Method("LPS", "lps", {}, toy.steps), *own_u]
+
+
+def steered_panels(trained: list[Trained], toy: ToyConfig, key) -> dict[str, np.ndarray]:
+    """{"QPILOTS-U α=a" and "QPILOTS-M α=a": (S, num_actions, 2)} for every α of `qpilots_alphas`,
+    QPILOTS-U on its own state or on QPILOTS-M's (`methods`)."""
+    by_label = {t.name: t for t in trained}
+    panels = {}
+    for label in ("QPILOTS-U", "QPILOTS-M"):
+        t = by_label.get(label, by_label["QPILOTS-M"])
+        per_alpha = steered_actions(t.states, label.lower(), toy, key)
+        panels |= {f"{label} α={a:g}": actions for a, actions in zip(qpilots_alphas(toy), per_alpha)}
+    return panels
 
 
 def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = False) -> dict:
@@ -300,12 +370,14 @@ def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = Fals
     key = jax.random.PRNGKey(12345)
     by_label = {t.name: t for t in trained}
     regularised = [t for t in trained if t.agent == "qc-fql"]
+    steered_rows = [[f"{name} α={a:g}" for a in qpilots_alphas(toy)] for name in ("QPILOTS-U", "QPILOTS-M")]
     rows = [["BC-FM (QC-FQL's base)"] + [t.name for t in regularised],
-            ["BC-MF (LPS's base)"] + [t.name for t in trained if t.agent != "qc-fql"]]
+            ["BC-MF (LPS's base)"] + [t.name for t in trained if t.agent in ("dsrl-na", "lps")], *steered_rows]
     most_regularised = max(regularised, key=lambda t: t.states.config.alpha)
     actions = {"BC-FM (QC-FQL's base)": base_actions(most_regularised, toy, key),
                "BC-MF (LPS's base)": base_actions(by_label["LPS"], toy, key)}
-    actions |= {t.name: sample_actions(t, toy, key) for t in trained}
+    actions |= {t.name: sample_actions(t, toy, key) for t in trained if not t.agent.startswith("qpilots")}
+    actions |= steered_panels(trained, toy, key)
     stats = {name: action_stats(actions[name], data["actions"], toy.support_radius) for row in rows for name in row}
     reachable = {"LPS": sphere_image(by_label["LPS"])}  # (S, 720, 2)
     stats["LPS"]["best_reachable_reward_per_seed"] = reward(reachable["LPS"]).max(1).round(4).tolist()
@@ -313,7 +385,7 @@ def run_study(toy: ToyConfig = ToyConfig(), workers: int = 2, quiet: bool = Fals
     latent = latent_study(dsrl, toy, jax.random.PRNGKey(54321))
     best_in_support = float(reward(data["actions"]).max())
     return {"toy": asdict(toy), "data": data, "trained": trained, "actions": actions, "rows": rows, "reachable": reachable,
-            "figure2": stats, "figure3": latent,
+            "figure2": stats, "figure3": latent, "latent_maps": latent_maps(dsrl),
             "reference": {"best_data_reward": best_in_support, "data_mean_reward": float(data["rewards"].mean()),
                           "corner_reward": 1.0},
             "seconds": {"total_training": round(time.perf_counter() - start, 1),
@@ -344,7 +416,7 @@ def _fmt(values) -> str:
 
 
 def main(out: Path, toy: ToyConfig = ToyConfig(), workers: int = 2) -> dict:
-    from steerflow.toy_plots import plot_figure2, plot_figure3
+    from steerflow.studies.toy_plots import plot_figure2, plot_figure3
 
     start = time.perf_counter()
     result = run_study(toy, workers=workers)
