@@ -4,8 +4,10 @@
 #   2. QPILOTS-U and QPILOTS-M steering that frozen base, critic (and MFM) trained 100K steps with
 #      a' from the base's own sampler (steered_targets=false: nothing trained depends on α);
 #   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds.
+# QP_SET adds agent-config overrides to both QPILOTS runs (and names their directories), e.g.
+# QP_SET=critic.num_critics=2 for the CPU protocol's two critics instead of the paper's ten.
 # Records (no checkpoints) are copied to benchmarks/results/qpilots_cpu/. Usage:
-#   benchmarks/qpilots_frozen_base.sh cube-single-task2 0
+#   [QP_SET=critic.num_critics=2] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1 SEED=$2
@@ -14,16 +16,18 @@ RUNS=runs/qpilots_cpu RESULTS=benchmarks/results/qpilots_cpu
 export MUJOCO_GL=egl XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 base=$RUNS/bc-fm-$TASK-s$SEED
 $BIN/steerflow train --agent bc-fm --task "$TASK" --seeds "$SEED" --preset cpu --out "$base" --resume --set flow=qpilots
+QP_SET=${QP_SET:-}
+tag=${QP_SET:+-${QP_SET//[^a-zA-Z0-9]/}}
 for agent in qpilots-u qpilots-m; do
-  run=$RUNS/$agent-frozen-$TASK-s$SEED
+  run=$RUNS/$agent-frozen$tag-$TASK-s$SEED
   $BIN/steerflow train --agent $agent --task "$TASK" --seeds "$SEED" --preset cpu --out "$run" --resume \
-      --base-from "$base" --set steered_targets=false
+      --base-from "$base" --set steered_targets=false $QP_SET
   [ -f "$run/alpha_eval.json" ] || $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2
 done
-for run in "$base" $RUNS/qpilots-{u,m}-frozen-$TASK-s$SEED; do
+for run in "$base" $RUNS/qpilots-{u,m}-frozen$tag-$TASK-s$SEED; do
   dst=$RESULTS/$(basename "$run"); mkdir -p "$dst/evals"
   cp "$run"/{config.json,run_info.json,final.json,eval.csv,metrics.csv} "$dst"/
   cp "$run"/evals/*.json "$dst/evals/"
-  [ -f "$run/alpha_eval.json" ] && cp "$run/alpha_eval.json" "$dst/"
+  if [ -f "$run/alpha_eval.json" ]; then cp "$run/alpha_eval.json" "$dst/"; fi
 done
 echo "records in $RESULTS"

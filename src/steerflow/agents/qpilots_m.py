@@ -15,7 +15,8 @@ batch, held constant (no gradient through them): the paper batch-normalises Q̄ 
 minibatch" and clips to "a fixed range" it does not give (`q_clip`, default 5). A single state
 (batch 1, acting in one environment) is normalised over its own N samples. The MFM samples go to
 the critic unclipped, as Eq. 16 writes them (`clip_posterior` clips straight-through as QPILOTS-U
-does). The MFM loss reaches only the MFM; the steering reaches no parameter at all.
+does). The MFM loss's gradient reaches only the MFM (though the joint norm clipping scales every
+network's step by the same factor); the steering reaches no parameter at all.
 Shapes: obs (B, obs_dim), chunks (B, d), posterior noises (N, B, d).
 """
 
