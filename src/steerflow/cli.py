@@ -76,7 +76,7 @@ class Info:
 class Data:
     """Generate and inspect locally regenerated OGBench datasets."""
 
-    # flat: `steerflow data generate DOMAIN --episodes N` (no `command:` prefixes)
+    # flat subcommands and flags: `steerflow data generate DOMAIN --episodes N`
     command: tyro.conf.OmitSubcommandPrefixes[Union[Annotated[Generate, tyro.conf.subcommand("generate")],
                                                     Annotated[Info, tyro.conf.subcommand("info")]]]
 
@@ -191,8 +191,6 @@ class Eval:
         _positive("--episodes", self.episodes)
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: expected 0 or more")
-        if not self.run_dir.is_dir():
-            raise FileNotFoundError(f"{self.run_dir} is not a run directory (it does not exist or is a file)")
 
     def __call__(self):
         from steerflow.train import evaluate_run
@@ -268,10 +266,14 @@ class Sweep:
     print_commands: bool = False  # print one `steerflow sweep --unit ID` command per unfinished unit
 
     def validate(self):
+        from steerflow.sweep import expand, split_list
+
         check_out_dir("--out", self.out)
         _positive("--jobs", self.jobs)
-        if self.agents or self.tasks:
-            parse_seed_list(self.seeds)
+        if self.agents and self.tasks:  # every unit resolves, nothing is written
+            expand(split_list("--agents", self.agents), split_list("--tasks", self.tasks),
+                   parse_seed_list(self.seeds), self.preset, grid=flatten(self.grid), sets=flatten(self.set),
+                   train_sets=flatten(self.train_set))
 
     def __call__(self):
         from steerflow.sweep import main as sweep
