@@ -200,7 +200,8 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
     if (run_dir / "failed.json").is_file():
         info = _read_json(run_dir / "failed.json")
         info = info if isinstance(info, dict) else {}
-        losses = ", ".join(sorted(info.get("losses") or {})) or "losses"
+        names = sorted(info.get("losses") or {})
+        losses = ", ".join([k for k in names if "loss" in k] or names) or "losses"
         failed = f"{info.get('status', 'failed')}: non-finite {losses} at step {info.get('step', '?')}"
     return [SeedRun(run_dir=run_dir, agent=agent, task=task, preset=preset, overrides=overrides, steps=steps,
                     seed=s, curve=curves.get(s, {}), episodes=episodes, device=str(meta.get("device", "unknown")),

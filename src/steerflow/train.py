@@ -408,9 +408,11 @@ def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: i
     from steerflow.errors import TrainingDiverged
     from steerflow.runinfo import atomic_write_json
 
-    bad = {k: [float(x) for x in np.atleast_1d(v)] for k, v in values.items() if not np.all(np.isfinite(v))}
-    shown = ", ".join(f"{k}={[x for x in v if not np.isfinite(x)][0]} (seed "
-                      f"{[s for s, x in zip(run.seeds, v) if not np.isfinite(x)]})" for k, v in bad.items())
+    bad = {k: [str(float(x)) for x in np.atleast_1d(v)] for k, v in values.items() if not np.all(np.isfinite(v))}
+    losses = [k for k in bad if "loss" in k] or list(bad)  # name the losses; other metrics follow them
+    shown = ", ".join(f"{k}={next(x for x in bad[k] if not np.isfinite(float(x)))}" for k in losses)
+    seeds = sorted({s for k in losses for s, x in zip(run.seeds, bad[k]) if not np.isfinite(float(x))})
+    shown += f" (seed {','.join(map(str, seeds))})"
     kept = (f"the last good checkpoint (step {last_good}) is kept in {out / 'checkpoints' / 'latest.msgpack'}"
             if last_good is not None else "no checkpoint had been written yet")
     message = (f"training diverged: non-finite loss {shown} in the updates up to step {bad_step}; stopped, "
@@ -474,13 +476,6 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]),
                    action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon)
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
-                                    "train_config": to_dict(tc)})
-    atomic_write_json(out / "run_info.json", {
-        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
-        "dataset": data_info, "command": " ".join(sys.argv)})
-
     seeds = list(run.seeds)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
     init_keys, keys = jax.vmap(lambda k: jax.random.split(k))(seed_keys).transpose((1, 0, 2))
@@ -490,6 +485,13 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         states, keys, step = load_checkpoint(out, states, keys)
         if not quiet:
             print(f"resuming {out} from step {step}")
+
+    out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
+    atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
+                                    "train_config": to_dict(tc)})
+    atomic_write_json(out / "run_info.json", {
+        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
+        "dataset": data_info, "command": " ".join(sys.argv)})
     log = MetricsLog(out / "metrics.csv", step)
     (out / "failed.json").unlink(missing_ok=True)  # a resumed run starts over from its last good checkpoint
 
