@@ -29,6 +29,10 @@ def snapshot(root: Path) -> dict:
     return out
 
 
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.replace("\r", "\n").splitlines() if "steerflow: error" in line]
+
+
 def run_cli(argv, capsys) -> tuple[int, str]:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -201,8 +205,6 @@ def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkey
     cli.main(["data", "info"])
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["valid"] is False and "sha256" in row["problem"] and f.name in row["problem"]
-    cli.main(["data", "generate", "cube-single", "--episodes", "3", "--workers", "1"])  # 1001-step key: another dir
-    capsys.readouterr()
     path = ogbench_gen.generate_dataset("cube-single", episodes=3, seed=0, root=data, show_progress=False,
                                         episode_steps=101)
     out = capsys.readouterr().out
@@ -289,14 +291,14 @@ def test_unwritable_output_directory(unwritable, tiny_dataset, tmp_path, monkeyp
     out = unwritable / "steerflow-run"
     err = assert_fails(["train", "--agent", "bc-mf", *TASK, "--out", out], 1, [str(out), "cannot write"],
                        capsys, tmp_path)
-    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert len(error_lines(err)) == 1 and not out.exists()
 
 
 def test_unwritable_data_directory(unwritable, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STEERFLOW_DATA", str(unwritable / "steerflow-data"))
     err = assert_fails(["data", "generate", "cube-single", "--episodes", "1"], 1,
                        [str(unwritable / "steerflow-data"), "cannot write"], capsys, tmp_path)
-    assert len(err.strip().splitlines()) == 1
+    assert len(error_lines(err)) == 1
 
 
 def _enospc(*args, **kwargs):
@@ -329,7 +331,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tmp_
     out = tmp_path / "run"
     got, err = run_cli(["train", "--agent", "bc-mf", *TASK, "--out", out], capsys)
     assert got == 1 and "No space left on device" in err and str(out / "checkpoints" / "latest.msgpack") in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(error_lines(err)) == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest.msgpack"]  # no temporary file
     run = train.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke")
     agent, config, tc = train.resolve(run)

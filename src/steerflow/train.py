@@ -526,9 +526,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
         return rec
 
+    bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
+               disable=quiet, dynamic_ncols=True, smoothing=0.05)
     try:
-        bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
-                   disable=quiet, dynamic_ncols=True, smoothing=0.05)
         window_t, window_steps = time.perf_counter(), 0
         with deferred_signals() as received:  # SIGINT/SIGTERM: stop after this host call, checkpointed
             try:
@@ -565,10 +565,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                 pass
             if received:
                 checkpoint()
-                bar.close()
                 raise Interrupted(received[0], step=step, total=tc.steps, run_dir=out)
-        bar.close()
     finally:
+        bar.close()  # before any error message: it starts on a line of its own
         pool.close()
     if record is None:  # resumed a run that had already finished
         record = json.loads((out / "evals" / f"step_{tc.steps:08d}.json").read_text())
