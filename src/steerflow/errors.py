@@ -73,6 +73,21 @@ def raising_signals():
 
 
 @contextlib.contextmanager
+def children_ignore_sigint():
+    """Start worker processes inside this: they inherit SIGINT ignored from their first instruction
+    (a terminal's Ctrl-C reaches the whole process group; only the parent should act on it, and a
+    worker still importing would otherwise print a traceback)."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def deferred_signals():
     """Record SIGINT/SIGTERM in the yielded list instead of raising; a second one raises at once."""
     received: list[int] = []

@@ -74,10 +74,13 @@ class EnvPool:
         self.local = None
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
+        from steerflow.errors import children_ignore_sigint
+
         for part in self.split:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, spec, len(part)), daemon=True)
-            proc.start()
+            with children_ignore_sigint():
+                proc.start()
             self.conns.append(parent), self.procs.append(proc)
 
     def reset(self, seeds: list[int]) -> np.ndarray:

@@ -327,8 +327,12 @@ def generate_sharded(
     else:
         import multiprocessing as mp
 
+        from steerflow.errors import children_ignore_sigint
+
         ctx = mp.get_context("spawn")
-        with ctx.Pool(processes=min(workers, len(jobs)), initializer=_ignore_sigint) as pool:
+        with children_ignore_sigint():
+            pool = ctx.Pool(processes=min(workers, len(jobs)), initializer=_ignore_sigint)
+        with pool:
             for sid, data in pool.imap_unordered(_gen_shard, jobs):
                 results[sid] = data
                 if progress is not None:
