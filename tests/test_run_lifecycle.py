@@ -49,7 +49,7 @@ def _steerflow(*args) -> list[str]:
 
 # ------------------------------------------------------------------------------------ training signals
 
-LONG = ["train", "--agent", "lps", *SMOKE, "--steps", "3000", "--train-set", "eval_every=3000",
+LONG = ["train", "--agent", "bc-mf", *SMOKE, "--steps", "2000", "--train-set", "eval_every=2000",
         "checkpoint_every=1000"]
 
 
@@ -77,7 +77,7 @@ def test_a_signal_checkpoints_the_current_step_and_the_resume_is_bit_identical(s
     assert "Traceback" not in err
     (line,) = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("steerflow:")]
     step = _checkpoint_step(out)
-    assert 20 <= step < 3000 and step % 10 == 0 and f"at step {step}/3000" in line
+    assert 20 <= step < 2000 and step % 10 == 0 and f"at step {step}/2000" in line
     assert "--resume" in line and str(out) in line and signal.Signals(signum).name in line
     resumed = subprocess.run(_steerflow(*LONG, "--out", out, "--resume"), capture_output=True, text=True,
                              timeout=600)
@@ -86,7 +86,7 @@ def test_a_signal_checkpoints_the_current_step_and_the_resume_is_bit_identical(s
     assert (out / "checkpoints" / "latest.msgpack").read_bytes() == \
         (straight / "checkpoints" / "latest.msgpack").read_bytes()
     rows = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
-    assert rows == list(range(20, 3001, 20))  # no row lost or repeated around the interrupt
+    assert rows == list(range(20, 2001, 20))  # no row lost or repeated around the interrupt
 
 
 def test_an_interrupt_during_an_evaluation_is_resumed_with_that_evaluation(data_root, tmp_path, monkeypatch):
