@@ -236,3 +236,18 @@ def test_steps_per_second_leaves_out_compilation(data_root, tmp_path, monkeypatc
     trainer.train(run, tmp_path / "run", quiet=True)
     first = float((tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].split(",")[2])
     assert first > 20 / 2.0  # with the 2 s counted, 20 steps could not exceed 10 steps/s
+
+
+def test_a_smoke_run_from_nothing_makes_its_own_tiny_dataset(tmp_path, monkeypatch, capsys):
+    """`--preset smoke` with an empty data cache generates 3+1 episodes of 101 steps, not the
+    1000+100 full-length ones, and the whole run takes seconds (bound generous for a busy CPU)."""
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    t0 = time.perf_counter()
+    cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(tmp_path / "run")])
+    elapsed = time.perf_counter() - t0
+    (made,) = [p.name for p in (tmp_path / "data").iterdir()]
+    assert made.startswith("cube-single-play-e3-t101-s0")
+    meta = json.loads((tmp_path / "data" / made / "meta.json").read_text())
+    assert (meta["episodes"], meta["val_episodes"], meta["episode_steps"]) == (3, 1, 101)
+    assert "generating 3+1 episodes" in capsys.readouterr().out
+    assert elapsed < 120, elapsed  # ~20 s on one busy core; the 1000+100-episode default would take ~20 min
