@@ -305,7 +305,8 @@ def parse(argv: list[str]):
 
 
 def _resume_hint(argv: list[str]) -> str:
-    args = list(argv) + ([] if "--resume" in argv else ["--resume"])
+    """The command that continues an interrupted one: `train` with `--resume`, a sweep as it was."""
+    args = list(argv) + ([] if argv[:1] != ["train"] or "--resume" in argv else ["--resume"])
     return "steerflow " + shlex.join(args)
 
 
@@ -328,8 +329,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"steerflow: interrupted ({err}); nothing partial was left", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    except KeyboardInterrupt:
-        print("steerflow: interrupted (SIGINT)", file=sys.stderr)
+    except KeyboardInterrupt:  # e.g. `--parallel processes`: each seed's process checkpointed itself
+        hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
+        print(f"steerflow: interrupted (SIGINT){hint}", file=sys.stderr)
         raise SystemExit(130) from None
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as err:
         if isinstance(err, OSError) and err.errno is not None and err.filename is not None:

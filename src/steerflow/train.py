@@ -564,6 +564,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
             except _EvalStopped:
                 pass
             if received:
+                check_finite()  # the signal may have come after this call's check
                 checkpoint()
                 raise Interrupted(received[0], step=step, total=tc.steps, run_dir=out)
     finally:
