@@ -326,8 +326,9 @@ def main(argv: list[str] | None = None) -> None:
         if err.step is not None:
             print(f"steerflow: interrupted ({err}) at step {err.step}/{err.total}; checkpoint saved in "
                   f"{err.run_dir}; continue with: {_resume_hint(argv)}", file=sys.stderr)
-        else:
-            print(f"steerflow: interrupted ({err}); nothing partial was left", file=sys.stderr)
+        else:  # before training started (nothing partial is left), or `--parallel processes`' parent
+            hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
+            print(f"steerflow: interrupted ({err}){hint}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
     except KeyboardInterrupt:  # e.g. `--parallel processes`: each seed's process checkpointed itself
         hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
