@@ -426,8 +426,10 @@ def generate_dataset(
     """Generate (or find cached) ``root/cache_key/`` with train/val npz files and ``meta.json``.
 
     Train file: the first ``episodes`` episodes; val file: ``max(1, episodes // 10)`` more.
-    Written atomically (temporary sibling dir + ``os.replace``); an existing valid dir is
-    returned without regenerating.
+    Written atomically (temporary sibling dir + ``os.replace``); an existing dir whose files
+    match the sizes and sha256 of its meta.json is returned without regenerating, one that does
+    not is regenerated (saying why). An interrupt or a write error (disk full) removes the
+    temporary dir; pool workers ignore SIGINT, so only this process handles Ctrl-C.
     """
     _check_domain(domain)
     if episodes < 1:
