@@ -29,7 +29,9 @@ class TrainingDiverged(RunFailed):
 class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM. `step`/`run_dir`: where an interrupted training run left its checkpoint."""
 
-    def __init__(self, signum: int, step: int | None = None, total: int | None = None, run_dir=None):
+    def __init__(self, signum=signal.SIGINT, step: int | None = None, total: int | None = None, run_dir=None):
+        if not isinstance(signum, int):  # re-created from its message by C code (mujoco's XML parser does)
+            signum = signal.SIGTERM if "SIGTERM" in str(signum) else signal.SIGINT
         super().__init__(signal.Signals(signum).name)
         self.signum, self.step, self.total, self.run_dir = signum, step, total, run_dir
 
