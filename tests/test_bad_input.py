@@ -215,13 +215,26 @@ def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkey
 # ---------------------------------------------------------------------------------- checkpoints and resume
 
 @pytest.fixture(scope="module")
-def smoke_run(tiny_dataset, tmp_path_factory) -> Path:
-    """One finished smoke run (40 steps, checkpoint at 40) on the tiny dataset."""
+def smoke_run(tmp_path_factory) -> Path:
+    """A smoke run directory as `train` leaves it, without training: config.json as written, and a
+    real checkpoint of the initial states at step 40 (the resume refusals come before it is read)."""
+    import dataclasses
+
+    import jax
+
+    from steerflow.agents.common import EnvSpec
+    from steerflow.config import to_dict
+    from steerflow.runinfo import atomic_write_json
+    from steerflow.train import RunSpec, resolve, save_checkpoint
+
     out = tmp_path_factory.mktemp("run") / "lps"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STEERFLOW_DATA", str(tiny_dataset.parent))
-    cli.main(["train", "--agent", "lps", *TASK, "--out", str(out)])
-    mp.undo()
+    run = RunSpec(agent="lps", task="cube-single-task2", seeds=[0], preset="smoke")
+    agent, config, tc = resolve(run)
+    atomic_write_json(out / "config.json", {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
+                                            "train_config": to_dict(tc)})
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    states = jax.vmap(lambda k: agent.init(k, EnvSpec(28, 5, tc.horizon), config))(keys)
+    save_checkpoint(out, states, keys, 40)
     return out
 
 
