@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test clean reference-env
+.PHONY: install run test test-fast clean reference-env
 
 install: $(STAMP)
 
@@ -29,8 +29,13 @@ reference-env: .venv-ref/.installed
 	.venv-ref/bin/pip install --quiet --no-deps flaxmodels
 	touch $@
 
+# the whole suite: what CI runs (.ci/run)
 test: install
 	MUJOCO_GL=egl $(BIN)/python -m pytest -q tests
+
+# the fast tier while developing: every test not marked slow (pyproject.toml's `slow` marker)
+test-fast: install
+	MUJOCO_GL=egl $(BIN)/python -m pytest -q -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) runs

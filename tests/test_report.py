@@ -189,17 +189,43 @@ def test_errors_name_the_path_at_fault(tmp_path):
     bad = make_run(tmp_path / "badcsv", "lps", "cube-single-task1", {0: flat(0.2)})
     (bad / "eval.csv").write_text("step,seed\n100,0\n")
     with pytest.raises(ValueError, match=r"badcsv/eval.csv.*success"):
-        build_report([bad], None)
+        load_run(bad)
     (bad / "eval.csv").write_text("step,seed,success\n100,0,oops\n")
     with pytest.raises(ValueError, match=r"badcsv/eval.csv"):
         load_run(bad)
     bad = make_run(tmp_path / "badcfg", "lps", "cube-single-task1", {0: flat(0.2)})
     (bad / "config.json").write_text('{"run": {"agent": "lps"')
     with pytest.raises(ValueError, match=r"badcfg/config.json"):
-        build_report([bad], None)
+        load_run(bad)
     (bad / "config.json").write_text('{"run": {"agent": "lps"}, "train_config": {}}')
     with pytest.raises(ValueError, match=r"badcfg/config.json"):
-        build_report([bad], None)
+        load_run(bad)
+
+
+def test_a_tree_with_malformed_failed_and_unfinished_runs_is_reported_not_fatal(tmp_path, capsys):
+    """`report` lists every run it cannot use, with the reason, and aggregates the others."""
+    make_run(tmp_path / "good", "lps", "cube-single-task1", {0: flat(0.2), 1: flat(0.4)})
+    bad_csv = make_run(tmp_path / "badcsv", "lps", "cube-single-task1", {2: flat(0.2)})
+    (bad_csv / "eval.csv").write_text("step,seed\n100,0\n")
+    bad_cfg = make_run(tmp_path / "badcfg", "lps", "cube-single-task1", {3: flat(0.2)})
+    (bad_cfg / "config.json").write_text('{"run": {"agent": "lps"')
+    make_run(tmp_path / "unfinished", "lps", "cube-single-task1", {4: {100: 0.5}})
+    zero = make_run(tmp_path / "zero", "lps", "cube-single-task1", {5: {100: 0.5}}, steps=0)
+    (zero / "eval.csv").write_text("step,seed,success\n")  # `--steps 0` used to leave this behind
+    diverged = make_run(tmp_path / "diverged", "lps", "cube-single-task1", {6: flat(0.9)})
+    (diverged / "failed.json").write_text(json.dumps({"status": "diverged", "step": 200,
+                                                      "losses": {"critic_loss": [float("nan")]}}))
+    out = tmp_path / "report"
+    cli.main(["report", str(tmp_path), "--out", str(out)])
+    md = (out / "report.md").read_text()
+    rec = json.loads((out / "records.json").read_text())[0]
+    assert rec["seeds"] == [0, 1] and rec["mean"] == pytest.approx(0.3)
+    for name in ("badcsv", "badcfg", "unfinished", "zero", "diverged"):
+        assert str(tmp_path / name) in md, name
+    assert "cannot read run directory" in md and "badcsv/eval.csv" in md and "badcfg/config.json" in md
+    assert "failed (diverged: non-finite critic_loss at step 200)" in md
+    assert "incomplete (0/0 steps)" in md
+    capsys.readouterr()
 
 
 def test_method_labels_add_steps_when_one_method_mixes_step_counts(tmp_path):

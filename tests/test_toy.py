@@ -118,7 +118,7 @@ def test_distilled_latent_critic_gradients_point_elsewhere(study):
 
 
 @pytest.mark.parametrize("args, message", [(["--seeds", "a,b"], "--seeds 'a,b'"), (["--steps", "0"], "--steps")])
-def test_toy_cli_rejects_bad_flags_by_name(args, message, tmp_path):
+def test_toy_cli_rejects_bad_flags_by_name(args, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["toy", "--out", str(tmp_path), *args])
-    assert message in str(exit_info.value)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

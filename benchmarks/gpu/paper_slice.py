@@ -99,8 +99,8 @@ def plan(args) -> list[dict]:
     seeds = parse_seeds(args.seeds)
     steps: list[dict] = [
         {"name": "install", "cmd": install_command()},
-        {"name": "data", "cmd": [sys.executable, "-m", "steerflow.cli", "data", "command:generate", args.domain,
-                                 "--command.episodes", "1000", "--command.seed", "0", "--command.workers", str(args.workers)]},
+        {"name": "data", "cmd": [sys.executable, "-m", "steerflow.cli", "data", "generate", args.domain,
+                                 "--episodes", "1000", "--seed", "0", "--workers", str(args.workers)]},
     ]
     for agent in split_list("--agents", args.agents):
         for t in split_list("--tasks", args.tasks):

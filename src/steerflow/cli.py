@@ -10,12 +10,19 @@
     steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
                     [--set [AGENT:]KEY=V]... [--train-set KEY=V]... [--jobs N] [--dry-run]
                     [--print-commands] [--unit ID]
+
+Every command checks its flags before any work (`validate()`: no data is loaded, nothing is
+compiled or written), so a bad value ends at once with the flag named; `parse(argv)` is that
+check alone (the README test runs it on every command line of the README). Exit codes and
+signals are described in `steerflow.errors`: 2 for bad input, 1 for a failed run or a filesystem
+error, 130/143 for SIGINT/SIGTERM; a user error never prints a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +37,18 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 class Generate:
     """Regenerate an OGBench play dataset locally with the package's scripted oracles."""
 
-    domain: tyro.conf.Positional[str]
+    domain: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="DOMAIN")]  # cube-single | cube-double | scene | puzzle-3x3 | puzzle-4x4
     episodes: int = 1000  # training episodes (validation gets episodes // 10 more)
     seed: int = 0
     workers: int = 1  # worker processes (output is identical for any count)
+
+    def validate(self):
+        from steerflow.data.ogbench_gen import DOMAINS
+
+        if self.domain not in DOMAINS:
+            raise ValueError(f"unknown domain {self.domain!r}; valid domains: {', '.join(DOMAINS)}")
+        _positive("--episodes", self.episodes)
+        _positive("--workers", self.workers)
 
     def __call__(self):
         from steerflow.data.ogbench_gen import generate_dataset
@@ -61,8 +76,12 @@ class Info:
 class Data:
     """Generate and inspect locally regenerated OGBench datasets."""
 
-    command: Union[Annotated[Generate, tyro.conf.subcommand("generate")],
-                   Annotated[Info, tyro.conf.subcommand("info")]]
+    # flat subcommands and flags: `steerflow data generate DOMAIN --episodes N`
+    command: tyro.conf.OmitSubcommandPrefixes[Union[Annotated[Generate, tyro.conf.subcommand("generate")],
+                                                    Annotated[Info, tyro.conf.subcommand("info")]]]
+
+    def validate(self):
+        getattr(self.command, "validate", lambda: None)()
 
     def __call__(self):
         self.command()
@@ -76,6 +95,28 @@ def flatten(groups: list[list[str]]) -> list[str]:
     return [item for group in groups for item in group]
 
 
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{flag} {value}: expected a positive integer")
+
+
+def parse_seed_list(text: str, flag: str = "--seeds") -> list[int]:
+    """`0,1,2` → [0, 1, 2]; an empty list, an empty item, a repeat or a non-integer is an error."""
+    items = [s.strip() for s in str(text).split(",")]
+    if not str(text).strip() or any(not s for s in items):
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers with no empty item, e.g. 0,1,2")
+    try:
+        seeds = [int(s) for s in items]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{flag} {text!r}: seed(s) {repeated} repeated; each seed trains once per run")
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"{flag} {text!r}: seeds must be non-negative")
+    return seeds
+
+
 @dataclass
 class Train:
     """Train an agent on a task; prints the final success rate."""
@@ -83,25 +124,24 @@ class Train:
     agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl | qpilots-u | qpilots-m
     task: str = "cube-single-task2"  # DOMAIN-taskN[-sparse]
     seeds: str = "0"  # comma-separated, e.g. 0,1,2
-    steps: int | None = None  # overrides the preset's step count
+    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # overrides the preset's step count
     preset: str = "cpu"  # smoke | cpu | default | paper
-    out: Path | None = None  # run directory (default runs/AGENT-TASK-PRESET)
-    resume: bool = False  # continue a killed run from its last checkpoint
+    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # run directory (default runs/AGENT-TASK-PRESET)
+    resume: bool = False  # continue a killed run from its last checkpoint (same flags; only --steps may be raised)
     parallel: Literal["vmap", "processes"] = "vmap"  # seeds vmapped in one process, or a process per seed
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
     base_from: Path | None = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
 
-    def __call__(self):
+    def spec(self):
         from steerflow.config import parse_overrides
-        from steerflow.train import RunSpec, resolve, train, train_processes
+        from steerflow.train import RunSpec
 
-        try:
-            seeds = [int(s) for s in self.seeds.split(",") if s.strip()]
-        except ValueError:
-            raise SystemExit(f"--seeds {self.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
-        train_overrides = parse_overrides(flatten(self.train_set))
+        seeds = parse_seed_list(self.seeds)
+        train_overrides = parse_overrides(flatten(self.train_set), flag="--train-set")
         if self.steps is not None:
+            if self.steps < 1:
+                raise ValueError(f"--steps {self.steps}: expected a positive number of training steps")
             train_overrides["steps"] = str(self.steps)
         overrides = parse_overrides(flatten(self.set))
         if self.base_from is not None:
@@ -109,12 +149,26 @@ class Train:
             from steerflow.frozen_base import overrides_for
 
             overrides = overrides_for(self.base_from, get_agent(self.agent), overrides, seeds)
-        run = RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset, overrides=overrides,
-                      train_overrides=train_overrides,
-                      base_from=None if self.base_from is None else str(self.base_from))
-        resolve(run)  # fail on a bad agent/preset/override before any data work
-        out = self.out or Path("runs") / f"{self.agent}-{self.task}-{self.preset}"
-        if self.parallel == "processes" and len(seeds) > 1:
+        return RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset, overrides=overrides,
+                       train_overrides=train_overrides,
+                       base_from=None if self.base_from is None else str(self.base_from))
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or Path("runs") / f"{self.agent}-{self.task}-{self.preset}"
+
+    def validate(self):
+        """Every flag, the task and the agent config, before any data is loaded or written."""
+        from steerflow.train import check_run
+
+        check_out_dir("--out", self.out_dir)
+        check_run(self.spec())
+
+    def __call__(self):
+        from steerflow.train import train, train_processes
+
+        run, out = self.spec(), self.out_dir
+        if self.parallel == "processes" and len(run.seeds) > 1:
             final = train_processes(run, out, resume=self.resume)
         else:
             final = train(run, out, resume=self.resume)
@@ -122,13 +176,29 @@ class Train:
               f"mean {final['mean']:.3f}, per seed {final['final_success']}  -> {out}/final.json")
 
 
+def check_out_dir(flag: str, path: Path) -> None:
+    """An output path must be a directory or not exist yet."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a directory (it must be a directory)")
+    for parent in path.parents:  # a file on the way (`--out file.txt/run`) fails the same way
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {path}: {parent} is a file (it must be a directory)")
+            break
+
+
 @dataclass
 class Eval:
     """Evaluate a run's last checkpoint."""
 
-    run_dir: tyro.conf.Positional[Path]
+    run_dir: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")]
     episodes: int = 50
-    workers: int = 2  # env worker processes
+    workers: int = 2  # env worker processes (0: step the envs in this process)
+
+    def validate(self):
+        _positive("--episodes", self.episodes)
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: expected 0 or more")
 
     def __call__(self):
         from steerflow.train import evaluate_run
@@ -143,7 +213,10 @@ class Report:
     tables with 95% bootstrap CIs, learning-curve PNGs and records.json."""
 
     run_dirs: tyro.conf.Positional[list[Path]]  # run directories, or directories holding them (searched recursively)
-    out: Path = Path("report")  # output directory for report.md, records.json, curves_*.png
+    out: Annotated[Path, tyro.conf.arg(metavar="DIR")] = Path("report")  # output directory for report.md, records.json, curves_*.png
+
+    def validate(self):
+        check_out_dir("--out", self.out)
 
     def __call__(self):
         from steerflow.report import build_report
@@ -166,16 +239,17 @@ class Toy:
     steps: int = 3000  # updates per method
     workers: int = 2  # training processes at once (one CPU thread each)
 
+    def validate(self):
+        parse_seed_list(self.seeds)
+        _positive("--steps", self.steps)
+        _positive("--workers", self.workers)
+        check_out_dir("--out", self.out)
+
     def __call__(self):
         from steerflow.studies import toy
-        from steerflow.sweep import parse_seeds
 
-        try:
-            seeds = tuple(parse_seeds(self.seeds))
-        except ValueError as err:
-            raise SystemExit(str(err))
-        if self.steps < 1 or self.workers < 1:
-            raise SystemExit("--steps and --workers must be positive")
+        seeds = tuple(parse_seed_list(self.seeds))
+
         toy.main(self.out, toy.ToyConfig(seeds=seeds, steps=self.steps), workers=self.workers)
 
 
@@ -199,6 +273,16 @@ class Sweep:
     unit: Annotated[str | None, tyro.conf.arg(metavar="ID")] = None  # run this unit in the foreground (a cluster job)
     print_commands: bool = False  # print one `steerflow sweep --unit ID` command per unfinished unit
 
+    def validate(self):
+        from steerflow.sweep import expand, split_list
+
+        check_out_dir("--out", self.out)
+        _positive("--jobs", self.jobs)
+        if self.agents and self.tasks:  # every unit resolves, nothing is written
+            expand(split_list("--agents", self.agents), split_list("--tasks", self.tasks),
+                   parse_seed_list(self.seeds), self.preset, grid=flatten(self.grid), sets=flatten(self.set),
+                   train_sets=flatten(self.train_set))
+
     def __call__(self):
         from steerflow.sweep import main as sweep
 
@@ -219,14 +303,55 @@ Command = Union[
 ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str]):
+    """The command `argv` names, parsed and validated but not run (nothing is read or written).
+    Bad flags exit 2 as in `main`."""
     command = tyro.cli(Command, args=argv, prog="steerflow",
                        description="Offline RL with latent-steered (LPS) flow policies.")
+    getattr(command, "validate", lambda: None)()
+    return command
+
+
+def _resume_hint(argv: list[str]) -> str:
+    """The command that continues an interrupted one: `train` with `--resume`, a sweep as it was."""
+    args = list(argv) + ([] if argv[:1] != ["train"] or "--resume" in argv else ["--resume"])
+    return "steerflow " + shlex.join(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from steerflow.errors import Interrupted, RunFailed, describe_os_error, raising_signals
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def fail(message: str, code: int):
+        print(f"steerflow: error: {message}", file=sys.stderr)
+        raise SystemExit(code)
+
     try:
-        command()
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
-        print(f"steerflow: error: {err}", file=sys.stderr)
-        raise SystemExit(2)
+        with raising_signals():
+            parse(argv)()
+    except Interrupted as err:
+        if err.step is not None:
+            print(f"steerflow: interrupted ({err}) at step {err.step}/{err.total}; checkpoint saved in "
+                  f"{err.run_dir}; continue with: {_resume_hint(argv)}", file=sys.stderr)
+        else:  # before training started (nothing partial is left), or `--parallel processes`' parent
+            hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
+            print(f"steerflow: interrupted ({err}){hint}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:  # e.g. `--parallel processes`: each seed's process checkpointed itself
+        hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
+        print(f"steerflow: interrupted (SIGINT){hint}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as err:
+        if isinstance(err, OSError) and err.errno is not None and err.filename is not None:
+            fail(describe_os_error(err), 2)
+        fail(str(err), 2)
+    except KeyError as err:
+        fail(f"missing key {err}", 2)
+    except RunFailed as err:
+        fail(str(err), 1)
+    except OSError as err:  # permission, read-only file system, disk full, ...
+        fail(describe_os_error(err), 1)
 
 
 if __name__ == "__main__":

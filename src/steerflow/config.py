@@ -77,11 +77,12 @@ def apply_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     return config
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
+def parse_overrides(items: list[str], flag: str = "--set") -> dict[str, str]:
     out = {}
     for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. critic.num_critics=10")
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            example = "eval_episodes=10" if flag == "--train-set" else "critic.num_critics=10"
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. {example}")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out

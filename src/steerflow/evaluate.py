@@ -5,12 +5,15 @@ once for every environment at the same time (`policy(obs (n, obs_dim)) -> (n, H�
 H actions are executed open-loop. An episode ends on the env's own termination or TimeLimit;
 success is `info['success']` at that last step. Environments live in worker processes
 (`workers > 0`, 'spawn' so the JAX parent is never forked) or in this process (`workers = 0`).
+Workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and only the parent
+decides what to do with it (the trainer checkpoints and closes the pool).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from typing import Callable
 
 import numpy as np
@@ -43,6 +46,7 @@ class _LocalEnvs:
 
 
 def _worker(conn, spec: TaskSpec, count: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("MUJOCO_GL", "egl")
     envs = _LocalEnvs(spec, count)
     while True:
@@ -70,10 +74,13 @@ class EnvPool:
         self.local = None
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
+        from steerflow.errors import children_ignore_sigint
+
         for part in self.split:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(child, spec, len(part)), daemon=True)
-            proc.start()
+            with children_ignore_sigint():
+                proc.start()
             self.conns.append(parent), self.procs.append(proc)
 
     def reset(self, seeds: list[int]) -> np.ndarray:
@@ -94,9 +101,14 @@ class EnvPool:
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.send(("close", None))
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):  # the worker is gone already
+                pass
         for proc in self.procs:
             proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
         if self.local:
             self.local.close()
 
@@ -108,10 +120,11 @@ class EnvPool:
 
 
 def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
-                 episodes: int, seed: int = 0) -> dict:
+                 episodes: int, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Run `episodes` episodes in waves of `pool.num_envs` (an OGBench env holds ~200 MB, so the
     pool is kept small); returns per-episode success and length. Episode i resets with seed
-    `seed·100003 + i`, so results do not depend on the pool size or the worker count."""
+    `seed·100003 + i`, so results do not depend on the pool size or the worker count.
+    `progress(finished, successes)` is called whenever episodes finish."""
     success = np.zeros(episodes, bool)
     length = np.zeros(episodes, int)
     for first in range(0, episodes, pool.num_envs):
@@ -128,6 +141,9 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
                     length[first + i] += 1
                     if done[i]:
                         success[first + i] = step_success[i]
+                finished = np.flatnonzero(active & done)
+                if progress is not None and len(finished):
+                    progress(len(finished), int(step_success[finished].sum()))
                 active &= ~done
                 if not active.any():
                     break

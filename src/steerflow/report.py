@@ -15,6 +15,10 @@ the QC/QAM/QPILOTS protocol): within an agent, the `--set` keys whose values dif
 are the swept ones; per domain, each of their value combinations is scored by its mean final
 success over the tuning tasks (2 and 4) and the best is selected (ties: the first in value order).
 The selection is printed in the report and recorded in records.json (`"kind": "selection"`).
+
+A directory that cannot be read (malformed `config.json` or `eval.csv`), a run marked failed
+(`failed.json`: its losses became non-finite) and an unfinished run are listed in the report
+and left out of the statistics; they never stop it.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class SeedRun:
     device: str
     commit: str
     impl: str = "steerflow"  # "reference": a reference implementation's run (benchmarks/parity)
+    failed: str | None = None  # why the run failed (failed.json), e.g. "diverged at step 140"
 
     @property
     def last_step(self) -> int:
@@ -138,10 +143,12 @@ class SeedRun:
 
     @property
     def finished(self) -> bool:
-        return self.last_step == self.steps
+        return self.failed is None and self.steps > 0 and self.steps in self.curve and self.last_step == self.steps
 
     @property
     def status(self) -> str:
+        if self.failed is not None:
+            return f"failed ({self.failed})"
         if self.last_step > self.steps:
             return f"inconsistent (evaluated at step {self.last_step}, configured {self.steps} steps)"
         return f"incomplete ({self.last_step}/{self.steps} steps)"
@@ -197,9 +204,16 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
                 meta.update({k: data[k] for k in ("device", "commit", "episodes") if k in data})
     if "episodes" in meta:
         episodes = int(meta["episodes"])
+    failed = None
+    if (run_dir / "failed.json").is_file():
+        info = _read_json(run_dir / "failed.json")
+        info = info if isinstance(info, dict) else {}
+        names = sorted(info.get("losses") or {})
+        losses = ", ".join([k for k in names if "loss" in k] or names) or "losses"
+        failed = f"{info.get('status', 'failed')}: non-finite {losses} at step {info.get('step', '?')}"
     return [SeedRun(run_dir=run_dir, agent=agent, task=task, preset=preset, overrides=overrides, steps=steps,
                     seed=s, curve=curves.get(s, {}), episodes=episodes, device=str(meta.get("device", "unknown")),
-                    commit=str(meta.get("commit", "unknown")), impl=impl) for s in seeds]
+                    commit=str(meta.get("commit", "unknown")), impl=impl, failed=failed) for s in seeds]
 
 
 _SKIP_DIRS = {"checkpoints", "evals", "__pycache__", "node_modules"}
@@ -220,7 +234,8 @@ def find_run_dirs(paths) -> list[Path]:
         before = len(found)
         for root, dirs, files in os.walk(p):
             here = Path(root)
-            if "config.json" in files and ("eval.csv" in files or _looks_like_run_config(here / "config.json")):
+            if "config.json" in files and ({"eval.csv", "run_info.json", "metrics.csv"} & set(files)
+                                           or _looks_like_run_config(here / "config.json")):
                 found.setdefault(here.resolve(), None)
                 dirs[:] = []  # a run directory's checkpoints/evals hold no further runs
                 continue
@@ -455,11 +470,17 @@ def build_report(run_dirs, out: str | os.PathLike | None = "report", resamples: 
     `out` (nothing is written when `out` is None). Returns {"records", "markdown", "warnings",
     "incomplete", "files"}."""
     dirs = find_run_dirs(run_dirs)
-    runs = [r for d in dirs for r in load_run(d)]
+    runs, malformed = [], []
+    for d in dirs:
+        try:
+            runs += load_run(d)
+        except (ValueError, OSError, KeyError, TypeError) as err:  # listed, never fatal
+            malformed.append({"run_dir": str(d), "error": str(err)})
     labels = method_labels(runs)
 
     groups: dict[tuple[str, str], list[SeedRun]] = {}
-    warnings, incomplete = [], []
+    warnings = [f"warning: cannot read run directory {m['run_dir']}, left out: {m['error']}" for m in malformed]
+    incomplete = []
     seen: dict[tuple[str, str, int], Path] = {}
     for label, r in zip(labels, runs):
         if not r.finished:
@@ -532,7 +553,7 @@ def build_report(run_dirs, out: str | os.PathLike | None = "report", resamples: 
                     plot_curves(curves, files[-1], title=f"{dom}: mean over {len(dom_tasks)} tasks, "
                                                          f"{n} seeds, 95% bootstrap CI", ymax=None)
     return {"records": records, "markdown": markdown, "warnings": warnings, "incomplete": incomplete,
-            "selections": selections, "files": [str(f) for f in files]}
+            "selections": selections, "malformed": malformed, "files": [str(f) for f in files]}
 
 
 def _markdown(runs, labels, dirs, methods, domains, task_recs, domain_recs, missing, incomplete, warnings, resamples,
@@ -547,7 +568,7 @@ def _markdown(runs, labels, dirs, methods, domains, task_recs, domain_recs, miss
               f"- seeds per (method, task): {_range(len(r['seeds']) for r in recs) if recs else '—'}",
               f"- evaluation episodes per seed: {_range(r.episodes for r in done) if done else '—'}",
               f"- training steps: {_range(r.steps for r in done) if done else '—'}",
-              f"- preset: {_one(r.preset for r in runs)}",
+              f"- preset: {_one(r.preset for r in runs) if runs else '—'}",
               f"- commits: {_commits(done) if done else '—'}",
               f"- device(s): {_one(r.device for r in done) if done else '—'}", ""]
     if warnings:

@@ -86,9 +86,9 @@ class Unit:
 # --------------------------------------------------------------------------- parsing & expansion
 
 def split_list(flag: str, text: str) -> list[str]:
-    items = [x.strip() for x in str(text).split(",") if x.strip()]
-    if not items:
-        raise ValueError(f"{flag} {text!r}: expected a comma-separated list")
+    items = [x.strip() for x in str(text).split(",")]
+    if not str(text).strip() or not all(items):
+        raise ValueError(f"{flag} {text!r}: expected a comma-separated list with no empty item")
     if len(set(items)) != len(items):
         raise ValueError(f"{flag} {text!r}: repeats a value")
     return items

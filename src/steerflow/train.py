@@ -11,6 +11,14 @@ one process (`parallel="vmap"`, the GPU lever) or run as one single-threaded pro
     evals/step_XXXXXXXX.json, eval.csv    success per seed at each evaluation point
     checkpoints/latest.msgpack            all seeds' agent states + sampler keys (atomic)
     final.json       the last evaluation: agent, task, preset, steps, seeds, final_success, mean
+    failed.json      only when the losses became non-finite: step, losses (`report` lists the run
+                     as failed and leaves it out); the last good checkpoint stays
+
+`check_run` validates a run (task, preset, overrides, agent config values via an abstract
+`init`) before any data is loaded or anything is written. `--resume` refuses settings that differ
+from the stored ones, except a larger step count, which extends the run. SIGINT/SIGTERM stop the
+loop after its current host call with a checkpoint at that step (resuming from it ends
+bit-identical to an uninterrupted run); see `steerflow.errors`.
 """
 
 from __future__ import annotations
@@ -36,8 +44,10 @@ _CPU = {"train": dict(steps=100_000, batch_size=128, updates_per_call=20, log_ev
 
 PRESETS: dict[str, dict] = {
     # seconds: for tests and for trying the CLI
+    # seconds from nothing, data included: 3+1 episodes of 101 steps generate in about a second
     "smoke": {"train": dict(steps=40, batch_size=16, updates_per_call=10, log_every=20, eval_every=40,
-                            checkpoint_every=20, eval_episodes=2, eval_workers=0),
+                            checkpoint_every=20, eval_episodes=2, eval_workers=0, dataset_episodes=3,
+                            dataset_episode_steps=101),
               "agent": {"*.hidden": (32, 32), "*.actor_hidden": (32, 32)}},
     # the CPU protocol: 100K steps, 2x256 nets, batch 128, 200-episode dataset, eval every 25K
     "cpu": _CPU,
@@ -91,12 +101,73 @@ def resolve(run: RunSpec):
     preset = PRESETS[run.preset]
     agent_overrides = {k: v for k, v in preset["agent"].items()  # a preset sizes only the nets an agent has
                        if not k.startswith("*.") or _has_field(agent.Config(), k[2:])}
-    config = apply_overrides(apply_overrides(agent.Config(), agent_overrides), run.overrides)
-    train_config = apply_overrides(apply_overrides(TrainConfig(), preset["train"]), run.train_overrides)
-    if train_config.steps % train_config.updates_per_call:
-        raise ValueError(f"steps={train_config.steps} must be a multiple of updates_per_call="
-                         f"{train_config.updates_per_call}")
+    config = apply_overrides(agent.Config(), agent_overrides)
+    for key, value in run.overrides.items():
+        config = _apply_one(config, key, value, "--set", run.agent, TrainConfig(), "--train-set")
+    train_config = apply_overrides(TrainConfig(), preset["train"])
+    for key, value in run.train_overrides.items():
+        train_config = _apply_one(train_config, key, value, "--train-set", run.agent, agent.Config(), "--set")
+    check_train_config(train_config)
     return agent, config, train_config
+
+
+def _apply_one(config, key: str, value, flag: str, agent_name: str, other, other_flag: str):
+    """One override; when the key is not in this config but in the other one, say which flag it needs."""
+    from steerflow.config import apply_overrides
+
+    try:
+        return apply_overrides(config, {key: value})
+    except ValueError as err:
+        name = key[2:] if key.startswith("*.") else key.split(".")[0]
+
+        def has(c):
+            return _has_field(c, name) if key.startswith("*.") else name in {f.name for f in dataclasses.fields(c)}
+
+        if not has(config) and has(other):
+            kind = "a training-config" if other_flag == "--train-set" else f"an agent-config ({agent_name})"
+            raise ValueError(f"{flag} {key}={value}: {name!r} is {kind} field; pass it with "
+                             f"{other_flag} {key}={value}") from None
+        raise ValueError(f"{flag} {key}={value}: {err}") from None
+
+
+def check_train_config(tc: "TrainConfig") -> None:
+    """Values a run cannot start with, named before any work."""
+    positive = ("steps", "batch_size", "horizon", "updates_per_call", "log_every", "eval_every",
+                "checkpoint_every", "eval_episodes", "eval_envs", "dataset_episodes")
+    for name in positive:
+        if getattr(tc, name) < 1:
+            raise ValueError(f"training config {name}={getattr(tc, name)}: expected a positive integer")
+    if tc.eval_workers < 0:
+        raise ValueError(f"training config eval_workers={tc.eval_workers}: expected 0 or more")
+    if tc.dataset_episode_steps <= tc.horizon:
+        raise ValueError(f"training config dataset_episode_steps={tc.dataset_episode_steps}: must exceed "
+                         f"the chunk length horizon={tc.horizon}")
+    if tc.steps % tc.updates_per_call:
+        raise ValueError(f"steps={tc.steps} must be a multiple of updates_per_call="
+                         f"{tc.updates_per_call}")
+
+
+def check_run(run: RunSpec):
+    """Validate a run before any work: task name, preset, overrides and the agent config's values
+    (the agent's `init` is traced abstractly: nothing is computed). Returns `resolve(run)`."""
+    import jax
+
+    from steerflow.agents.common import EnvSpec
+    from steerflow.data.tasks import parse_task
+
+    task = parse_task(run.task)
+    if not run.seeds:
+        raise ValueError("--seeds: at least one seed is needed")
+    if len(set(run.seeds)) != len(run.seeds):
+        raise ValueError(f"--seeds {','.join(map(str, run.seeds))}: a seed is repeated")
+    agent, config, tc = resolve(run)
+    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
+    try:
+        jax.eval_shape(lambda k: agent.init(k, spec, config), jax.random.PRNGKey(0))
+    except (ValueError, TypeError, KeyError, AssertionError) as err:
+        shown = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "no --set overrides"
+        raise ValueError(f"invalid {run.agent} config ({shown}): {err}") from None
+    return agent, config, tc
 
 
 def _has_field(config, name: str) -> bool:
@@ -169,10 +240,14 @@ def load_checkpoint(run_dir: Path, states, keys):
 # --------------------------------------------------------------------------- evaluation
 
 def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed: int, policy=None,
-                    pool=None, max_envs: int = 10) -> np.ndarray:
+                    pool=None, max_envs: int = 10, show_progress: bool = False, desc: str = "eval",
+                    should_stop=None) -> np.ndarray:
     """Success (S, episodes) of every seed's policy; each seed's episodes run in waves of at most
-    `max_envs` environments stepped together, one batched `act` call per chunk."""
+    `max_envs` environments stepped together, one batched `act` call per chunk. With
+    `show_progress`, a bar shows episodes done, success so far and the ETA; `should_stop()` true
+    between chunks aborts it (`_EvalStopped`)."""
     import jax
+    from tqdm import tqdm
 
     from steerflow.evaluate import EnvPool, run_episodes
 
@@ -182,17 +257,34 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
     own_pool = pool is None
     pool = pool or EnvPool(task, min(episodes, max_envs), workers)
     results = []
+    bar = tqdm(total=num_seeds * episodes, desc=desc, unit="ep", leave=False, dynamic_ncols=True,
+               disable=not show_progress)
+    solved = 0
+
+    def progress(done: int, successes: int):
+        nonlocal solved
+        solved += successes
+        bar.update(done)
+        bar.set_postfix_str(f"success so far {solved}/{bar.n} = {solved / max(bar.n, 1):.2f}")
+
+    def stop() -> bool:
+        if should_stop is not None and should_stop():
+            raise _EvalStopped
+        return False
+
     try:
         for i in range(num_seeds):
             state = jax.tree.map(lambda x: x[i], states)
 
             def act(obs):
                 nonlocal key
+                stop()
                 key, sub = jax.random.split(key)
                 return np.asarray(policy(state, np.asarray(obs, np.float32), sub))
 
-            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed)["success"])
+            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed, progress=progress)["success"])
     finally:
+        bar.close()
         if own_pool:
             pool.close()
     return np.stack(results)
@@ -208,7 +300,7 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
               **({"eval_s": round(eval_s, 2)} if eval_s is not None else {})}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
     with open(run_dir / "eval.csv", "a", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         if f.tell() == 0:
             writer.writerow(["step", "seed", "success"])
         for s, v in zip(seeds, per_seed):
@@ -234,7 +326,7 @@ class MetricsLog:
 
     def _rewrite(self, rows):
         with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.fields)
+            writer = csv.DictWriter(f, self.fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -243,7 +335,7 @@ class MetricsLog:
         if self.fields is None:
             self.fields = ["step", "seed", "steps_per_s", *names]
         with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
+            writer = csv.DictWriter(f, self.fields, extrasaction="ignore", lineterminator="\n")
             if f.tell() == 0:
                 writer.writeheader()
             for i, seed in enumerate(seeds):
@@ -253,8 +345,108 @@ class MetricsLog:
 
 # --------------------------------------------------------------------------- the run
 
+def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec:
+    """The stored run of `config_path`, checked against the one asked for: any difference is refused
+    with the fields named, except a larger step count, which extends the run (and says so)."""
+    try:
+        stored = RunSpec(**json.loads(config_path.read_text())["run"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--resume: cannot read {config_path} ({type(err).__name__}: {err}); it is damaged: "
+                         "choose another --out") from None
+
+    def norm(d):
+        return {str(k): _fmt(v) for k, v in (d or {}).items()}
+
+    diffs = []
+    for name in ("agent", "task", "preset"):
+        if getattr(stored, name) != getattr(run, name):
+            diffs.append(f"--{name}: stored {getattr(stored, name)}, now {getattr(run, name)}")
+    if list(map(int, stored.seeds)) != list(map(int, run.seeds)):
+        diffs.append(f"--seeds: stored {','.join(map(str, stored.seeds))}, now {','.join(map(str, run.seeds))}")
+    for flag, a, b in (("--set", norm(stored.overrides), norm(run.overrides)),
+                       ("--train-set", norm(stored.train_overrides), norm(run.train_overrides))):
+        if flag == "--train-set":  # the step count is compared resolved, below
+            a.pop("steps", None), b.pop("steps", None)
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                diffs.append(f"{flag} {k}: stored {a.get(k, '(not set)')}, now {b.get(k, '(not set)')}")
+    if diffs:
+        raise ValueError(f"--resume: {config_path.parent} was trained with other settings ({'; '.join(diffs)}). "
+                         "Resume with the stored ones (the first run's flags) or choose another --out; the one "
+                         "change --resume allows is a larger --steps, which extends the run")
+    old_steps, new_steps = resolve(stored)[2].steps, resolve(run)[2].steps
+    if new_steps < old_steps:
+        raise ValueError(f"--resume: {config_path.parent} was trained for {old_steps} steps; --steps "
+                         f"{new_steps} would shorten it (only raising --steps is allowed: it extends the run)")
+    if new_steps > old_steps:
+        if not quiet:
+            print(f"extending {config_path.parent} from {old_steps} to {new_steps} steps (--steps raised on "
+                  "--resume; everything else as stored)", flush=True)
+        stored.train_overrides = {**stored.train_overrides, "steps": str(new_steps)}
+    return stored
+
+
+class _EvalStopped(Exception):
+    """A signal arrived during an in-training evaluation."""
+
+
+def make_finite_tracker():
+    """jit((bad_step, bad_values, metrics, step) → same): the first host call whose metrics hold a
+    NaN or inf, and its metrics, kept on the device so that the loop never waits for it."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def track(bad_step, bad_values, metrics, step):
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+        first = (bad_step < 0) & ~ok
+        return jnp.where(first, step, bad_step), jax.tree.map(lambda a, b: jnp.where(first, b, a), bad_values, metrics)
+
+    return track
+
+
+def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: int | None) -> "Exception":
+    from steerflow.errors import TrainingDiverged
+    from steerflow.runinfo import atomic_write_json
+
+    bad = {k: [str(float(x)) for x in np.atleast_1d(v)] for k, v in values.items() if not np.all(np.isfinite(v))}
+    losses = [k for k in bad if "loss" in k] or list(bad)  # name the losses; other metrics follow them
+    shown = ", ".join(f"{k}={next(x for x in bad[k] if not np.isfinite(float(x)))}" for k in losses)
+    seeds = sorted({s for k in losses for s, x in zip(run.seeds, bad[k]) if not np.isfinite(float(x))})
+    shown += f" (seed {','.join(map(str, seeds))})"
+    kept = (f"the last good checkpoint (step {last_good}) is kept in {out / 'checkpoints' / 'latest.msgpack'}"
+            if last_good is not None else "no checkpoint had been written yet")
+    message = (f"training diverged: non-finite loss {shown} in the updates up to step {bad_step}; stopped, "
+               f"{kept}; the run is marked failed in {out / 'failed.json'} and `steerflow report` leaves it out. "
+               "Lower the learning rate or check the data")
+    atomic_write_json(out / "failed.json", {"status": "diverged", "step": bad_step, "losses": bad,
+                                            "last_checkpoint_step": last_good, "message": message})
+    return TrainingDiverged(message)
+
+
 def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> dict:
-    """Train every seed of `run` in this process (vmapped) and return the final record."""
+    """Train every seed of `run` in this process (vmapped) and return the final record. A run
+    directory this call created is removed again when it fails before its first checkpoint (a
+    diverged run keeps it: `failed.json` says what happened)."""
+    from steerflow.errors import TrainingDiverged
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a directory (it must be a directory)")
+    created = not out.exists()
+    try:
+        return _train(run, out, resume, quiet)
+    except TrainingDiverged:
+        raise
+    except BaseException:
+        if created and out.is_dir() and not (out / "checkpoints" / "latest.msgpack").exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     import jax
     from tqdm import tqdm
 
@@ -263,23 +455,18 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     from steerflow.data.chunks import build_chunk_dataset
     from steerflow.data.tasks import load_task_dataset, parse_task
     from steerflow.evaluate import EnvPool
+    from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
 
-    out = Path(out)
     config_path = out / "config.json"
     has_ckpt = (out / "checkpoints" / "latest.msgpack").exists()
     if resume and config_path.exists():
-        stored = json.loads(config_path.read_text())["run"]
-        if (stored["agent"], stored["task"], list(stored["seeds"])) != (run.agent, run.task, list(run.seeds)):
-            raise ValueError(f"--resume: {config_path} was written for agent={stored['agent']} "
-                             f"task={stored['task']} seeds={stored['seeds']}, not agent={run.agent} "
-                             f"task={run.task} seeds={run.seeds}")
-        run = RunSpec(**stored)  # resume with exactly the stored settings
+        run = resume_spec(config_path, run, quiet)  # the stored settings (steps possibly raised)
     elif has_ckpt and not resume:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
     task = parse_task(run.task)
-    agent, config, tc = resolve(run)
+    agent, config, tc = check_run(run)  # before the data load: a bad value fails at once
 
     train_data, _, data_info = load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
                                                  episode_steps=tc.dataset_episode_steps,
@@ -289,13 +476,6 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
     spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]),
                    action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon)
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
-                                    "train_config": to_dict(tc)})
-    atomic_write_json(out / "run_info.json", {
-        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
-        "dataset": data_info, "command": " ".join(sys.argv)})
 
     seeds = list(run.seeds)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
@@ -310,40 +490,90 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
         states, keys, step = load_checkpoint(out, states, keys)
         if not quiet:
             print(f"resuming {out} from step {step}")
+
+    out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
+    atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
+                                    "train_config": to_dict(tc)})
+    atomic_write_json(out / "run_info.json", {
+        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
+        "dataset": data_info, "command": " ".join(sys.argv)})
     log = MetricsLog(out / "metrics.csv", step)
+    (out / "failed.json").unlink(missing_ok=True)  # a resumed run starts over from its last good checkpoint
 
     train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
     policy = make_policy(agent)
+    track = make_finite_tracker()
     pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
     record = None
     run_start = time.perf_counter()
+    saved_step = step if resume and has_ckpt else None  # the last good checkpoint on disk
+    bad_step, bad_values = jax.numpy.int32(-1), None
+
+    def due(every: int) -> bool:
+        return step % every == 0 or step == tc.steps
+
+    def checkpoint():
+        nonlocal saved_step
+        if saved_step != step:
+            save_checkpoint(out, states, keys, step)
+            saved_step = step
+
+    def check_finite():
+        if bad_values is not None and int(bad_step) >= 0:
+            raise _diverged(out, run, int(bad_step), jax.device_get(bad_values), saved_step)
+
+    def evaluate(received) -> dict:
+        eval_start = time.perf_counter()
+        success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step,
+                                  policy=policy, pool=pool, show_progress=not quiet,
+                                  desc=f"eval at step {step}", should_stop=lambda: bool(received))
+        rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start)
+        bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
+        return rec
+
+    bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
+               disable=quiet, dynamic_ncols=True, smoothing=0.05)
     try:
-        bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
-                   disable=quiet, dynamic_ncols=True, smoothing=0.05)
         window_t, window_steps = time.perf_counter(), 0
-        while step < tc.steps:
-            states, keys, metrics = train_call(states, keys, ds)
-            step += tc.updates_per_call
-            window_steps += tc.updates_per_call
-            bar.update(tc.updates_per_call)
-            if step % tc.log_every == 0 or step == tc.steps:
-                metrics = jax.device_get(metrics)
-                sps = window_steps / (time.perf_counter() - window_t)
-                log.write(step, seeds, metrics, sps)
-                bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
-                                                             if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
-                window_t, window_steps = time.perf_counter(), 0
-            if step % tc.eval_every == 0 or step == tc.steps:
-                eval_start = time.perf_counter()
-                success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers,
-                                          seed=step, policy=policy, pool=pool)
-                record = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start)
-                bar.write(f"step {step}: success {record['mean']:.3f} per seed {np.round(record['success'], 3).tolist()}")
-                window_t = time.perf_counter()  # evaluation time does not count as training speed
-            if step % tc.checkpoint_every == 0 or step == tc.steps:
-                save_checkpoint(out, states, keys, step)
-        bar.close()
+        with deferred_signals() as received:  # SIGINT/SIGTERM: stop after this host call, checkpointed
+            try:
+                if step and due(tc.eval_every) and not (out / "evals" / f"step_{step:08d}.json").exists():
+                    record = evaluate(received)  # an interrupt had cut this step's evaluation short
+                first_call = True
+                while step < tc.steps and not received:
+                    states, keys, metrics = train_call(states, keys, ds)
+                    step += tc.updates_per_call
+                    if bad_values is None:
+                        bad_values = jax.tree.map(jax.numpy.zeros_like, metrics)
+                    bad_step, bad_values = track(bad_step, bad_values, metrics, step)
+                    if first_call:  # steps/s leaves out the compilation, which the first call includes
+                        jax.block_until_ready(states)
+                        window_t, window_steps, first_call = time.perf_counter(), -tc.updates_per_call, False
+                    window_steps += tc.updates_per_call
+                    bar.update(tc.updates_per_call)
+                    if due(tc.log_every) or due(tc.eval_every) or due(tc.checkpoint_every) or received:
+                        check_finite()  # never log, evaluate or checkpoint a diverged state
+                    if due(tc.log_every):
+                        metrics = jax.device_get(metrics)
+                        elapsed = time.perf_counter() - window_t
+                        sps = window_steps / elapsed if window_steps and elapsed > 0 else float("nan")
+                        log.write(step, seeds, metrics, sps)
+                        bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
+                                                                     if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
+                        window_t, window_steps = time.perf_counter(), 0
+                    if due(tc.eval_every):
+                        record = evaluate(received)
+                        window_t = time.perf_counter()  # evaluation time does not count as training speed
+                    if due(tc.checkpoint_every):
+                        checkpoint()
+            except _EvalStopped:
+                pass
+            if received:
+                check_finite()  # the signal may have come after this call's check
+                checkpoint()
+                raise Interrupted(received[0], step=step, total=tc.steps, run_dir=out)
     finally:
+        bar.close()  # before any error message: it starts on a line of its own
         pool.close()
     if record is None:  # resumed a run that had already finished
         record = json.loads((out / "evals" / f"step_{tc.steps:08d}.json").read_text())
@@ -476,7 +706,10 @@ def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: in
         on_finish=lambda seed, code: print(f"[seed {seed}] finished with exit code {code}"))
     failed = [seed for seed, code in codes.items() if code != 0]
     if failed:
-        raise RuntimeError(f"seeds {failed} failed; see {out}/seed_<k>.log")
+        from steerflow.errors import RunFailed
+
+        raise RunFailed(f"seeds {failed} failed (exit codes {[codes[s] for s in failed]}); see "
+                        + ", ".join(str(out / f"seed_{s}.log") for s in failed))
     return gather_final(run, out)
 
 
@@ -518,7 +751,7 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
     states, _, step = load_checkpoint(run_dir, states, seed_keys)
     success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
-                              max_envs=tc.eval_envs)
+                              max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
               "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)), "run_dir": str(run_dir)}

@@ -282,6 +282,13 @@ def _shard_seed(seed: int, shard_id: int) -> int:
     return int(np.random.SeedSequence([seed, shard_id]).generate_state(1, dtype=np.uint32)[0])
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops the pool and removes its temporary dir."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _gen_shard(args: tuple) -> tuple[int, dict[str, np.ndarray]]:
     domain, seed, shard_id, n_eps, episode_steps = args
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -320,8 +327,12 @@ def generate_sharded(
     else:
         import multiprocessing as mp
 
+        from steerflow.errors import children_ignore_sigint
+
         ctx = mp.get_context("spawn")
-        with ctx.Pool(processes=min(workers, len(jobs))) as pool:
+        with children_ignore_sigint():
+            pool = ctx.Pool(processes=min(workers, len(jobs)), initializer=_ignore_sigint)
+        with pool:
             for sid, data in pool.imap_unordered(_gen_shard, jobs):
                 results[sid] = data
                 if progress is not None:
@@ -334,19 +345,32 @@ def _split_episodes(data: dict[str, np.ndarray], n_first: int, episode_steps: in
     return {k: v[:cut] for k, v in data.items()}, {k: v[cut:] for k, v in data.items()}
 
 
-def _is_valid_dir(path: Path) -> bool:
+def check_dir(path: Path, verify: bool = True) -> str | None:
+    """None when ``path`` is a complete dataset directory, else what is wrong with it. ``verify``
+    also compares every file's sha256 with the one meta.json records (about 0.2 s for the 56 MB
+    of the 200-episode cube-single dataset)."""
     meta_path = path / "meta.json"
     if not meta_path.is_file():
-        return False
+        return f"{meta_path} is missing"
     try:
         meta = json.loads(meta_path.read_text())
         for name, entry in meta["files"].items():
             f = path / name
-            if not f.is_file() or f.stat().st_size != entry["size"] or not entry.get("sha256"):
-                return False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return True
+            if not f.is_file():
+                return f"{f} is missing"
+            if f.stat().st_size != entry["size"]:
+                return f"{f} has {f.stat().st_size} bytes, meta.json records {entry['size']}"
+            if not entry.get("sha256"):
+                return f"meta.json records no sha256 for {f}"
+            if verify and fingerprint(f) != entry["sha256"]:
+                return f"{f} does not match the sha256 meta.json records (corrupt or modified)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{meta_path} is unreadable ({type(err).__name__}: {err})"
+    return None
+
+
+def _is_valid_dir(path: Path, verify: bool = True) -> bool:
+    return check_dir(path, verify) is None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -402,8 +426,10 @@ def generate_dataset(
     """Generate (or find cached) ``root/cache_key/`` with train/val npz files and ``meta.json``.
 
     Train file: the first ``episodes`` episodes; val file: ``max(1, episodes // 10)`` more.
-    Written atomically (temporary sibling dir + ``os.replace``); an existing valid dir is
-    returned without regenerating.
+    Written atomically (temporary sibling dir + ``os.replace``); an existing dir whose files
+    match the sizes and sha256 of its meta.json is returned without regenerating, one that does
+    not is regenerated (saying why). An interrupt or a write error (disk full) removes the
+    temporary dir; pool workers ignore SIGINT, so only this process handles Ctrl-C.
     """
     _check_domain(domain)
     if episodes < 1:
@@ -411,8 +437,11 @@ def generate_dataset(
     root = Path(root).expanduser() if root is not None else data_root()
     key = cache_key(domain, episodes, seed, episode_steps)
     final = root / key
-    if _is_valid_dir(final):
+    problem = check_dir(final) if final.exists() else None
+    if final.exists() and problem is None:
         return final
+    if problem is not None:
+        print(f"[steerflow] cached dataset {final} is not usable ({problem}); regenerating it", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     _cleanup_stale_tmp(root, key)
     if _wait_for_other_generator(root, key, final):
@@ -441,7 +470,10 @@ def generate_dataset(
         train_name, val_name = dataset_file_names(domain)
         files = {}
         for name, arrays in ((train_name, train), (val_name, val)):
-            np.savez_compressed(tmp / name, **arrays)
+            try:
+                np.savez_compressed(tmp / name, **arrays)
+            except OSError as err:  # disk full, ...: name the file (the temporary dir is removed below)
+                raise OSError(err.errno, err.strerror or str(err), str(tmp / name)) from err
             p = tmp / name
             files[name] = {"sha256": fingerprint(p), "size": p.stat().st_size}
         meta = {
@@ -487,7 +519,9 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
             continue
-        entry: dict = {"name": d.name, "path": str(d), "valid": _is_valid_dir(d)}
+        problem = check_dir(d)  # sizes and sha256
+        entry: dict = {"name": d.name, "path": str(d), "valid": problem is None,
+                       **({"problem": problem} if problem else {})}
         try:
             meta = read_meta(d)
         except (OSError, ValueError):

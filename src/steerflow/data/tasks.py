@@ -5,7 +5,9 @@ Task names: ``DOMAIN-taskN[-sparse]`` (N in 1..5), e.g. ``cube-single-task2`` or
 (``ogbench_gen``); OGBench relabels it per task (``r = #satisfied - #sub-goals`` on the pre-action
 state, ``mask = 0`` iff the whole task is solved, ``terminals`` = trajectory ends only).
 "Sparse" (from the Q-chunking code) maps ``r <- -1 * (r != 0)``; masks are unchanged.
-Dataset actions are clipped to ``±(1 - 1e-5)`` (SPEC §1.1).
+Dataset actions are clipped to ``±(1 - 1e-5)`` (SPEC §1.1). Loading validates before use:
+readable npz, required keys, shapes, the sha256 recorded in meta.json, and finite observations,
+actions and rewards (``check_finite`` names the key, the count and the first row).
 """
 
 from __future__ import annotations
@@ -198,6 +200,31 @@ def _check_fingerprint(path: Path, meta: dict) -> str:
     return actual
 
 
+def check_finite(arrays: dict, path: Path, episode_steps: int,
+                 keys=("observations", "actions", "rewards", "next_observations")) -> None:
+    """ValueError naming the key, the count and the first row of any NaN or inf in ``arrays``
+    (a relabelled dataset: ``episode_steps - 1`` transitions per episode; rows are given as rows
+    of the file, ``episode * episode_steps + step``)."""
+    per_episode = episode_steps - 1
+    for key in keys:
+        if key not in arrays:
+            continue
+        values = np.asarray(arrays[key])
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            continue
+        rows = np.flatnonzero(bad.reshape(len(values), -1).any(1))
+        episode, step = divmod(int(rows[0]), per_episode)
+        if key == "next_observations":  # an episode's last observation: the file's 'observations' one row on
+            key, step = "observations", step + 1
+        kinds = " and ".join(k for k, m in (("NaN", np.isnan(values)), ("inf", np.isinf(values))) if m.any())
+        raise ValueError(
+            f"dataset file {path}: {key!r} holds {int(bad.sum())} non-finite value(s) ({kinds}) in {len(rows)} "
+            f"row(s), the first at row {episode * episode_steps + step} of the file (episode {episode}, step "
+            f"{step}); training on it would give NaN losses. Delete {path.parent} and regenerate it"
+        )
+
+
 def _to_float32(d: dict) -> dict[str, np.ndarray]:
     out = {}
     for k, v in d.items():
@@ -233,7 +260,7 @@ def load_task_dataset(
             steps = "" if episode_steps == DEFAULT_EPISODE_STEPS else f" (episode_steps={episode_steps})"
             raise FileNotFoundError(
                 f"dataset for {spec.domain} not found at {ddir}{steps}; generate it with "
-                f"`steerflow data generate --domain {spec.domain} --episodes {episodes} --seed {seed}`"
+                f"`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`"
             )
         print(
             f"[steerflow] dataset {ddir.name} not cached; generating {episodes}+{max(1, episodes // 10)} "
@@ -249,7 +276,7 @@ def load_task_dataset(
         if not p.is_file():
             raise FileNotFoundError(
                 f"dataset file {p} is missing; delete {ddir} and regenerate it "
-                f"(`steerflow data generate --domain {spec.domain} --episodes {episodes} --seed {seed}`)"
+                f"(`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`)"
             )
         validate_npz(p, spec.domain)
     meta_path = ddir / "meta.json"
@@ -277,8 +304,10 @@ def load_task_dataset(
         raise ValueError(f"env {spec.env_name} has observation dim {obs_dim}, expected {spec.obs_dim}")
 
     out = []
-    for d in (train, val):
+    steps_per_episode = int(meta.get("episode_steps", episode_steps))
+    for d, p in ((train, train_path), (val, val_path)):
         d = _to_float32(d)
+        check_finite(d, p, steps_per_episode)
         if spec.sparse:
             d["rewards"] = sparse_rewards(d["rewards"])
         d["actions"] = np.clip(d["actions"], -ACTION_CLIP, ACTION_CLIP)

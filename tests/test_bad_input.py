@@ -1,0 +1,357 @@
+"""The bad-input catalogue: every way a user can hand the CLI something wrong (flags, config
+values, data files, checkpoints, resumes, sweeps, reports, the filesystem) ends with the exit code
+of its kind (2 bad input, 1 environment or failed run), a message that names the culprit, no
+traceback, and nothing left behind (the directory tree is compared before and after).
+
+Flag cases run in-process through `cli.main` (an exception other than SystemExit escaping it
+would be a traceback and fails the test); the data and checkpoint cases damage copies of one tiny
+dataset and one smoke run made once per module."""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steerflow import cli
+from steerflow.data import ogbench_gen
+
+
+def snapshot(root: Path) -> dict:
+    """{relative path: sha256 of its content (None for a directory)} of everything under root."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.replace("\r", "\n").splitlines() if "steerflow: error" in line]
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return exit_info.value.code, err
+
+
+def assert_fails(argv, code, culprits, capsys, root: Path):
+    before = snapshot(root)
+    got, err = run_cli(argv, capsys)
+    assert got == code, err
+    for culprit in culprits:
+        assert culprit in err, (culprit, err)
+    assert snapshot(root) == before, "files were left behind or changed"
+    return err
+
+
+# ---------------------------------------------------------------------------------- flags and values
+
+FLAG_CASES = {
+    # name: (argv, exit code, what the message must name)
+    "unknown domain": (["data", "generate", "cube-triple"], 2, ["'cube-triple'", "cube-single"]),
+    "episodes 0": (["data", "generate", "cube-single", "--episodes", "0"], 2, ["--episodes 0"]),
+    "workers 0": (["data", "generate", "cube-single", "--workers", "0"], 2, ["--workers 0"]),
+    "old data flag form": (["data", "generate", "--domain", "cube-single"], 2, ["Missing", "domain"]),
+    "steps 0": (["train", "--preset", "smoke", "--steps", "0"], 2, ["--steps 0"]),
+    "steps negative": (["train", "--preset", "smoke", "--steps", "-20"], 2, ["--steps -20"]),
+    "steps not a multiple": (["train", "--preset", "smoke", "--steps", "33"], 2, ["steps=33", "updates_per_call"]),
+    "seeds empty": (["train", "--preset", "smoke", "--seeds", ""], 2, ["--seeds ''"]),
+    "seeds empty item": (["train", "--preset", "smoke", "--seeds", "0,,1"], 2, ["--seeds '0,,1'", "empty item"]),
+    "seeds repeated": (["train", "--preset", "smoke", "--seeds", "0,0"], 2, ["--seeds '0,0'", "repeated"]),
+    "seeds not integers": (["train", "--preset", "smoke", "--seeds", "0,x"], 2, ["--seeds '0,x'"]),
+    "unknown agent": (["train", "--preset", "smoke", "--agent", "sac"], 2, ["unknown agent", "'sac'"]),
+    "unknown domain in task": (["train", "--preset", "smoke", "--task", "cube-triple-task1"], 2, ["unknown domain"]),
+    "task number": (["train", "--preset", "smoke", "--task", "cube-single-task9"], 2, ["outside 1..5"]),
+    "unknown preset": (["train", "--preset", "huge"], 2, ["unknown preset 'huge'"]),
+    "unknown field": (["train", "--preset", "smoke", "--set", "critic.num_critic=3"], 2, ["has no field 'num_critic'"]),
+    "wrong type": (["train", "--preset", "smoke", "--set", "critic.num_critics=two"], 2, ["critic.num_critics"]),
+    "invalid value": (["train", "--preset", "smoke", "--set", "geometry=cube"], 2, ["geometry", "'cube'", "sphere"]),
+    "invalid value other agent": (["train", "--preset", "smoke", "--agent", "bc-mf", "--set", "decoder=rk4"], 2,
+                                  ["decoder", "rk4"]),
+    "--set key of --train-set": (["train", "--preset", "smoke", "--set", "eval_episodes=3"], 2,
+                                 ["--set eval_episodes=3", "--train-set eval_episodes=3"]),
+    "--train-set key of --set": (["train", "--preset", "smoke", "--train-set", "alpha=3"], 2,
+                                 ["--train-set alpha=3", "--set alpha=3"]),
+    "--set without =": (["train", "--preset", "smoke", "--set", "alpha"], 2, ["--set 'alpha'", "KEY=VALUE"]),
+    "train-config value": (["train", "--preset", "smoke", "--train-set", "eval_episodes=0"], 2, ["eval_episodes=0"]),
+    "unknown flag": (["train", "--stesp", "10"], 2, ["--stesp"]),
+    "--out is a file": (["train", "--preset", "smoke", "--out", "{tmp}/file.txt"], 2, ["file.txt", "must be a directory"]),
+    "--out under a file": (["train", "--preset", "smoke", "--out", "{tmp}/file.txt/run"], 2, ["file.txt", "is a file"]),
+    "eval episodes 0": (["eval", "{tmp}", "--episodes", "0"], 2, ["--episodes 0"]),
+    "eval workers negative": (["eval", "{tmp}", "--workers", "-1"], 2, ["--workers -1"]),
+    "eval not a run": (["eval", "{tmp}/nowhere"], 2, ["nowhere", "not a run directory"]),
+    "sweep unknown agent": (["sweep", "--out", "{tmp}/sw", "--agents", "lps,sac", "--tasks", "cube-single-task2",
+                             "--preset", "smoke"], 2, ["--agents 'sac'"]),
+    "sweep empty grid": (["sweep", "--out", "{tmp}/sw", "--agents", "lps", "--tasks", "cube-single-task2",
+                          "--grid", "alpha="], 2, ["--grid 'alpha='"]),
+    "sweep jobs 0": (["sweep", "--out", "{tmp}/sw", "--agents", "lps", "--tasks", "cube-single-task2",
+                      "--jobs", "0"], 2, ["--jobs 0"]),
+    "sweep empty agent": (["sweep", "--out", "{tmp}/sw", "--agents", "lps,", "--tasks", "cube-single-task2"], 2,
+                          ["--agents 'lps,'"]),
+    "sweep without manifest": (["sweep", "--out", "{tmp}/sw", "--dry-run"], 2, ["manifest.json"]),
+    "report missing path": (["report", "{tmp}/nowhere", "--out", "{tmp}/rep"], 2, ["nowhere does not exist"]),
+    "report empty tree": (["report", "{tmp}/empty", "--out", "{tmp}/rep"], 2, ["contains no run directory"]),
+    "report out is a file": (["report", "{tmp}", "--out", "{tmp}/file.txt"], 2, ["file.txt", "must be a directory"]),
+    "toy steps 0": (["toy", "--out", "{tmp}/toy", "--steps", "0"], 2, ["--steps 0"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAG_CASES))
+def test_bad_flags_and_values_fail_before_any_work(name, tmp_path, monkeypatch, capsys):
+    argv, code, culprits = FLAG_CASES[name]
+    (tmp_path / "file.txt").write_text("not a directory")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)  # the default --out (runs/...) would land here
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))  # no dataset: nothing may generate one
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert_fails(argv, code, culprits, capsys, tmp_path)
+
+
+# ---------------------------------------------------------------------------------- data files
+
+TASK = ["--task", "cube-single-task2", "--preset", "smoke"]  # smoke: 3+1 episodes of 101 steps
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return ogbench_gen.generate_dataset("cube-single", episodes=3, seed=0, root=root, show_progress=False,
+                                        episode_steps=101)
+
+
+def _rewrite(path: Path, meta_too: bool = True, **changes):
+    """Rewrite one npz of a dataset directory; with `meta_too` its sha256/size in meta.json follow,
+    so the damage passes the fingerprint check and must be caught by what comes after it."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, v in changes.items():
+        if v is None:
+            del arrays[k]
+        else:
+            arrays[k] = v(arrays[k]) if callable(v) else v
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    if meta_too:
+        meta = json.loads((path.parent / "meta.json").read_text())
+        meta["files"][path.name] = {"sha256": ogbench_gen.fingerprint(path), "size": path.stat().st_size}
+        (path.parent / "meta.json").write_text(json.dumps(meta))
+
+
+def _with(array, index, value):
+    array = array.copy()
+    array[index] = value
+    return array
+
+
+DATA_CASES = {
+    "truncated npz": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), ["truncated"]),
+    "garbage npz": (lambda p: p.write_bytes(b"this is not a zip file" * 100), ["corrupt"]),
+    "empty file": (lambda p: p.write_bytes(b""), ["corrupt"]),
+    "missing key": (lambda p: _rewrite(p, qpos=None), ["missing required key 'qpos'"]),
+    "wrong shape": (lambda p: _rewrite(p, observations=lambda o: o[:, :27]), ["'observations'", "(N, 28)"]),
+    "fingerprint mismatch": (lambda p: _rewrite(p, meta_too=False, actions=lambda a: a * 0.5), ["fingerprint"]),
+    "nan observations": (lambda p: _rewrite(p, observations=lambda o: _with(o, (7, 3), np.nan)),
+                         ["'observations'", "1 non-finite", "NaN", "row 7 of the file (episode 0, step 7)"]),
+    "inf actions": (lambda p: _rewrite(p, actions=lambda a: _with(a, slice(205, 208), np.inf)),
+                    ["'actions'", "15 non-finite", "inf", "3 row(s)", "row 205 of the file (episode 2, step 3)"]),
+    "nan in a last observation": (lambda p: _rewrite(p, observations=lambda o: _with(o, 100, np.nan)),
+                                  ["'observations'", "row 100 of the file (episode 0, step 100)"]),
+    "meta.json missing": (lambda p: (p.parent / "meta.json").unlink(), ["meta.json", "is missing"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CASES))
+def test_damaged_datasets_are_rejected_at_load_naming_file_and_key(name, tiny_dataset, tmp_path, monkeypatch,
+                                                                    capsys):
+    damage, culprits = DATA_CASES[name]
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data / tiny_dataset.name)
+    train_file = data / tiny_dataset.name / "cube-single-play-v0.npz"
+    damage(train_file)
+    monkeypatch.setenv("STEERFLOW_DATA", str(data))
+    err = assert_fails(["train", *TASK, "--out", tmp_path / "run"], 2, culprits, capsys, tmp_path)
+    assert str(data / tiny_dataset.name) in err  # the file (or its directory) is named
+
+
+def test_non_finite_rewards_are_named(tmp_path):
+    from steerflow.data.tasks import check_finite
+
+    arrays = {"observations": np.zeros((200, 28), np.float32), "actions": np.zeros((200, 5), np.float32),
+              "rewards": _with(np.zeros(200, np.float32), [150, 199], np.nan)}
+    with pytest.raises(ValueError) as err:
+        check_finite(arrays, tmp_path / "x.npz", episode_steps=101)
+    message = str(err.value)
+    assert "'rewards'" in message and "2 non-finite" in message and "episode 1, step 50" in message
+
+
+def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    copy = data / tiny_dataset.name
+    shutil.copytree(tiny_dataset, copy)
+    f = copy / "cube-single-play-v0-val.npz"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size, different content
+    f.write_bytes(bytes(raw))
+    monkeypatch.setenv("STEERFLOW_DATA", str(data))
+    capsys.readouterr()
+    cli.main(["data", "info"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert row["valid"] is False and "sha256" in row["problem"] and f.name in row["problem"]
+    path = ogbench_gen.generate_dataset("cube-single", episodes=3, seed=0, root=data, show_progress=False,
+                                        episode_steps=101)
+    out = capsys.readouterr().out
+    assert "not usable" in out and "sha256" in out and "regenerating" in out
+    assert ogbench_gen.check_dir(path) is None  # regenerated, and verified
+
+
+# ---------------------------------------------------------------------------------- checkpoints and resume
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """A smoke run directory as `train` leaves it, without training: config.json as written, and a
+    real checkpoint of the initial states at step 40 (the resume refusals come before it is read)."""
+    import dataclasses
+
+    import jax
+
+    from steerflow.agents.common import EnvSpec
+    from steerflow.config import to_dict
+    from steerflow.runinfo import atomic_write_json
+    from steerflow.train import RunSpec, resolve, save_checkpoint
+
+    out = tmp_path_factory.mktemp("run") / "lps"
+    run = RunSpec(agent="lps", task="cube-single-task2", seeds=[0], preset="smoke")
+    agent, config, tc = resolve(run)
+    atomic_write_json(out / "config.json", {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
+                                            "train_config": to_dict(tc)})
+    keys = jax.random.split(jax.random.PRNGKey(0), 1)
+    states = jax.vmap(lambda k: agent.init(k, EnvSpec(28, 5, tc.horizon), config))(keys)
+    save_checkpoint(out, states, keys, 40)
+    return out
+
+
+RESUME_CASES = {
+    "another agent": (["--agent", "bc-mf"], ["--agent: stored lps, now bc-mf"]),
+    "another task": (["--task", "cube-single-task3"], ["--task: stored cube-single-task2, now cube-single-task3"]),
+    "other seeds": (["--seeds", "0,1"], ["--seeds: stored 0, now 0,1"]),
+    "another preset": (["--preset", "cpu"], ["--preset: stored smoke, now cpu"]),
+    "another --set": (["--set", "alpha=3"], ["--set alpha: stored (not set), now 3"]),
+    "another --train-set": (["--train-set", "batch_size=8"], ["--train-set batch_size: stored (not set), now 8"]),
+    "fewer --steps": (["--steps", "20"], ["shorten", "only raising --steps"]),
+    "truncated checkpoint": ([], ["latest.msgpack", "cannot restore checkpoint"]),
+    "no --resume": ([], ["already holds a run", "--resume"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUME_CASES))
+def test_resume_refuses_other_settings_and_damaged_checkpoints(name, smoke_run, tiny_dataset, tmp_path,
+                                                               monkeypatch, capsys):
+    extra, culprits = RESUME_CASES[name]
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    if name == "truncated checkpoint":
+        ckpt = run / "checkpoints" / "latest.msgpack"
+        ckpt.write_bytes(ckpt.read_bytes()[:100])
+    monkeypatch.setenv("STEERFLOW_DATA", str(tiny_dataset.parent))
+    base = ["train", "--agent", "lps", *TASK, "--out", run]
+    flags = {}  # later flags win in tyro: replace rather than append the ones a case changes
+    for i in range(0, len(extra), 2):
+        flags[extra[i]] = extra[i + 1]
+    argv = []
+    for i, a in enumerate(base):
+        if i and base[i - 1] in flags:
+            argv.append(flags.pop(base[i - 1]))
+        else:
+            argv.append(a)
+    argv += [x for kv in flags.items() for x in kv] + ([] if name == "no --resume" else ["--resume"])
+    assert_fails(argv, 2, culprits, capsys, tmp_path)
+
+
+# ---------------------------------------------------------------------------------- the filesystem
+
+@pytest.fixture
+def unwritable(tmp_path) -> Path:
+    """A directory this process cannot create files in (chmod, or /sys when running as root)."""
+    if os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+        return
+    probe = Path("/sys/steerflow-test-probe")
+    try:
+        probe.mkdir()
+    except OSError as err:
+        if err.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
+            yield Path("/sys")
+            return
+    else:
+        probe.rmdir()
+    pytest.skip("no unwritable directory available to this (root) process")
+
+
+def test_unwritable_output_directory(unwritable, tiny_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEERFLOW_DATA", str(tiny_dataset.parent))
+    out = unwritable / "steerflow-run"
+    err = assert_fails(["train", "--agent", "bc-mf", *TASK, "--out", out], 1, [str(out), "cannot write"],
+                       capsys, tmp_path)
+    assert len(error_lines(err)) == 1 and not out.exists()
+
+
+def test_unwritable_data_directory(unwritable, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEERFLOW_DATA", str(unwritable / "steerflow-data"))
+    err = assert_fails(["data", "generate", "cube-single", "--episodes", "1"], 1,
+                       [str(unwritable / "steerflow-data"), "cannot write"], capsys, tmp_path)
+    assert len(error_lines(err)) == 1
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_during_data_generation_leaves_no_temporary_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(ogbench_gen.np, "savez_compressed", _enospc)
+    got, err = run_cli(["data", "generate", "cube-single", "--episodes", "1"], capsys)
+    assert got == 1 and "No space left on device" in err and "cube-single-play-v0.npz" in err
+    assert not list((tmp_path / "data").iterdir())  # neither the temporary nor a partial dataset directory
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from steerflow import runinfo, train
+
+    monkeypatch.setenv("STEERFLOW_DATA", str(tiny_dataset.parent))
+    real_fsync, calls = os.fsync, []
+
+    def fsync_fails_on_the_second_checkpoint(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if "latest.msgpack" in name:
+            calls.append(name)
+            if len(calls) == 2:
+                _enospc()
+        real_fsync(fd)
+
+    monkeypatch.setattr(runinfo.os, "fsync", fsync_fails_on_the_second_checkpoint)
+    out = tmp_path / "run"
+    got, err = run_cli(["train", "--agent", "bc-mf", *TASK, "--out", out], capsys)
+    assert got == 1 and "No space left on device" in err and str(out / "checkpoints" / "latest.msgpack") in err
+    assert len(error_lines(err)) == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest.msgpack"]  # no temporary file
+    run = train.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke")
+    agent, config, tc = train.resolve(run)
+    import jax
+
+    from steerflow.agents.common import EnvSpec
+
+    states = jax.vmap(lambda k: agent.init(k, EnvSpec(28, 5, 5), config))(jax.random.split(jax.random.PRNGKey(0), 1))
+    _, _, step = train.load_checkpoint(out, states, jax.random.split(jax.random.PRNGKey(0), 1))
+    assert step == 20  # the step-20 checkpoint survived the failed step-40 write

@@ -1,0 +1,102 @@
+"""Every `steerflow ...` command line of the README parses and validates as written (the CLI's
+own dry parse, `cli.parse`: flags, task, preset, overrides, agent config values; nothing is read
+or written), and the cheap ones run: `data info`, every `--help`. The commands the error messages
+print (a missing dataset) parse too."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from steerflow import cli
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PREFIXES = ("$ steerflow ", ".venv/bin/steerflow ", "steerflow ")
+
+
+def readme_commands(text: str) -> list[str]:
+    """Command lines in fenced code blocks that start with `steerflow `, `.venv/bin/steerflow ` or
+    `$ steerflow `, backslash continuations joined, the program name stripped."""
+    commands, in_code, pending = [], False, None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("```"):
+            in_code, pending = not in_code, None
+            continue
+        if not in_code:
+            continue
+        if pending is not None:
+            pending += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                commands.append(pending)
+                pending = None
+            continue
+        prefix = next((p for p in PREFIXES if line.startswith(p)), None)
+        if prefix is None:
+            continue
+        body = line[len(prefix):]
+        if body.endswith("\\"):
+            pending = body.rstrip("\\").strip()
+        else:
+            commands.append(body)
+    return commands
+
+
+def test_the_extractor_finds_continuations_prefixes_and_comments():
+    text = "\n".join(["```bash", "steerflow data info   # a comment", "$ steerflow train --agent lps \\",
+                      "    --seeds 0,1", ".venv/bin/steerflow eval runs/x", "make run", "```",
+                      "steerflow outside a code block"])
+    assert readme_commands(text) == ["data info   # a comment", "train --agent lps --seeds 0,1", "eval runs/x"]
+
+
+COMMANDS = readme_commands(README.read_text())
+
+
+def test_the_readme_has_commands():
+    assert len(COMMANDS) >= 10 and any(c.startswith("data generate") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_parses_as_written(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # relative --out paths land in an empty directory
+    argv = shlex.split(command, comments=True)
+    if "--help" in argv or "-h" in argv:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.parse(argv)
+        assert exit_info.value.code == 0
+        assert "usage: steerflow" in capsys.readouterr().out
+        return
+    command_object = cli.parse(argv)  # a parse or validation error exits 2 and fails the test
+    assert callable(command_object)
+    assert not list(tmp_path.iterdir()), "parsing wrote files"
+
+
+CHEAP = [c for c in COMMANDS if shlex.split(c, comments=True)[:2] == ["data", "info"]]
+
+
+@pytest.mark.parametrize("command", CHEAP or ["data info"])
+def test_cheap_readme_commands_run(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    cli.main(shlex.split(command, comments=True))
+    assert "data directory:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "generate"], ["data", "info"], ["train"], ["eval"],
+                                  ["report"], ["sweep"], ["toy"]])
+def test_help_runs_for_every_command(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: steerflow" in out and "{None}" not in out and "command:" not in out
+
+
+def test_the_command_a_missing_dataset_error_prints_parses(tmp_path):
+    from steerflow.data.tasks import load_task_dataset
+
+    with pytest.raises(FileNotFoundError) as err:
+        load_task_dataset("cube-single-task2", episodes=7, seed=3, root=tmp_path, generate_if_missing=False)
+    (printed,) = re.findall(r"`steerflow ([^`]+)`", str(err.value))
+    command = cli.parse(shlex.split(printed))
+    assert (command.command.domain, command.command.episodes, command.command.seed) == ("cube-single", 7, 3)
