@@ -184,6 +184,9 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
         seeds = [int(s) for s in run["seeds"]]
         steps = int(cfg["train_config"]["steps"])
         overrides = dict(run.get("overrides") or {})
+        if run.get("base_from"):  # the flow fields and train_base come from the frozen base: name it instead
+            overrides = {k: v for k, v in overrides.items() if not (k.startswith("flow.") or k == "train_base")}
+            overrides["base_from"] = Path(run["base_from"]).name
         preset = str(run.get("preset", "?"))
         episodes = int(cfg["train_config"].get("eval_episodes", 0))
         impl = str(run.get("impl", "steerflow"))
