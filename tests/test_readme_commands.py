@@ -67,9 +67,29 @@ def test_every_readme_command_parses_as_written(command, tmp_path, monkeypatch, 
         assert exit_info.value.code == 0
         assert "usage: steerflow" in capsys.readouterr().out
         return
+    made = _fake_base_run(tmp_path, argv)  # `--base-from DIR` names the output of the line before
     command_object = cli.parse(argv)  # a parse or validation error exits 2 and fails the test
     assert callable(command_object)
-    assert not list(tmp_path.iterdir()), "parsing wrote files"
+    assert [p for p in tmp_path.iterdir() if p != made] == [], "parsing wrote files"
+
+
+def _fake_base_run(root: Path, argv: list[str]):
+    """For a `--base-from DIR` line: DIR as the BC-FM run the README trains just before it (its
+    config and a checkpoint file; validation reads only those). Returns the top directory made."""
+    import json
+
+    from steerflow.agents import bc_fm
+    from steerflow.config import to_dict
+
+    if "--base-from" not in argv:
+        return None
+    base = root / argv[argv.index("--base-from") + 1]
+    seeds = [int(s) for s in argv[argv.index("--seeds") + 1].split(",")] if "--seeds" in argv else [0]
+    (base / "checkpoints").mkdir(parents=True)
+    (base / "checkpoints" / "latest.msgpack").write_bytes(b"")
+    (base / "config.json").write_text(json.dumps({"run": {"agent": "bc-fm", "task": "cube-single-task2",
+                                                          "seeds": seeds}, "agent_config": to_dict(bc_fm.Config())}))
+    return root / Path(argv[argv.index("--base-from") + 1]).parts[0]
 
 
 CHEAP = [c for c in COMMANDS if shlex.split(c, comments=True)[:2] == ["data", "info"]]

@@ -131,7 +131,7 @@ class Train:
     parallel: Literal["vmap", "processes"] = "vmap"  # seeds vmapped in one process, or a process per seed
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
-    base_from: Path | None = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
+    base_from: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
 
     def spec(self):
         from steerflow.config import parse_overrides
