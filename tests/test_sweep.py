@@ -131,8 +131,10 @@ def test_interrupt_stops_running_children(tmp_path):
     from steerflow.train import run_commands
 
     pid_file = tmp_path / "pid"
-    sleeper = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
-                                     "time.sleep(120)"]
+    # default SIGINT handling whatever this process inherited (a suite started in the background by
+    # a non-interactive shell runs with SIGINT ignored, and a plain Python child would keep that)
+    sleeper = [sys.executable, "-c", "import os, signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                                     f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
 
     def on_start(name, cmd, log):
         if name == "second":  # the sleeper is running: interrupt as Ctrl-C would
