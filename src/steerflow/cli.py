@@ -283,6 +283,7 @@ class Sweep:
     partition: str = ""  # slurm: partition
     mem_gb: float = 0.0  # slurm: memory per job (0: the partition's default)
     slurm_cluster: Literal["slurm", "local"] = "slurm"  # slurm: `local` runs the array with submitit's LocalExecutor
+    log: str = "csv"  # trackers each finished unit is exported to: csv (always), tensorboard, wandb (offline)
 
     def resources(self):
         from steerflow.backends import UnitResources
@@ -296,6 +297,9 @@ class Sweep:
         check_out_dir("--out", self.out)
         _positive("--jobs", self.jobs)
         self.resources().check()
+        from steerflow.tracking import check_available, parse_kinds
+
+        check_available(parse_kinds(self.log))
         if self.runs_root is not None:
             check_out_dir("--runs-root", self.runs_root)
         if self.agents and self.tasks:  # every unit resolves, nothing is written
@@ -310,7 +314,7 @@ class Sweep:
                      grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set), jobs=self.jobs,
                      dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
                      backend=self.backend, resources=self.resources(), address=self.address,
-                     runs_root=self.runs_root, slurm_cluster=self.slurm_cluster)
+                     runs_root=self.runs_root, slurm_cluster=self.slurm_cluster, log=self.log)
         if code:
             raise SystemExit(code)
 

@@ -372,10 +372,10 @@ class Progress:
     manifest's `state` (so `--dry-run` shows the live state) and the failures, {id: what went wrong};
     a unit that exits cleanly without its final.json at the resolved step count has failed too."""
 
-    def __init__(self, out: Path, units: list[Unit], backend: str, how: str):
+    def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",)):
         from tqdm import tqdm
 
-        self.out, self.backend = Path(out), backend
+        self.out, self.backend, self.log = Path(out), backend, list(log)
         self.status = {u.id: unit_status(self.out, u) for u in units}
         self.todo = [u for u in units if self.status[u.id] != "done"]
         self.by_id = {u.id: u for u in self.todo}
@@ -403,6 +403,10 @@ class Progress:
         else:
             final = read_final(self.out, unit) or {}
             self.bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
+            if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
+                from steerflow.tracking import export
+
+                export(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
             record_state(self.out, uid, backend=self.backend, event="done", error=None)
         self.bar.update(1)
         self.bar.set_postfix(failed=len(self.failed))
@@ -411,13 +415,13 @@ class Progress:
         self.bar.close()
 
 
-def run_units(out: Path, units: list[Unit], jobs: int = 1) -> dict[str, str]:
+def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("csv",)) -> dict[str, str]:
     """Run every unfinished unit on this machine, `jobs` processes at a time; returns {id: what went
     wrong} for the failed ones (a failure does not stop the others)."""
     from steerflow.train import run_commands, single_thread_env
 
     out = Path(out)
-    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}")
+    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}", log)
     jobs_list = [(u.id, u.command(out), out / u.log) for u in progress.todo]
     try:
         run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None, pin=jobs > 1,
@@ -438,7 +442,7 @@ def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", pre
          grid: list[str] = (), sets: list[str] = (), train_sets: list[str] = (), jobs: int = 1,
          dry_run: bool = False, unit: str | None = None, print_commands: bool = False,
          backend: str = "local", resources=None, address: str = "", runs_root: Path | None = None,
-         slurm_cluster: str = "slurm") -> int:
+         slurm_cluster: str = "slurm", log: str = "csv") -> int:
     """The `steerflow sweep` command; returns the exit status (1 if a unit failed).
 
     With --agents and --tasks, the sweep's units are expanded, validated and added to the manifest,
@@ -451,8 +455,12 @@ def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", pre
         raise ValueError(f"--jobs {jobs}: expected at least 1")
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    from steerflow.tracking import check_available, parse_kinds
+
     resources = resources or UnitResources()
     resources.check()
+    trackers = parse_kinds(log)
+    check_available(trackers)
     root = str(Path(runs_root).expanduser().absolute()) if runs_root else ""
     if agents or tasks:
         if not (agents and tasks):
@@ -499,7 +507,8 @@ def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", pre
     try:
         from steerflow.backends import run
 
-        failed = run(backend, out, units, resources, jobs=jobs, address=address, slurm_cluster=slurm_cluster)
+        failed = run(backend, out, units, resources, jobs=jobs, address=address, slurm_cluster=slurm_cluster,
+                     log=trackers)
     except KeyboardInterrupt:
         print("\ninterrupted: running units were stopped at their last checkpoint; run the same command "
               "again to resume them", file=sys.stderr)

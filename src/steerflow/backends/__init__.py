@@ -88,20 +88,21 @@ def run_unit_process(cmd: list[str], log: Path, env: dict[str, str], on_start=No
 
 
 def run(backend: str, out: Path, units, res: UnitResources, jobs: int = 1, address: str = "",
-        slurm_cluster: str = "slurm") -> dict[str, str]:
-    """Run every unfinished unit of `units` on `backend`; returns {id: what went wrong}."""
+        slurm_cluster: str = "slurm", log: list[str] = ("csv",)) -> dict[str, str]:
+    """Run every unfinished unit of `units` on `backend`; returns {id: what went wrong}. `log`:
+    the trackers each finished unit is exported to (`steerflow.tracking`)."""
     if backend == "local":
         from steerflow.sweep import run_units
 
-        return run_units(out, units, jobs)
+        return run_units(out, units, jobs, log=log)
     if backend == "ray":
         from steerflow.backends.ray_cluster import run_ray
 
-        return run_ray(out, units, res, address)
+        return run_ray(out, units, res, address, log=log)
     if backend == "slurm":
         from steerflow.backends.slurm import run_slurm
 
-        return run_slurm(out, units, res, cluster=slurm_cluster)
+        return run_slurm(out, units, res, cluster=slurm_cluster, log=log)
     raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 

@@ -46,7 +46,7 @@ def connect(address: str):
     return True
 
 
-def run_ray(out: Path, units, res: UnitResources, address: str = "") -> dict[str, str]:
+def run_ray(out: Path, units, res: UnitResources, address: str = "", log=("csv",)) -> dict[str, str]:
     from steerflow.sweep import Progress
 
     res.check()
@@ -61,9 +61,9 @@ def run_ray(out: Path, units, res: UnitResources, address: str = "") -> dict[str
                              "no unit could ever be placed")
         progress = Progress(out, units, "ray", f"Ray cluster {ray.get_runtime_context().gcs_address}: "
                             f"{cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-                            f"{res.cpus:g} CPU, {res.gpus:g} GPU per unit, {res.max_retries} retries")
-        task = ray.remote(ray_unit).options(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=res.max_retries,
-                                            retry_exceptions=False)
+                            f"{res.cpus:g} CPU, {res.gpus:g} GPU per unit, {res.max_retries} retries", log)
+        task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=res.max_retries,
+                          retry_exceptions=False)(ray_unit)
         env = forwarded_env()
         refs = {}
         try:

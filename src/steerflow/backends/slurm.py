@@ -85,14 +85,14 @@ def submit(out: Path, units, res: UnitResources, cluster: str = "slurm"):
     return ex.map_array(UnitJob(), *zip(*calls)) if calls else []
 
 
-def run_slurm(out: Path, units, res: UnitResources, cluster: str = "slurm") -> dict[str, str]:
+def run_slurm(out: Path, units, res: UnitResources, cluster: str = "slurm", log=("csv",)) -> dict[str, str]:
     from steerflow.sweep import Progress
 
     res.check()
     submitit = require("submitit", "slurm")
     out = Path(out)
     progress = Progress(out, units, "slurm" if cluster == "slurm" else f"submitit-{cluster}",
-                        f"one job array; {res.cpus:g} CPU, {res.gpus:g} GPU, {res.timeout_min} min per unit")
+                        f"one job array; {res.cpus:g} CPU, {res.gpus:g} GPU, {res.timeout_min} min per unit", log)
     try:
         jobs = submit(out, progress.todo, res, cluster)
         by_job = {}
