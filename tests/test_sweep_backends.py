@@ -97,9 +97,15 @@ def test_driver_killed_midway_and_run_again_finishes_only_the_rest(reference, ra
     args = sweep_args(out, TASKS, "--backend", "ray", "--unit-cpus", "1")
     driver = subprocess.Popen([sys.executable, "-m", "steerflow.cli", *args, "--address", ray_address],
                               stdout=open(tmp_path / "driver.log", "wb"), stderr=subprocess.STDOUT)
+    def recorded(event):  # the manifest's state, which the driver updates as units end
+        try:
+            state = json.loads((out / "manifest.json").read_text()).get("state", {})
+        except (OSError, ValueError):
+            return set()
+        return {uid for uid, s in state.items() if s["event"] == event}
+
     try:
-        wait_for(lambda: (out / "manifest.json").exists() and any(
-            sweep.unit_status(out, u) == "done" for u in units_of(out)), 300, "a first finished unit")
+        wait_for(lambda: recorded("done"), 300, "the driver to record a first finished unit")
     finally:
         driver.kill()
         driver.wait()
@@ -107,9 +113,7 @@ def test_driver_killed_midway_and_run_again_finishes_only_the_rest(reference, ra
     done = {u.id: (out / u.run_dir / "final.json").stat().st_mtime_ns for u in units
             if sweep.unit_status(out, u) == "done"}
     assert 1 <= len(done) < len(units), (done, (tmp_path / "driver.log").read_text()[-2000:])
-    manifest = json.loads((out / "manifest.json").read_text())  # the driver recorded as it went
-    assert all(manifest["state"][uid]["event"] == "done" for uid in done)
-    assert all(manifest["state"][u.id]["event"] == "submitted" for u in units if u.id not in done)
+    assert recorded("done") <= set(done) and recorded("submitted") | recorded("done") == {u.id for u in units}
     # Ray stops a dead driver's tasks; their training processes die with their workers
     wait_for(lambda: not running_tasks(), 120, "the dead driver's tasks to stop")
     capsys.readouterr()
@@ -176,19 +180,44 @@ def wandb_records(path):
             yield record
 
 
-def test_submitit_job_array_runs_two_units_and_tracks_them(reference, tmp_path, capsys):
+def test_submitit_job_array_requeues_a_preempted_unit_and_tracks_both(reference, tmp_path, capsys):
+    import psutil
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "sw"
     runs = tmp_path / "shared"
+    first = runs / sweep.unit_id("bc-mf", TASKS[0], {})
+    preempted = {}
+
+    def preempt_first_unit():
+        # SLURM's preemption notice (USR2, submitit's default) to the job process of the first unit:
+        # the parent of the training process that writes into its run directory
+        def job_process():
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if "train" in p.cmdline() and str(first) in p.cmdline():
+                        return p.parent()
+                except psutil.Error:
+                    pass
+        job = wait_for(job_process, 300, "the first unit's job")
+        wait_for(lambda: (first / "checkpoints" / "latest.msgpack").exists(), 300, "the first checkpoint")
+        preempted["before_final"] = not (first / "final.json").exists()
+        job.send_signal(signal.SIGUSR2)
+
+    thread = threading.Thread(target=preempt_first_unit, daemon=True)
+    thread.start()
     cli.main(sweep_args(out, TASKS[:2], "--backend", "slurm", "--slurm-cluster", "local", "--runs-root", str(runs),
                         "--log", "csv,tensorboard,wandb"))
+    thread.join(10)
     assert "2 units: 0 done (skipped), 0 partial (resumed), 2 pending" in capsys.readouterr().out
     units = units_of(out)
     assert all(u.run_dir == f"{runs}/{u.id}" for u in units) and not (out / "runs").exists()
     for u in units:
         assert result(out, u) == reference[u.task], u.id
     assert list((runs / "submitit").glob("*_submitted.pkl"))  # submitit's own job folder
+    assert preempted.get("before_final"), preempted
+    log = (out / units[0].log).read_text()  # requeued once, and resumed from its checkpoint
+    assert log.count("\n=== ") == 2 and "resuming" in log
 
     unit = units[0]
     run_dir = runs / unit.id

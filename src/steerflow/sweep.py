@@ -16,10 +16,14 @@ exact `steerflow train` command that runs it (that command carries `--resume`, w
 partial run and starts an empty one afresh). Running the same sweep again is idempotent; another
 grid into the same DIR adds its units to the manifest and removes none.
 
-Execution: the local runner starts `--jobs N` unit processes at a time (one CPU thread each when
-N > 1), logs to `DIR/logs/<id>.log`. A cluster runs one unit per job instead: `--print-commands`
-prints one `steerflow sweep --out DIR --unit ID` line per unfinished unit, and such a line reads its
-unit from the manifest and trains it in the foreground (skipping it if done, resuming it if partial).
+Execution (`--backend`, `steerflow.backends`): the local runner starts `--jobs N` unit processes at
+a time (one CPU thread each when N > 1), logs to `DIR/logs/<id>.log`; `ray` runs each unit as a Ray
+task and `slurm` the sweep as one submitit job array, with `--runs-root` holding the run directories
+and logs on storage every node sees. Whatever the backend, the driver records in the manifest's
+`state` when each unit is submitted and how it ended (`--dry-run` shows it). A cluster can also run
+one unit per job by hand: `--print-commands` prints one `steerflow sweep --out DIR --unit ID` line
+per unfinished unit, and such a line reads its unit from the manifest and trains it in the
+foreground (skipping it if done, resuming it if partial).
 
 Grid values are scalars (comma-separated); tuple-valued fields such as `*.hidden` can be set for
 all units with `--set` but not gridded. Keys may be scoped to one agent: `lps:alpha=1,3,10`.
