@@ -274,7 +274,7 @@ class Sweep:
     unit: Annotated[str | None, tyro.conf.arg(metavar="ID")] = None  # run this unit in the foreground (a cluster job)
     print_commands: bool = False  # print one `steerflow sweep --unit ID` command per unfinished unit
     backend: Literal["local", "ray", "slurm"] = "local"  # where units run: this machine, a Ray cluster, a SLURM job array
-    runs_root: Path | None = None  # run directories on storage every node sees (default OUT/runs)
+    runs_root: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # run directories on storage every node sees (default OUT/runs)
     unit_cpus: float = 1.0  # ray/slurm: CPUs per unit
     unit_gpus: float = 0.0  # ray/slurm: GPUs per unit (the unit's seeds are vmapped on it)
     address: str = ""  # ray: cluster to join (HOST:PORT or auto); empty starts a local cluster
