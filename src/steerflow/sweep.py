@@ -408,9 +408,11 @@ class Progress:
             final = read_final(self.out, unit) or {}
             self.bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
             if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
-                from steerflow.tracking import export
+                from steerflow.tracking import export_in_subprocess
 
-                export(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
+                problem = export_in_subprocess(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
+                if problem:
+                    self.bar.write(f"[tracking] {uid}: export to {','.join(self.log)} failed: {problem}")
             record_state(self.out, uid, backend=self.backend, event="done", error=None)
         self.bar.update(1)
         self.bar.set_postfix(failed=len(self.failed))

@@ -15,7 +15,8 @@ by the sweep (the sweep directory's name):
 
 An export replaces the unit's previous one (a re-run after a resume exports the whole run again),
 so what a tracker shows is the run directory's record. Exporting is not streaming: a tracker sees
-a unit when it has ended.
+a unit when it has ended. The driver exports in a child process (`python -m steerflow.tracking`):
+W&B patches process-wide state (stdout, signal handlers) that a sweep driver must keep.
 """
 
 from __future__ import annotations
@@ -133,3 +134,19 @@ def export(run_dir: Path, kinds: list[str], group: str, name: str) -> list[Path]
     if "wandb" in kinds:
         done.append(export_wandb(run_dir, record, group, name))
     return done
+
+
+def export_in_subprocess(run_dir: Path, kinds: list[str], group: str, name: str) -> str | None:
+    """`export` in a child process; returns what went wrong (the unit stays done either way)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "steerflow.tracking", str(run_dir), ",".join(kinds), group, name],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+
+
+if __name__ == "__main__":
+    import sys
+
+    export(Path(sys.argv[1]), parse_kinds(sys.argv[2]), group=sys.argv[3], name=sys.argv[4])
