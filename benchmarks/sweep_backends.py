@@ -120,10 +120,12 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="sweep_backends_"))
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               RAY_enable_metrics_collection="0")
+               RAY_enable_metrics_collection="0",
+               # Ray's memory monitor reacts to the whole machine's memory, which other jobs use here
+               RAY_memory_monitor_refresh_ms="0")
     # the datasets first (and the compilation cache with them), so neither backend pays for them
     subprocess.run([*sweep_argv(root / "warm", len(TASKS), "local")], env=env, check=True, capture_output=True)
-    rows = []
+    rows, path = [], HERE / "results" / "sweep_backends_cpu.json"
     try:
         for backend in args.backends.split(","):
             row = run_backend(root, args.units, backend, env)
@@ -131,15 +133,14 @@ def main() -> None:
                 row["ray_start_s"] = ray_start_s(env)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            atomic_write_json(path, {  # after each backend: a run cut short keeps what it measured
+                "device": device_description(), "commit": git_commit(),
+                "cpus_allowed": len(os.sched_getaffinity(0)), "load_average_at_end": os.getloadavg(),
+                "note": "taken on one shared, loaded core (core 0 runs a study; core 1 is shared with other "
+                        "jobs): absolute times are inflated and noisy",
+                "rows": rows})
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    path = HERE / "results" / "sweep_backends_cpu.json"
-    atomic_write_json(path, {
-        "device": device_description(), "commit": git_commit(), "cpus_allowed": len(os.sched_getaffinity(0)),
-        "load_average_at_end": os.getloadavg(),
-        "note": "taken on one shared, loaded core (core 0 runs a study; core 1 is shared with other jobs): "
-                "absolute times are inflated and noisy; the local-vs-Ray difference is the figure of interest",
-        "rows": rows})
     print(f"wrote {path}")
 
 
