@@ -226,10 +226,14 @@ def test_submitit_job_array_requeues_a_preempted_unit_and_tracks_both(reference,
 
     thread = threading.Thread(target=preempt_first_unit, daemon=True)
     thread.start()
-    cli.main(sweep_args(out, TASKS[:2], "--backend", "slurm", "--slurm-cluster", "local", "--runs-root", str(runs),
-                        "--log", "csv,tensorboard,wandb"))
+    # the driver in a child process: under pytest's output capture an in-process submitit driver
+    # ends with "I/O operation on closed file" (it passes with `pytest -s`)
+    driver = subprocess.run([sys.executable, "-m", "steerflow.cli", *sweep_args(
+        out, TASKS[:2], "--backend", "slurm", "--slurm-cluster", "local", "--runs-root", str(runs),
+        "--log", "csv,tensorboard,wandb")], capture_output=True, text=True)
     thread.join(10)
-    assert "2 units: 0 done (skipped), 0 partial (resumed), 2 pending" in capsys.readouterr().out
+    assert driver.returncode == 0, driver.stderr[-2000:]
+    assert "2 units: 0 done (skipped), 0 partial (resumed), 2 pending" in driver.stdout
     units = units_of(out)
     assert all(u.run_dir == f"{runs}/{u.id}" for u in units) and not (out / "runs").exists()
     for u in units:
