@@ -223,17 +223,11 @@ class Export:
         return self.out or self.run_dir / f"export-{self.format}"
 
     def validate(self):
-        from steerflow.export import check_exportable
-        from steerflow.policy import run_directory
-
+        if self.seed_index < 0:
+            raise ValueError(f"--seed-index {self.seed_index}: expected 0 or more")
         check_out_dir("--out", self.out_dir)
-        run_dir = run_directory(self.run_dir)
-        if not (run_dir / "checkpoints" / "latest.msgpack").exists():
-            raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no finished "
-                                    "checkpoint to export yet")
-        check_exportable(json.loads((run_dir / "config.json").read_text())["run"]["agent"], self.format)
 
-    def __call__(self):
+    def __call__(self):  # export_run checks the run (checkpoint, agent, format) before converting
         from steerflow.export import export_run
 
         out = export_run(self.run_dir, self.format, self.out_dir, self.seed_index)

@@ -117,6 +117,9 @@ def export_run(run_dir: Path, fmt: str, out: Path, seed_index: int = 0) -> Path:
     from steerflow.policy import acting_function, load_run_state, run_directory
 
     run_dir = run_directory(run_dir)
+    if not (run_dir / "checkpoints" / "latest.msgpack").exists():
+        raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no finished "
+                                "checkpoint to export yet (train it, or wait for its first checkpoint)")
     check_exportable(json.loads((run_dir / "config.json").read_text())["run"]["agent"], fmt)
     agent, state, norm, meta = load_run_state(run_dir, seed_index)
     return export_policy(acting_function(agent, state, norm), meta, fmt, out)
