@@ -4,6 +4,7 @@
     steerflow data info
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
+                    [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
     steerflow eval RUN_DIR [--episodes N]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
@@ -132,6 +133,9 @@ class Train:
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
     base_from: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
+    online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
+    online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
+    updates_per_env_step: Annotated[float | None, tyro.conf.arg(metavar="U")] = None  # gradient updates per env step online (default 1)
 
     def spec(self):
         from steerflow.config import parse_overrides
@@ -143,6 +147,12 @@ class Train:
             if self.steps < 1:
                 raise ValueError(f"--steps {self.steps}: expected a positive number of training steps")
             train_overrides["steps"] = str(self.steps)
+        for name in ("online_steps", "online_ratio", "updates_per_env_step"):
+            value = getattr(self, name)
+            if value is not None:
+                if name == "online_steps" and value < 1:
+                    raise ValueError(f"--online-steps {value}: expected a positive number of env steps")
+                train_overrides[name] = str(value)
         overrides = parse_overrides(flatten(self.set))
         if self.base_from is not None:
             from steerflow.agents import get_agent

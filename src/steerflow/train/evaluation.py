@@ -72,13 +72,16 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
 
 
 def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
-                 eval_s: float | None = None) -> dict:
+                 eval_s: float | None = None, env_steps: list[int] | None = None) -> dict:
+    """`evals/step_XXXXXXXX.json` and rows of `eval.csv`; in the online phase the record also holds
+    each seed's env steps so far (`env_steps`), the x-axis where online starts."""
     from steerflow.runinfo import atomic_write_json
 
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
               "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed)),
-              **({"eval_s": round(eval_s, 2)} if eval_s is not None else {})}
+              **({"eval_s": round(eval_s, 2)} if eval_s is not None else {}),
+              **({"phase": "online", "env_steps": env_steps} if env_steps is not None else {})}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
     with open(run_dir / "eval.csv", "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -88,6 +91,22 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
             writer.writerow([step, s, v])
     return record
 
+
+
+def drop_evals_after(run_dir: Path, step: int) -> None:
+    """A run resumed from its checkpoint at `step` redoes the evaluations after it: their records
+    (written before the run was killed) go, so that none is listed twice."""
+    from steerflow.runinfo import atomic_write_bytes
+
+    for f in (run_dir / "evals").glob("step_*.json"):
+        if int(f.stem.split("_")[1]) > step:
+            f.unlink()
+    path = run_dir / "eval.csv"
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) <= step]
+        if len(keep) < len(lines):
+            atomic_write_bytes(path, "".join(keep).encode())
 
 
 def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:

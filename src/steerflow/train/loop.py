@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .core import make_finite_tracker, make_policy, make_train_call
-from .evaluation import _EvalStopped, _record_eval, evaluate_states
+from .checkpoint import load_checkpoint, load_online, save_checkpoint
+from .core import make_finite_tracker, make_online_train_call, make_policy, make_train_call
+from .evaluation import _EvalStopped, _record_eval, drop_evals_after, evaluate_states
 from .metrics import MetricsLog
+from .online import OnlinePhase, run_online
 from .presets import RunSpec, check_run, resume_spec
 
 
@@ -111,16 +112,23 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         "commit": git_commit(), "versions": library_versions(), "device": device_description(),
         "dataset": data_info, "command": " ".join(sys.argv)})
     log = MetricsLog(out / "metrics.csv", step)
+    drop_evals_after(out, step)  # evaluations after the checkpoint are redone, identically
     (out / "failed.json").unlink(missing_ok=True)  # a resumed run starts over from its last good checkpoint
 
     train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
     policy = make_policy(agent)
     track = make_finite_tracker()
     pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
+    online = OnlinePhase(agent, task, tc, spec, seeds, discount) if tc.online_steps else None
+    if online and resume and has_ckpt:
+        restored = load_online(out, online.state_dict())
+        if restored is not None:
+            online.load_state_dict(restored)
     record = None
     run_start = time.perf_counter()
     saved_step = step if resume and has_ckpt else None  # the last good checkpoint on disk
     bad_step, bad_values = jax.numpy.int32(-1), None
+    window = {"t": time.perf_counter(), "steps": 0, "first": True}
 
     def due(every: int) -> bool:
         return step % every == 0 or step == tc.steps
@@ -128,7 +136,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     def checkpoint():
         nonlocal saved_step
         if saved_step != step:
-            save_checkpoint(out, states, keys, step)
+            save_checkpoint(out, states, keys, step, **({"online": online.state_dict()} if online_active else {}))
             saved_step = step
 
     def check_finite():
@@ -140,58 +148,98 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step,
                                   policy=policy, pool=pool, show_progress=not quiet,
                                   desc=f"eval at step {step}", should_stop=lambda: bool(received))
-        rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start)
+        rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start,
+                           env_steps=online.counters["env_steps"].tolist() if online_active else None)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
         return rec
 
-    bar = tqdm(total=tc.steps, initial=step, desc=f"{run.agent} {run.task} seeds={seeds}",
+    def one_call(call, *args):
+        """One host call of `updates_per_call` updates (either phase), then its log, evaluation and
+        (offline) checkpoint when due."""
+        nonlocal states, keys, step, bad_step, bad_values, record
+        states, keys, metrics = call(states, keys, *args)
+        step += tc.updates_per_call
+        if bad_values is None:
+            bad_values = jax.tree.map(jax.numpy.zeros_like, metrics)
+        bad_step, bad_values = track(bad_step, bad_values, metrics, step)
+        if window["first"]:  # steps/s leaves out the compilation, which the first call includes
+            jax.block_until_ready(states)
+            window.update(t=time.perf_counter(), steps=-tc.updates_per_call, first=False)
+        window["steps"] += tc.updates_per_call
+        if not online_active:
+            bar.update(tc.updates_per_call)
+        if due(tc.log_every) or due(tc.eval_every) or due(tc.checkpoint_every) or received:
+            check_finite()  # never log, evaluate or checkpoint a diverged state
+        if due(tc.log_every):
+            metrics = jax.device_get(metrics)
+            elapsed = time.perf_counter() - window["t"]
+            sps = window["steps"] / elapsed if window["steps"] and elapsed > 0 else float("nan")
+            log.write(step, seeds, metrics, sps)
+            if not online_active:
+                bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
+                                                             if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
+            window.update(t=time.perf_counter(), steps=0)
+        if due(tc.eval_every):
+            record = evaluate(received)
+            window["t"] = time.perf_counter()  # evaluation time does not count as training speed
+        if due(tc.checkpoint_every) and not online_active:  # online: between rounds only
+            checkpoint()
+
+    def checkpoint_between_rounds():
+        if saved_step is None or step // tc.checkpoint_every > saved_step // tc.checkpoint_every:
+            check_finite()
+            checkpoint()
+
+    online_active = bool(online) and step >= tc.steps
+    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), desc=f"{run.agent} {run.task} seeds={seeds}",
                disable=quiet, dynamic_ncols=True, smoothing=0.05)
     try:
-        window_t, window_steps = time.perf_counter(), 0
         with deferred_signals() as received:  # SIGINT/SIGTERM: stop after this host call, checkpointed
             try:
                 if step and due(tc.eval_every) and not (out / "evals" / f"step_{step:08d}.json").exists():
                     record = evaluate(received)  # an interrupt had cut this step's evaluation short
-                first_call = True
                 while step < tc.steps and not received:
-                    states, keys, metrics = train_call(states, keys, ds)
-                    step += tc.updates_per_call
-                    if bad_values is None:
-                        bad_values = jax.tree.map(jax.numpy.zeros_like, metrics)
-                    bad_step, bad_values = track(bad_step, bad_values, metrics, step)
-                    if first_call:  # steps/s leaves out the compilation, which the first call includes
-                        jax.block_until_ready(states)
-                        window_t, window_steps, first_call = time.perf_counter(), -tc.updates_per_call, False
-                    window_steps += tc.updates_per_call
-                    bar.update(tc.updates_per_call)
-                    if due(tc.log_every) or due(tc.eval_every) or due(tc.checkpoint_every) or received:
-                        check_finite()  # never log, evaluate or checkpoint a diverged state
-                    if due(tc.log_every):
-                        metrics = jax.device_get(metrics)
-                        elapsed = time.perf_counter() - window_t
-                        sps = window_steps / elapsed if window_steps and elapsed > 0 else float("nan")
-                        log.write(step, seeds, metrics, sps)
-                        bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
-                                                                     if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
-                        window_t, window_steps = time.perf_counter(), 0
-                    if due(tc.eval_every):
-                        record = evaluate(received)
-                        window_t = time.perf_counter()  # evaluation time does not count as training speed
-                    if due(tc.checkpoint_every):
+                    one_call(train_call, ds)
+                if online and not received:
+                    online_active = True
+                    window["first"] = True  # the online call compiles anew
+                    checkpoint()  # the offline phase's end (the online phase may be killed before its first round ends)
+                    bar.close()
+                    bar = tqdm(total=tc.online_steps, initial=int(min(online.env_steps, tc.online_steps)),
+                               desc=f"online {run.agent} {run.task} seeds={seeds}", unit="env step",
+                               disable=quiet, dynamic_ncols=True, smoothing=0.05)
+                    online_call = make_online_train_call(agent, tc.batch_size, tc.updates_per_call, tc.online_ratio)
+                    run_online(online, tc, lambda: one_call(online_call, ds, online.buffers), lambda: states,
+                               checkpoint_between_rounds, received, bar)
+                    if not received:  # the end of the online phase: evaluated and checkpointed at its last step
+                        if record is None or record["step"] != step:
+                            check_finite()
+                            record = evaluate(received)
+                        check_finite()
                         checkpoint()
             except _EvalStopped:
                 pass
             if received:
                 check_finite()  # the signal may have come after this call's check
-                checkpoint()
-                raise Interrupted(received[0], step=step, total=tc.steps, run_dir=out)
+                if not online_active:  # online: the last checkpoint between rounds stays
+                    checkpoint()
+                raise Interrupted(received[0], step=saved_step if online_active else step,
+                                  total=tc.steps, run_dir=out)
     finally:
         bar.close()  # before any error message: it starts on a line of its own
         pool.close()
+        if online:
+            online.close()
+    last = step
     if record is None:  # resumed a run that had already finished
-        record = json.loads((out / "evals" / f"step_{tc.steps:08d}.json").read_text())
-    final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": tc.steps, "seeds": seeds,
+        last = max(int(f.stem.split("_")[1]) for f in (out / "evals").glob("step_*.json"))
+        record = json.loads((out / "evals" / f"step_{last:08d}.json").read_text())
+    final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": last, "seeds": seeds,
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
+             **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
+                 "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
+                 "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step}
+                if online else {}),
              "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
              "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
     atomic_write_json(out / "final.json", final)

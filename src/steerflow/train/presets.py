@@ -51,6 +51,12 @@ class TrainConfig:
     dataset_episodes: int = 1000
     dataset_seed: int = 0
     dataset_episode_steps: int = 1001
+    # offline-to-online (SPEC §5, train/online.py): after `steps` offline updates
+    online_steps: int = 0  # env steps per seed of the online phase (0: offline only)
+    online_ratio: float = -1.0  # < 0: batches from offline ∪ online (QPILOTS); R in [0, 1]: R online (LPS 0.5)
+    updates_per_env_step: float = 1.0  # gradient updates per env step
+    online_envs: int = 2  # environments per seed stepped together (workers: eval_workers)
+    replay_capacity: int = 0  # online transitions kept per seed (0: all online_steps of them)
 
 
 @dataclass
@@ -113,6 +119,16 @@ def check_train_config(tc: "TrainConfig") -> None:
     for name in positive:
         if getattr(tc, name) < 1:
             raise ValueError(f"training config {name}={getattr(tc, name)}: expected a positive integer")
+    for name in ("online_steps", "replay_capacity"):
+        if getattr(tc, name) < 0:
+            raise ValueError(f"training config {name}={getattr(tc, name)}: expected 0 or more")
+    if tc.online_ratio > 1:
+        raise ValueError(f"--online-ratio {tc.online_ratio}: expected a share in [0, 1] (or < 0 for the union "
+                         "of offline and online data)")
+    if tc.updates_per_env_step <= 0:
+        raise ValueError(f"--updates-per-env-step {tc.updates_per_env_step}: expected a positive number")
+    if tc.online_envs < 1:
+        raise ValueError(f"training config online_envs={tc.online_envs}: expected a positive integer")
     if tc.eval_workers < 0:
         raise ValueError(f"training config eval_workers={tc.eval_workers}: expected 0 or more")
     if tc.dataset_episode_steps <= tc.horizon:
@@ -172,8 +188,9 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         diffs.append(f"--seeds: stored {','.join(map(str, stored.seeds))}, now {','.join(map(str, run.seeds))}")
     for flag, a, b in (("--set", norm(stored.overrides), norm(run.overrides)),
                        ("--train-set", norm(stored.train_overrides), norm(run.train_overrides))):
-        if flag == "--train-set":  # the step count is compared resolved, below
-            a.pop("steps", None), b.pop("steps", None)
+        if flag == "--train-set":  # the step counts are compared resolved, below
+            for name in EXTENSIBLE:
+                a.pop(name, None), b.pop(name, None)
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 diffs.append(f"{flag} {k}: stored {a.get(k, '(not set)')}, now {b.get(k, '(not set)')}")
@@ -181,16 +198,25 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         raise ValueError(f"--resume: {config_path.parent} was trained with other settings ({'; '.join(diffs)}). "
                          "Resume with the stored ones (the first run's flags) or choose another --out; the one "
                          "change --resume allows is a larger --steps, which extends the run")
-    old_steps, new_steps = resolve(stored)[2].steps, resolve(run)[2].steps
-    if new_steps < old_steps:
-        raise ValueError(f"--resume: {config_path.parent} was trained for {old_steps} steps; --steps "
-                         f"{new_steps} would shorten it (only raising --steps is allowed: it extends the run)")
-    if new_steps > old_steps:
-        if not quiet:
-            print(f"extending {config_path.parent} from {old_steps} to {new_steps} steps (--steps raised on "
-                  "--resume; everything else as stored)", flush=True)
-        stored.train_overrides = {**stored.train_overrides, "steps": str(new_steps)}
+    old, new = resolve(stored)[2], resolve(run)[2]
+    for name, flag in EXTENSIBLE.items():
+        old_n, new_n = getattr(old, name), getattr(new, name)
+        if new_n < old_n:
+            raise ValueError(f"--resume: {config_path.parent} was trained for {old_n} {name.replace('_', ' ')}; "
+                             f"{flag} {new_n} would shorten it (only raising {flag} is allowed: it extends the run)")
+        if new_n > old_n:
+            if name == "steps" and old.online_steps:
+                raise ValueError(f"--resume: {config_path.parent} has an online phase; its offline --steps "
+                                 "cannot be raised any more")
+            if not quiet:
+                print(f"extending {config_path.parent} from {old_n} to {new_n} {name.replace('_', ' ')} ({flag} "
+                      "raised on --resume; everything else as stored)", flush=True)
+            stored.train_overrides = {**stored.train_overrides, name: str(new_n)}
     return stored
+
+
+#: step counts `--resume` may raise (it extends the run), with their flags
+EXTENSIBLE = {"steps": "--steps", "online_steps": "--online-steps"}
 
 
 def _fmt(v) -> str:
