@@ -56,3 +56,7 @@ def load_online(run_dir: Path, template: dict) -> dict | None:
     """The online part of the checkpoint shaped as `template` (None for an offline checkpoint)."""
     raw = _read(run_dir)
     return None if "online" not in raw else _restore(run_dir, template, raw["online"])
+
+
+def read_step(run_dir: Path) -> int:
+    return int(_read(run_dir)["step"])

@@ -109,6 +109,18 @@ def drop_evals_after(run_dir: Path, step: int) -> None:
             atomic_write_bytes(path, "".join(keep).encode())
 
 
+def copy_curves(src: Path, out: Path) -> None:
+    """`--from`: the offline run's metrics and evaluations, so that the new run's curves start there."""
+    import shutil
+
+    (out / "evals").mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "eval.csv"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, out / name)
+    for f in (src / "evals").glob("step_*.json"):
+        shutil.copyfile(f, out / "evals" / f.name)
+
+
 def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
     """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
     import jax

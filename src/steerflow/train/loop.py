@@ -13,10 +13,10 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, load_online, save_checkpoint
 from .core import make_finite_tracker, make_online_train_call, make_policy, make_train_call
-from .evaluation import _EvalStopped, _record_eval, drop_evals_after, evaluate_states
+from .evaluation import _EvalStopped, _record_eval, copy_curves, drop_evals_after, evaluate_states
 from .metrics import MetricsLog
 from .online import OnlinePhase, run_online
-from .presets import RunSpec, check_run, resume_spec
+from .presets import RunSpec, check_run, from_spec, resume_spec
 
 
 def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: int | None) -> "Exception":
@@ -74,6 +74,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
 
     config_path = out / "config.json"
     has_ckpt = (out / "checkpoints" / "latest.msgpack").exists()
+    if run.from_run:
+        run = from_spec(run)  # the offline phase is that run's
     if resume and config_path.exists():
         run = resume_spec(config_path, run, quiet)  # the stored settings (steps possibly raised)
     elif has_ckpt and not resume:
@@ -100,6 +102,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
 
         states = load_into(states, Path(run.base_from), seeds, spec.obs_dim, spec.chunk_dim)
     step = 0
+    if run.from_run and not (resume and has_ckpt):
+        states, keys, step = load_checkpoint(Path(run.from_run), states, keys)
+        copy_curves(Path(run.from_run), out)
     if resume and has_ckpt:
         states, keys, step = load_checkpoint(out, states, keys)
         if not quiet:
@@ -151,6 +156,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start,
                            env_steps=online.counters["env_steps"].tolist() if online_active else None)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
+        if online_active:
+            online.timing["eval_s"] += time.perf_counter() - eval_start
         return rec
 
     def one_call(call, *args):
@@ -238,7 +245,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
              **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
                  "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
-                 "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step}
+                 "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,
+                 "online_timing_this_process": {k: round(v, 2) for k, v in online.timing.items()}}
                 if online else {}),
              "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
              "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started

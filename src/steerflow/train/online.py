@@ -20,6 +20,8 @@ call is owed.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 #: the online interaction's own key stream, apart from the training keys
@@ -49,6 +51,8 @@ class OnlinePhase:
         self._append = jax.jit(jax.vmap(append_chunks))
         self.obs = None  # (S·E, obs_dim) while a round is in progress
         self.finished = None
+        # wall seconds of this process: stepping the envs, `act`, updates (evaluations left out)
+        self.timing = {"env_s": 0.0, "act_s": 0.0, "update_s": 0.0, "eval_s": 0.0}
 
     # ------------------------------------------------------------------ state in the checkpoint
     def state_dict(self) -> dict:
@@ -89,7 +93,9 @@ class OnlinePhase:
         n, H, A = self.S * self.E, self.spec.horizon, self.spec.action_dim
         split = jax.vmap(jax.random.split)(self.act_keys)
         self.act_keys, subs = split[:, 0], split[:, 1]
+        start = time.perf_counter()
         chunks = np.asarray(self._act(states, jnp.asarray(self.obs).reshape(self.S, self.E, -1), subs))
+        self.timing["act_s"] += time.perf_counter() - start
         chunks = np.clip(chunks.reshape(n, H, A), -ACTION_CLIP, ACTION_CLIP)
         obs = np.zeros((n, H, self.spec.obs_dim), np.float32)
         next_obs, env_rewards = np.zeros_like(obs), np.zeros((n, H), np.float32)
@@ -98,7 +104,9 @@ class OnlinePhase:
             live = ~self.finished
             if not live.any():
                 break
+            start = time.perf_counter()
             new_obs, done, success, reward = self.pool.step(chunks[:, k], live)
+            self.timing["env_s"] += time.perf_counter() - start
             for i in np.flatnonzero(live):
                 obs[i, k], next_obs[i, k], env_rewards[i, k] = self.obs[i], new_obs[i], reward[i]
                 self.obs[i] = new_obs[i]
@@ -128,6 +136,8 @@ def run_online(phase: OnlinePhase, tc, one_call, get_states, checkpoint_between_
     """Interact and update until `tc.online_steps` env steps (per seed) are collected or a signal
     arrives: `one_call()` runs one host call of updates and its bookkeeping (log, evaluation);
     `checkpoint_between_rounds()` is offered each round boundary."""
+    import jax
+
     while phase.env_steps < tc.online_steps and not received:
         before = phase.env_steps
         phase.collect_chunk(get_states())
@@ -135,8 +145,11 @@ def run_online(phase: OnlinePhase, tc, one_call, get_states, checkpoint_between_
         c = phase.counters
         bar.set_postfix_str(f"episodes {c['episodes']}, success so far {c['successes']}/{c['episodes']}"
                             + (f" = {c['successes'] / c['episodes']:.2f}" if c["episodes"] else ""))
+        start, eval_before = time.perf_counter(), phase.timing["eval_s"]
         while phase.counters["owed"] >= tc.updates_per_call and not received:
             one_call()
             phase.counters["owed"] -= tc.updates_per_call
+        jax.block_until_ready(get_states())  # the updates' time is theirs, not the next act's
+        phase.timing["update_s"] += time.perf_counter() - start - (phase.timing["eval_s"] - eval_before)
         if not phase.in_round and not received:
             checkpoint_between_rounds()

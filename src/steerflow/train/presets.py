@@ -70,6 +70,7 @@ class RunSpec:
     overrides: dict = field(default_factory=dict)  # agent-config overrides (`--set`)
     train_overrides: dict = field(default_factory=dict)
     base_from: str | None = None  # run directory whose frozen FM base this run steers (`frozen_base`)
+    from_run: str | None = None  # finished offline run whose last checkpoint the online phase continues (`--from`)
 
 
 def resolve(run: RunSpec):
@@ -221,3 +222,38 @@ EXTENSIBLE = {"steps": "--steps", "online_steps": "--online-steps"}
 
 def _fmt(v) -> str:
     return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+ONLINE_FIELDS = ("online_steps", "online_ratio", "updates_per_env_step", "online_envs", "replay_capacity")
+
+
+def from_spec(run: RunSpec) -> RunSpec:
+    """`--from RUN_DIR`: the run asked for, checked against the finished offline run it continues
+    (same agent, task, preset, seeds and settings but the online ones), its offline step count set
+    to that run's last checkpoint."""
+    from .checkpoint import checkpoint_path, read_step
+
+    src = Path(run.from_run)
+    if not (src / "config.json").is_file() or not checkpoint_path(src).is_file():
+        raise FileNotFoundError(f"--from {src}: not a run directory with a checkpoint (config.json and "
+                                "checkpoints/latest.msgpack are needed)")
+    stored = RunSpec(**json.loads((src / "config.json").read_text())["run"])
+    if resolve(stored)[2].online_steps:
+        raise ValueError(f"--from {src}: that run has an online phase already; continue it with --resume "
+                         "(and a larger --online-steps) instead")
+
+    def norm(d):
+        return {str(k): _fmt(v) for k, v in (d or {}).items() if k not in ONLINE_FIELDS + ("steps",)}
+
+    diffs = [f"--{n}: there {getattr(stored, n)}, here {getattr(run, n)}" for n in ("agent", "task", "preset")
+             if getattr(stored, n) != getattr(run, n)]
+    if list(map(int, stored.seeds)) != list(map(int, run.seeds)):
+        diffs.append(f"--seeds: there {','.join(map(str, stored.seeds))}, here {','.join(map(str, run.seeds))}")
+    for flag, a, b in (("--set", norm(stored.overrides), norm(run.overrides)),
+                       ("--train-set", norm(stored.train_overrides), norm(run.train_overrides))):
+        diffs += [f"{flag} {k}: there {a.get(k, '(not set)')}, here {b.get(k, '(not set)')}"
+                  for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        raise ValueError(f"--from {src}: that run was trained with other settings ({'; '.join(diffs)}); pass the "
+                         "same flags as it had, plus the online ones")
+    return dataclasses.replace(run, train_overrides={**run.train_overrides, "steps": str(read_step(src))})

@@ -33,7 +33,8 @@ def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
            "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
            "--parallel", "vmap", *(["--resume"] if resume else []),
-           *(["--base-from", run.base_from] if run.base_from else [])]
+           *(["--base-from", run.base_from] if run.base_from else []),
+           *(["--from", run.from_run] if run.from_run else [])]
     # one flag with every value: a repeated `--set` flag would keep only its last value
     if run.overrides:
         cmd += ["--set", *(f"{k}={_fmt(v)}" for k, v in run.overrides.items())]
