@@ -87,13 +87,13 @@ def _offline(n_rows: int, value: float):
 def test_balanced_and_union_sampling_shares():
     offline = _offline(302, -1.0)  # 300 valid starts, observations -1
     buf = init_replay(lanes=2, capacity=64, obs_dim=3, action_dim=2, horizon=H, discount=0.5)
-    empty = _mixed(offline, buf, jax.random.PRNGKey(1), 256, 0.5)
+    empty = _mixed(offline, buf, jax.random.PRNGKey(1), 1024, 0.5)
     assert np.all(np.asarray(empty["observations"])[:, 0] == -1)  # no online chunk yet: offline only
     buf, _ = _fill(buf, [([3, 3], [0, 0])] * 17)  # 2 lanes x (51 - 2) = 98 valid online starts
     assert int(buf.num_valid) == 98
-    batch = _mixed(offline, buf, jax.random.PRNGKey(2), 256, 0.5)
+    batch = _mixed(offline, buf, jax.random.PRNGKey(2), 1024, 0.5)
     online = np.asarray(batch["observations"])[:, 0] >= 0
-    assert online.sum() == 128  # exactly round(R·B) online
+    assert online.sum() == 512  # exactly round(R·B) online
     shares = []
     for seed in range(8):
         batch = _mixed(offline, buf, jax.random.PRNGKey(seed), 1024, -1.0)
@@ -140,34 +140,35 @@ def test_online_rewards_and_masks_equal_the_offline_relabelling():
 
 
 TINY = {"dataset_episodes": "3", "dataset_episode_steps": "101"}
+ONLINE = {"online_envs": "1", "eval_every": "1000", "eval_episodes": "1"}
 
 
-def test_offline_then_online_smoke_writes_one_run_whose_curves_continue(data_root, tmp_path, capsys):
-    out = tmp_path / "lps"
-    cli.main(["train", "--agent", "lps", "--task", "cube-single-task2", "--preset", "smoke", "--online-steps", "40",
-              "--online-ratio", "0.5", "--out", str(out), "--train-set", "dataset_episodes=3",
-              "dataset_episode_steps=101", "eval_every=40"])
+def test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_same_end(data_root, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """From the CLI: 40 offline steps, then 230 env steps online (one env: a round of 200 steps,
+    then 30) with balanced batches, in one run directory whose curves continue. The same run
+    killed right after its first online checkpoint (between the two rounds) and resumed ends
+    with the same checkpoint (agent, buffer, counters), evaluations and metrics rows."""
+    straight = tmp_path / "straight"
+    cli.main(["train", "--agent", "bc-mf", "--task", "cube-single-task2", "--preset", "smoke", "--online-steps", "230",
+              "--online-ratio", "0.5", "--updates-per-env-step", "0.5", "--out", str(straight), "--train-set",
+              *(f"{k}={v}" for k, v in {**TINY, **ONLINE}.items())])
     assert "final success" in capsys.readouterr().out
-    final = json.loads((out / "final.json").read_text())
-    assert final["offline_steps"] == 40 and final["online_env_steps"] == [40] and final["steps"] == 80
-    evals = [json.loads((out / "evals" / f"step_{s:08d}.json").read_text()) for s in (40, 80)]
-    assert "phase" not in evals[0] and evals[1]["phase"] == "online" and evals[1]["env_steps"] == [40]
-    steps = [int(r.split(",")[0]) for r in (out / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == [20, 40, 60, 80]  # one curve across the switch
+    final = json.loads((straight / "final.json").read_text())
+    # 0.5 updates per env step: 115 owed, 11 host calls of 10
+    assert final["offline_steps"] == 40 and final["online_env_steps"] == [230] and final["steps"] == 150
+    evals = [json.loads((straight / "evals" / f"step_{s:08d}.json").read_text()) for s in (40, 150)]
+    assert "phase" not in evals[0] and evals[1]["phase"] == "online" and evals[1]["env_steps"] == [230]
+    steps = [int(r.split(",")[0]) for r in (straight / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [20, 40, 60, 80, 100, 120, 140]  # one curve across the switch at 40
     from steerflow.train.checkpoint import _read
 
-    online = _read(out)["online"]
-    assert int(online["env_steps"][0]) == 40 and int(np.asarray(online["buffers"]["count"]).sum()) == 40
+    online = _read(straight)["online"]
+    assert int(online["env_steps"][0]) == 230 and int(np.asarray(online["buffers"]["count"]).sum()) == 230
 
-
-def test_a_killed_online_run_resumes_to_the_same_end(data_root, tmp_path, monkeypatch):
-    """Killed right after its first checkpoint of the online phase (between two rounds of
-    episodes), resumed, it ends with the checkpoint (agent, buffer, counters) and evaluations of
-    a run never interrupted."""
     run = trainer.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke",
-                          train_overrides={**TINY, "online_steps": "230", "online_envs": "1", "eval_every": "1000",
-                                           "eval_episodes": "1", "updates_per_env_step": "0.5"})
-    trainer.train(run, tmp_path / "straight", quiet=True)
+                          train_overrides={**TINY, **ONLINE, "online_steps": "230", "online_ratio": "0.5",
+                                           "updates_per_env_step": "0.5"})
     real_save = loop.save_checkpoint
 
     def save_then_die(run_dir, states, keys, step, online=None):
@@ -179,16 +180,13 @@ def test_a_killed_online_run_resumes_to_the_same_end(data_root, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         trainer.train(run, tmp_path / "killed", quiet=True)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    from steerflow.train.checkpoint import _read
-
     at_kill = _read(tmp_path / "killed")["online"]
-    assert 0 < int(at_kill["env_steps"][0]) < 230 and int(at_kill["round"]) == 1
-    final = trainer.train(run, tmp_path / "killed", resume=True, quiet=True)
-    a = (tmp_path / "straight" / "checkpoints" / "latest.msgpack").read_bytes()
+    assert int(at_kill["env_steps"][0]) == 200 and int(at_kill["round"]) == 1
+    resumed = trainer.train(run, tmp_path / "killed", resume=True, quiet=True)
+    a = (straight / "checkpoints" / "latest.msgpack").read_bytes()
     b = (tmp_path / "killed" / "checkpoints" / "latest.msgpack").read_bytes()
     assert a == b
-    assert (tmp_path / "killed" / "eval.csv").read_text() == (tmp_path / "straight" / "eval.csv").read_text()
+    assert (tmp_path / "killed" / "eval.csv").read_text() == (straight / "eval.csv").read_text()
     rows = [r.split(",")[:2] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
-    assert rows == [r.split(",")[:2] for r in (tmp_path / "straight" / "metrics.csv").read_text().splitlines()]
-    straight = json.loads((tmp_path / "straight" / "final.json").read_text())
-    assert final["final_success"] == straight["final_success"] and final["online_env_steps"] == [230]
+    assert rows == [r.split(",")[:2] for r in (straight / "metrics.csv").read_text().splitlines()]
+    assert resumed["final_success"] == final["final_success"] and resumed["online_env_steps"] == [230]

@@ -63,7 +63,7 @@ class OnlinePhase:
 
     def load_state_dict(self, d: dict) -> None:
         self.buffers, self.act_keys = d["buffers"], d["act_keys"]
-        self.counters = {"env_steps": np.asarray(d["env_steps"], np.int64), "round": int(d["round"]),
+        self.counters = {"env_steps": np.array(d["env_steps"], np.int64), "round": int(d["round"]),
                          "owed": float(d["owed"]), "episodes": int(d["episodes"]),
                          "successes": int(d["successes"])}
 
