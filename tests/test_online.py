@@ -165,6 +165,10 @@ def test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_s
 
     online = _read(straight)["online"]
     assert int(online["env_steps"][0]) == 230 and int(np.asarray(online["buffers"]["count"]).sum()) == 230
+    from steerflow.report import build_report
+
+    (record,) = [r for r in build_report([straight], None)["records"] if r["kind"] == "task"]  # listed, finished
+    assert record["steps"] == 150 and record["final_success"] == final["final_success"]
 
     run = trainer.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke",
                           train_overrides={**TINY, **ONLINE, "online_steps": "230", "online_ratio": "0.5",

@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> None:
             parse(argv)()
     except Interrupted as err:
         if err.step is not None:
-            print(f"steerflow: interrupted ({err}) at step {err.step}/{err.total}; checkpoint saved in "
+            where = f"step {err.step}/{err.total}" if err.total else f"step {err.step} (online, between two rounds)"
+            print(f"steerflow: interrupted ({err}) at {where}; checkpoint saved in "
                   f"{err.run_dir}; continue with: {_resume_hint(argv)}", file=sys.stderr)
         else:  # before training started (nothing partial is left), or `--parallel processes`' parent
             hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""

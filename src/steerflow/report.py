@@ -212,6 +212,10 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
                 meta.update({k: data[k] for k in ("device", "commit", "episodes") if k in data})
     if "episodes" in meta:
         episodes = int(meta["episodes"])
+    if int(cfg["train_config"].get("online_steps", 0)):  # an online phase ends where its final.json says
+        final = _read_json(run_dir / "final.json") if (run_dir / "final.json").is_file() else None
+        steps = int(final["steps"]) if isinstance(final, dict) and "online_env_steps" in final else max(
+            (t for c in curves.values() for t in c), default=0) + 1  # unfinished: its end is not known yet
     failed = None
     if (run_dir / "failed.json").is_file():
         info = _read_json(run_dir / "failed.json")

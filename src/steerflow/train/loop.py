@@ -231,7 +231,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                 if not online_active:  # online: the last checkpoint between rounds stays
                     checkpoint()
                 raise Interrupted(received[0], step=saved_step if online_active else step,
-                                  total=tc.steps, run_dir=out)
+                                  total=None if online_active else tc.steps, run_dir=out)
     finally:
         bar.close()  # before any error message: it starts on a line of its own
         pool.close()
