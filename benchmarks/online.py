@@ -45,6 +45,9 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=None, help="gradient steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=None)
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--eval-workers", type=int, default=None,
+                   help="env worker processes per unit (0: in the training process; each worker holds ~1 GB)")
+    p.add_argument("--collect-only", action="store_true", help="run nothing; write the records of finished units")
     p.add_argument("--note", default="", help="the machine's load while it ran (recorded)")
     args = p.parse_args()
 
@@ -58,12 +61,14 @@ def main() -> None:
                     train["eval_every"] = str(args.eval_every)
                 if args.eval_episodes:
                     train["eval_episodes"] = str(args.eval_episodes)
+                if args.eval_workers is not None:
+                    train["eval_workers"] = str(args.eval_workers)
                 run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train)
                 units.append((f"{agent}-{task}-s{seed}", run))
     jobs = []
     for name, run in units:
         out = args.out / name
-        if (out / "final.json").exists():
+        if (out / "final.json").exists() or args.collect_only:
             continue
         jobs.append((name, train_command(run, out, resume=(out / "config.json").exists()), args.out / f"{name}.log"))
     start = time.perf_counter()
@@ -74,9 +79,12 @@ def main() -> None:
     if failed:
         sys.exit(f"units failed: {failed}; see their logs in {args.out}")
 
-    records, curves = [], {}
+    records, curves, unfinished = [], {}, []
     for name, run in units:
         out = args.out / name
+        if not (out / "final.json").exists():
+            unfinished.append(name)
+            continue
         final = json.loads((out / "final.json").read_text())
         evals = sorted((json.loads(f.read_text()) for f in (out / "evals").glob("step_*.json")),
                        key=lambda r: r["step"])
@@ -120,7 +128,8 @@ def main() -> None:
         "budget": {"preset": args.preset, "offline_steps": args.offline_steps, "online_env_steps": args.online_steps,
                    "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                    "sampling": {a: ("balanced " + r if float(r) >= 0 else "union") for a, r in RATIO.items()}},
-        "wall_s_this_invocation": round(time.perf_counter() - start, 1), "summary": summary, "units": records})
+        "wall_s_this_invocation": round(time.perf_counter() - start, 1), "summary": summary, "units": records,
+        "unfinished_units": unfinished})
     plot_curves(curves, results / f"online_{kind}.png",
                 title=f"offline {args.offline_steps} steps, then {args.online_steps} env steps online",
                 online_from=args.offline_steps)

@@ -145,14 +145,17 @@ ONLINE = {"online_envs": "1", "eval_every": "1000", "eval_episodes": "1"}
 
 def test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_same_end(data_root, tmp_path,
                                                                                           monkeypatch, capsys):
-    """From the CLI: 40 offline steps, then 230 env steps online (one env: a round of 200 steps,
-    then 30) with balanced batches, in one run directory whose curves continue. The same run
-    killed right after its first online checkpoint (between the two rounds) and resumed ends
-    with the same checkpoint (agent, buffer, counters), evaluations and metrics rows."""
+    """From the CLI: 40 offline steps, then (`--from` that run, in a new directory) 230 env steps
+    online (one env: a round of 200 steps, then 30) with balanced batches; the new run's curves
+    continue the offline ones. The same run made in one go (offline then online), killed right
+    after its first online checkpoint (between the two rounds) and resumed, ends with the same
+    checkpoint (agent, buffer, counters), evaluations and metrics rows."""
+    common = ["train", "--agent", "bc-mf", "--task", "cube-single-task2", "--preset", "smoke", "--train-set",
+              *(f"{k}={v}" for k, v in {**TINY, **ONLINE}.items())]
+    cli.main([*common, "--out", str(tmp_path / "offline")])
     straight = tmp_path / "straight"
-    cli.main(["train", "--agent", "bc-mf", "--task", "cube-single-task2", "--preset", "smoke", "--online-steps", "230",
-              "--online-ratio", "0.5", "--updates-per-env-step", "0.5", "--out", str(straight), "--train-set",
-              *(f"{k}={v}" for k, v in {**TINY, **ONLINE}.items())])
+    cli.main([*common, "--from", str(tmp_path / "offline"), "--online-steps", "230", "--online-ratio", "0.5",
+              "--updates-per-env-step", "0.5", "--out", str(straight)])
     assert "final success" in capsys.readouterr().out
     final = json.loads((straight / "final.json").read_text())
     # 0.5 updates per env step: 115 owed, 11 host calls of 10
