@@ -4,7 +4,9 @@
     steerflow data info
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
+                    [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
     steerflow eval RUN_DIR [--episodes N]
+    steerflow export RUN_DIR --format onnx|stablehlo --out DIR [--seed-index I]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
     steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
@@ -133,6 +135,10 @@ class Train:
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
     base_from: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
+    from_run: Annotated[Path | None, tyro.conf.arg(name="from", metavar="RUN_DIR")] = None  # continue this finished offline run's last checkpoint online, in --out
+    online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
+    online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
+    updates_per_env_step: Annotated[float | None, tyro.conf.arg(metavar="U")] = None  # gradient updates per env step online (default 1)
 
     def spec(self):
         from steerflow.config import parse_overrides
@@ -144,6 +150,14 @@ class Train:
             if self.steps < 1:
                 raise ValueError(f"--steps {self.steps}: expected a positive number of training steps")
             train_overrides["steps"] = str(self.steps)
+        if self.from_run is not None and self.online_steps is None:
+            raise ValueError(f"--from {self.from_run}: continues that run online; --online-steps N is needed")
+        for name in ("online_steps", "online_ratio", "updates_per_env_step"):
+            value = getattr(self, name)
+            if value is not None:
+                if name == "online_steps" and value < 1:
+                    raise ValueError(f"--online-steps {value}: expected a positive number of env steps")
+                train_overrides[name] = str(value)
         overrides = parse_overrides(flatten(self.set))
         if self.base_from is not None:
             from steerflow.agents import get_agent
@@ -152,7 +166,8 @@ class Train:
             overrides = overrides_for(self.base_from, get_agent(self.agent), overrides, seeds)
         return RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset, overrides=overrides,
                        train_overrides=train_overrides,
-                       base_from=None if self.base_from is None else str(self.base_from))
+                       base_from=None if self.base_from is None else str(self.base_from),
+                       from_run=None if self.from_run is None else str(self.from_run))
 
     @property
     def out_dir(self) -> Path:
@@ -163,7 +178,12 @@ class Train:
         from steerflow.train import check_run
 
         check_out_dir("--out", self.out_dir)
-        check_run(self.spec())
+        run = self.spec()
+        if run.from_run:
+            from steerflow.train.presets import from_spec
+
+            run = from_spec(run)
+        check_run(run)
 
     def __call__(self):
         from steerflow.train import train, train_processes
@@ -206,6 +226,32 @@ class Eval:
 
         for record in evaluate_run(self.run_dir, self.episodes, self.workers):
             print(json.dumps(record))
+
+
+@dataclass
+class Export:
+    """Export a run's last checkpoint as a self-contained policy artifact (steerflow.export):
+    the acting function with the normalisers baked in, its config, spec and dataset fingerprint."""
+
+    run_dir: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")]
+    format: Literal["onnx", "stablehlo"] = "onnx"  # onnx (onnxruntime) | stablehlo (jax.export)
+    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # artifact directory (default RUN_DIR/export-FORMAT)
+    seed_index: int = 0  # which of the run's vmapped seeds
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.run_dir / f"export-{self.format}"
+
+    def validate(self):
+        if self.seed_index < 0:
+            raise ValueError(f"--seed-index {self.seed_index}: expected 0 or more")
+        check_out_dir("--out", self.out_dir)
+
+    def __call__(self):  # export_run checks the run (checkpoint, agent, format) before converting
+        from steerflow.export import export_run
+
+        out = export_run(self.run_dir, self.format, self.out_dir, self.seed_index)
+        print(f"exported {self.format} policy -> {out} (load it with steerflow.policy.load)")
 
 
 @dataclass
@@ -323,6 +369,7 @@ Command = Union[
     Annotated[Data, tyro.conf.subcommand("data")],
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[Export, tyro.conf.subcommand("export")],
     Annotated[Report, tyro.conf.subcommand("report")],
     Annotated[Sweep, tyro.conf.subcommand("sweep")],
     Annotated[Toy, tyro.conf.subcommand("toy")],
@@ -358,7 +405,8 @@ def main(argv: list[str] | None = None) -> None:
             parse(argv)()
     except Interrupted as err:
         if err.step is not None:
-            print(f"steerflow: interrupted ({err}) at step {err.step}/{err.total}; checkpoint saved in "
+            where = f"step {err.step}/{err.total}" if err.total else f"step {err.step} (online, between two rounds)"
+            print(f"steerflow: interrupted ({err}) at {where}; checkpoint saved in "
                   f"{err.run_dir}; continue with: {_resume_hint(argv)}", file=sys.stderr)
         else:  # before training started (nothing partial is left), or `--parallel processes`' parent
             hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""
