@@ -50,6 +50,8 @@ SLOW = (
     "test_qpilots.py::test_the_mfm_samples_the_closed_form_posterior",
     "test_qpilots.py::test_the_mfm_steering_gradient_points_along_the_exact_tilt_gradient",
     "test_qpilots.py::test_steering_a_frozen_bc_fm_run_from_the_cli",
+    "test_robot_data.py::test_training_on_an_imported_dataset_stores_its_normalisation_and_reward_mode",
+    "test_robot_data.py::test_an_imported_run_evaluates_in_the_env_with_its_normalisation",
 )
 # kept in the fast tier although their function is listed above: the flagship (bc-mf trains in
 # test_end_to_end's fast smoke run)

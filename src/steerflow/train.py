@@ -88,6 +88,8 @@ class RunSpec:
     overrides: dict = field(default_factory=dict)  # agent-config overrides (`--set`)
     train_overrides: dict = field(default_factory=dict)
     base_from: str | None = None  # run directory whose frozen FM base this run steers (`frozen_base`)
+    dataset: str | None = None  # an imported dataset (`steerflow data import`); `task` is then its eval
+    reward: str | None = None  # reward mode of an imported dataset: given | sparse-success (data.imports)
 
 
 def resolve(run: RunSpec):
@@ -153,15 +155,15 @@ def check_run(run: RunSpec):
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.tasks import parse_task
+    from steerflow.data.source import run_dims
 
-    task = parse_task(run.task)
+    obs_dim, action_dim = run_dims(run)  # the task name, or the imported dataset's meta and --reward
     if not run.seeds:
         raise ValueError("--seeds: at least one seed is needed")
     if len(set(run.seeds)) != len(run.seeds):
         raise ValueError(f"--seeds {','.join(map(str, run.seeds))}: a seed is repeated")
     agent, config, tc = resolve(run)
-    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
+    spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon)
     try:
         jax.eval_shape(lambda k: agent.init(k, spec, config), jax.random.PRNGKey(0))
     except (ValueError, TypeError, KeyError, AssertionError) as err:
@@ -308,6 +310,18 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
     return record
 
 
+def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.ndarray, run: RunSpec,
+                         eval_s: float) -> dict:
+    """An imported dataset's run without an env: `final_success` and `success` hold None."""
+    from steerflow.runinfo import atomic_write_json
+
+    record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
+              "metric": "val_action_mse", "val_action_mse": mse.tolist(), "mean": float(np.mean(mse)),
+              "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
+    atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
+    return record
+
+
 # --------------------------------------------------------------------------- metrics csv
 
 class MetricsLog:
@@ -358,7 +372,7 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         return {str(k): _fmt(v) for k, v in (d or {}).items()}
 
     diffs = []
-    for name in ("agent", "task", "preset"):
+    for name in ("agent", "task", "preset", "dataset", "reward"):
         if getattr(stored, name) != getattr(run, name):
             diffs.append(f"--{name}: stored {getattr(stored, name)}, now {getattr(run, name)}")
     if list(map(int, stored.seeds)) != list(map(int, run.seeds)):
@@ -453,7 +467,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     from steerflow.agents.common import EnvSpec
     from steerflow.config import to_dict
     from steerflow.data.chunks import build_chunk_dataset
-    from steerflow.data.tasks import load_task_dataset, parse_task
+    from steerflow.data import normalization, source
     from steerflow.evaluate import EnvPool
     from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
@@ -465,12 +479,13 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     elif has_ckpt and not resume:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
-    task = parse_task(run.task)
     agent, config, tc = check_run(run)  # before the data load: a bad value fails at once
+    task = source.eval_task(run)  # None: an imported dataset scored offline on its held-out demos
 
-    train_data, _, data_info = load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
-                                                 episode_steps=tc.dataset_episode_steps,
-                                                 workers=os.cpu_count() or 1)
+    train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
+    stored_norm = normalization.load(out) if resume else None
+    if stored_norm is not None:  # a checkpoint acts in the units of the data it was trained on
+        normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
@@ -492,6 +507,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
             print(f"resuming {out} from step {step}")
 
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
+    normalization.save(out, norm)  # what the evaluator and `policy.load` apply to this run's policy
     atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
                                     "train_config": to_dict(tc)})
     atomic_write_json(out / "run_info.json", {
@@ -503,7 +519,11 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
     policy = make_policy(agent)
     track = make_finite_tracker()
-    pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
+    pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers) if task else None
+    if task is None:  # offline metric on the held-out demos (the training ones when there are none)
+        offline = val_data if val_data is not None else train_data
+        offline_ds = build_chunk_dataset(offline, tc.horizon, discount)
+        offline_starts = source.offline_eval_starts(offline, tc.horizon)
     record = None
     run_start = time.perf_counter()
     saved_step = step if resume and has_ckpt else None  # the last good checkpoint on disk
@@ -524,8 +544,13 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
 
     def evaluate(received) -> dict:
         eval_start = time.perf_counter()
+        if task is None:
+            mse = source.offline_action_mse(agent, states, offline_ds, offline_starts, policy, seed=step)
+            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start)
+            bar.write(f"step {step}: held-out action MSE {rec['mean']:.4f} per seed {np.round(mse, 4).tolist()}")
+            return rec
         success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step,
-                                  policy=policy, pool=pool, show_progress=not quiet,
+                                  policy=source.normalized_policy(policy, norm), pool=pool, show_progress=not quiet,
                                   desc=f"eval at step {step}", should_stop=lambda: bool(received))
         rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
@@ -574,11 +599,15 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                 raise Interrupted(received[0], step=step, total=tc.steps, run_dir=out)
     finally:
         bar.close()  # before any error message: it starts on a line of its own
-        pool.close()
+        if pool is not None:
+            pool.close()
     if record is None:  # resumed a run that had already finished
         record = json.loads((out / "evals" / f"step_{tc.steps:08d}.json").read_text())
     final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": tc.steps, "seeds": seeds,
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
+             **({"metric": record.get("metric", "success"), "dataset": run.dataset, "reward": data_info.get("reward")}
+                if run.dataset else {}),
+             **({"val_action_mse": record["val_action_mse"]} if "val_action_mse" in record else {}),
              "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
              "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
     atomic_write_json(out / "final.json", final)
@@ -599,7 +628,14 @@ def single_thread_env() -> dict[str, str]:
 
 def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
     """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
-    cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
+    from steerflow.data.imports import DATASET_PREFIX
+
+    if run.dataset:  # `task` is the evaluation env (`--eval-task`), or the offline metric's placeholder
+        where = ["--dataset", run.dataset, *(["--reward", run.reward] if run.reward else []),
+                 *([] if run.task.startswith(DATASET_PREFIX) else ["--eval-task", run.task])]
+    else:
+        where = ["--task", run.task]
+    cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, *where,
            "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
            "--parallel", "vmap", *(["--resume"] if resume else []),
            *(["--base-from", run.base_from] if run.base_from else [])]
@@ -717,8 +753,12 @@ def gather_final(run: RunSpec, out: Path) -> dict:
     from steerflow.runinfo import atomic_write_json
 
     finals = [json.loads((out / f"seed_{s}" / "final.json").read_text()) for s in run.seeds]
-    per_seed = [f["final_success"][0] for f in finals]
-    final = {**finals[0], "seeds": list(run.seeds), "final_success": per_seed, "mean": float(np.mean(per_seed))}
+    if finals[0].get("metric") == "val_action_mse":  # an imported dataset scored offline
+        per_seed = [f["val_action_mse"][0] for f in finals]
+        final = {**finals[0], "seeds": list(run.seeds), "val_action_mse": per_seed, "mean": float(np.mean(per_seed))}
+    else:
+        per_seed = [f["final_success"][0] for f in finals]
+        final = {**finals[0], "seeds": list(run.seeds), "final_success": per_seed, "mean": float(np.mean(per_seed))}
     atomic_write_json(out / "final.json", final)
     return final
 
@@ -732,7 +772,7 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.tasks import parse_task
+    from steerflow.data import normalization, source
     from steerflow.runinfo import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -743,7 +783,14 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
     run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
     agent, config, tc = resolve(run)
-    task = parse_task(run.task)
+    task = source.eval_task(run)
+    if task is None:
+        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
+                         f"action MSE is in {run_dir}/evals/")
+    norm = normalization.load(run_dir) or normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
+        raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
+                         f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
     spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
     states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
@@ -751,6 +798,7 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
     states, _, step = load_checkpoint(run_dir, states, seed_keys)
     success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
+                              policy=source.normalized_policy(make_policy(agent), norm),
                               max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
