@@ -101,6 +101,7 @@ class Import:
 
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.path = self.path.expanduser()
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path} not found")
         check_name(self.name)

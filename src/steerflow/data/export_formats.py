@@ -40,6 +40,62 @@ def oracle_episodes(num_episodes: int, seed: int = 0, episode_steps: int = 51, r
     return episodes
 
 
+def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0.1, max_tries: int | None = None,
+                      progress=None) -> list[dict]:
+    """`num_demos` successful demos of a single-cube task (e.g. cube-single-task2): OGBench's
+    CubePlanOracle with its noise (suboptimal, like teleoperation) steering toward the task's goal
+    in the evaluation env, kept only when the env reports success before its time limit. Per demo:
+    observations, actions, next_observations (T, .), the last next observation solving the task."""
+    import os
+
+    from .ogbench_gen import ORACLE_NOISE_SMOOTHING
+    from .tasks import make_env, parse_task
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
+
+    spec = parse_task(task)
+    if not spec.domain == "cube-single":
+        raise ValueError(f"{task}: oracle demos are made for cube-single tasks only")
+    env = make_env(spec)
+    raw = env.unwrapped
+    oracle = CubePlanOracle(env=raw, noise=noise, noise_smoothing=ORACLE_NOISE_SMOOTHING)
+
+    def with_target(info):  # the task's goal as the data-collection target the oracle plans toward
+        from ogbench.manipspace import lie
+
+        mocap = raw._cube_target_mocap_ids[0]
+        return {**info, "privileged/target_block": 0, "privileged/target_block_pos": raw._data.mocap_pos[mocap].copy(),
+                "privileged/target_block_yaw": np.array([lie.SO3(wxyz=raw._data.mocap_quat[mocap]).compute_yaw_radians()])}
+
+    np.random.seed(seed)  # the oracle's noise
+    demos, tries = [], 0
+    while len(demos) < num_demos:
+        tries += 1
+        if max_tries is not None and tries > max_tries:
+            raise RuntimeError(f"{task}: only {len(demos)} of {tries - 1} oracle episodes succeeded")
+        ob, info = env.reset(seed=seed * 100_003 + tries)
+        info = with_target(info)
+        oracle.reset(ob, info)
+        obs, acts, nxt, success = [], [], [], False
+        while True:
+            action = np.clip(np.asarray(oracle.select_action(ob, info), np.float32), -1, 1)
+            next_ob, _, terminated, truncated, info = env.step(action)
+            info = with_target(info)
+            obs.append(ob), acts.append(action), nxt.append(next_ob)
+            ob = next_ob
+            if terminated or truncated:
+                success = bool(info.get("success", False))
+                break
+        if success:
+            demos.append({"observations": np.asarray(obs, np.float32), "actions": np.asarray(acts, np.float32),
+                          "next_observations": np.asarray(nxt, np.float32)})
+            if progress is not None:
+                progress(1)
+    env.close()
+    return demos
+
+
 def write_robomimic(path: str | os.PathLike, episodes: list[dict], images: dict | None = None,
                     splits: dict[str, list[int]] | None = None) -> Path:
     """robomimic layout; `images` {key: [per-episode (T, H, W, C) uint8]} adds camera keys."""
@@ -60,6 +116,10 @@ def write_robomimic(path: str | os.PathLike, episodes: list[dict], images: dict 
             obs = demo.create_group("obs")
             for key, cols in ROBOMIMIC_KEYS.items():
                 obs.create_dataset(key, data=ep["observations"][:, cols])
+            if "next_observations" in ep:
+                nxt = demo.create_group("next_obs")
+                for key, cols in ROBOMIMIC_KEYS.items():
+                    nxt.create_dataset(key, data=ep["next_observations"][:, cols])
             for key, frames in (images or {}).items():
                 obs.create_dataset(key, data=frames[i])
         data.attrs["total"] = total
