@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from steerflow import cli, train as trainer
+from steerflow.train import loop  # the loop looks its helpers up in its own module
 from steerflow.agents import AGENTS
 from steerflow.data.tasks import parse_task
 from steerflow.evaluate import EnvPool, run_episodes
@@ -62,10 +63,10 @@ def test_resume_after_a_kill_continues_bitwise(data_root, tmp_path, monkeypatch)
         real_save(run_dir, states, keys, step)
         raise KeyboardInterrupt  # the process is killed right after its first checkpoint
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(run, tmp_path / "killed", quiet=True)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     with pytest.raises(FileExistsError, match="--resume"):
         trainer.train(run, tmp_path / "killed", quiet=True)
     trainer.train(run, tmp_path / "killed", resume=True, quiet=True)

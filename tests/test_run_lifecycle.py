@@ -20,6 +20,7 @@ import pytest
 
 from steerflow import cli
 from steerflow import train as trainer
+from steerflow.train import loop  # the loop looks its helpers up in its own module
 from steerflow.errors import Interrupted, TrainingDiverged
 
 SMOKE = ["--task", "cube-single-task2", "--preset", "smoke"]  # 3+1 episodes of 101 steps
@@ -99,13 +100,13 @@ def test_an_interrupt_during_an_evaluation_is_resumed_with_that_evaluation(data_
         os.kill(os.getpid(), signal.SIGINT)  # handled by the trainer: recorded, not raised
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_states", signal_during_eval)
+    monkeypatch.setattr(loop, "evaluate_states", signal_during_eval)
     with pytest.raises(Interrupted) as err:
         trainer.train(run, tmp_path / "run", quiet=True)
     assert err.value.step == 40 and err.value.exit_code == 130
     assert _checkpoint_step(tmp_path / "run") == 40
     assert not (tmp_path / "run" / "evals" / "step_00000040.json").exists()
-    monkeypatch.setattr(trainer, "evaluate_states", real)
+    monkeypatch.setattr(loop, "evaluate_states", real)
     final = trainer.train(run, tmp_path / "run", resume=True, quiet=True)
     assert final["steps"] == 40 and (tmp_path / "run" / "evals" / "step_00000040.json").exists()
 
@@ -152,7 +153,7 @@ def test_non_finite_losses_stop_the_run_keep_the_last_good_checkpoint_and_mark_i
 
         return train_call
 
-    monkeypatch.setattr(trainer, "make_train_call", poisoned)
+    monkeypatch.setattr(loop, "make_train_call", poisoned)
     out = tmp_path / "runs" / "diverged"
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(out)])
@@ -162,7 +163,7 @@ def test_non_finite_losses_stop_the_run_keep_the_last_good_checkpoint_and_mark_i
     assert _checkpoint_step(out) == 20 and not (out / "final.json").exists()
     failed = json.loads((out / "failed.json").read_text())
     assert failed["step"] == 30 and failed["losses"]["mf_loss"] == ["nan"]
-    monkeypatch.setattr(trainer, "make_train_call", real)
+    monkeypatch.setattr(loop, "make_train_call", real)
     from steerflow.report import build_report
 
     result = build_report([tmp_path / "runs"], None)
@@ -231,7 +232,7 @@ def test_steps_per_second_leaves_out_compilation(data_root, tmp_path, monkeypatc
 
         return train_call
 
-    monkeypatch.setattr(trainer, "make_train_call", slow_first)
+    monkeypatch.setattr(loop, "make_train_call", slow_first)
     run = trainer.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke")
     trainer.train(run, tmp_path / "run", quiet=True)
     first = float((tmp_path / "run" / "metrics.csv").read_text().splitlines()[1].split(",")[2])

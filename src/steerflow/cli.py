@@ -6,6 +6,7 @@
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
     steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
+                    [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
     steerflow eval RUN_DIR [--episodes N]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
@@ -204,6 +205,10 @@ class Train:
         if self.reward is not None and self.reward not in REWARD_MODES:
             raise ValueError(f"--reward {self.reward}: expected one of {', '.join(REWARD_MODES)}")
         return self.eval_task or f"{DATASET_PREFIX}{self.dataset}"
+    from_run: Annotated[Path | None, tyro.conf.arg(name="from", metavar="RUN_DIR")] = None  # continue this finished offline run's last checkpoint online, in --out
+    online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
+    online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
+    updates_per_env_step: Annotated[float | None, tyro.conf.arg(metavar="U")] = None  # gradient updates per env step online (default 1)
 
     def spec(self):
         from steerflow.config import parse_overrides
@@ -215,6 +220,14 @@ class Train:
             if self.steps < 1:
                 raise ValueError(f"--steps {self.steps}: expected a positive number of training steps")
             train_overrides["steps"] = str(self.steps)
+        if self.from_run is not None and self.online_steps is None:
+            raise ValueError(f"--from {self.from_run}: continues that run online; --online-steps N is needed")
+        for name in ("online_steps", "online_ratio", "updates_per_env_step"):
+            value = getattr(self, name)
+            if value is not None:
+                if name == "online_steps" and value < 1:
+                    raise ValueError(f"--online-steps {value}: expected a positive number of env steps")
+                train_overrides[name] = str(value)
         overrides = parse_overrides(flatten(self.set))
         if self.base_from is not None:
             from steerflow.agents import get_agent
@@ -224,7 +237,8 @@ class Train:
         return RunSpec(agent=self.agent, task=self.task_name, seeds=seeds, preset=self.preset, overrides=overrides,
                        train_overrides=train_overrides,
                        base_from=None if self.base_from is None else str(self.base_from),
-                       dataset=self.dataset, reward=self.reward)
+                       dataset=self.dataset, reward=self.reward,
+                       from_run=None if self.from_run is None else str(self.from_run))
 
     @property
     def out_dir(self) -> Path:
@@ -235,7 +249,12 @@ class Train:
         from steerflow.train import check_run
 
         check_out_dir("--out", self.out_dir)
-        check_run(self.spec())
+        run = self.spec()
+        if run.from_run:
+            from steerflow.train.presets import from_spec
+
+            run = from_spec(run)
+        check_run(run)
 
     def __call__(self):
         from steerflow.train import train, train_processes
@@ -409,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
             parse(argv)()
     except Interrupted as err:
         if err.step is not None:
-            print(f"steerflow: interrupted ({err}) at step {err.step}/{err.total}; checkpoint saved in "
+            where = f"step {err.step}/{err.total}" if err.total else f"step {err.step} (online, between two rounds)"
+            print(f"steerflow: interrupted ({err}) at {where}; checkpoint saved in "
                   f"{err.run_dir}; continue with: {_resume_hint(argv)}", file=sys.stderr)
         else:  # before training started (nothing partial is left), or `--parallel processes`' parent
             hint = f"; continue with: {_resume_hint(argv)}" if argv[:1] in (["train"], ["sweep"]) else ""

@@ -31,14 +31,15 @@ class _LocalEnvs:
         return np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])
 
     def step(self, actions: np.ndarray, active: np.ndarray):
-        obs, done, success = [], [], []
+        obs, done, success, reward = [], [], [], []
         for env, action, live in zip(self.envs, actions, active):
             if not live:  # finished episodes are not stepped again
-                obs.append(None), done.append(True), success.append(False)
+                obs.append(None), done.append(True), success.append(False), reward.append(0.0)
                 continue
-            o, _, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
+            o, r, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
             obs.append(o), done.append(terminated or truncated), success.append(bool(info.get("success", False)))
-        return obs, np.array(done), np.array(success)
+            reward.append(float(r))
+        return obs, np.array(done), np.array(success), np.array(reward, np.float32)
 
     def close(self):
         for env in self.envs:
@@ -91,13 +92,16 @@ class EnvPool:
         return np.concatenate([conn.recv() for conn in self.conns])
 
     def step(self, actions: np.ndarray, active: np.ndarray):
+        """Step the `active` envs: (obs list, done, success, reward) with None, True, False, 0 for
+        the others; reward and success are those of the pre-action state (single-task OGBench envs
+        use `success_timing='pre'`), i.e. the offline relabelling's r_t."""
         if self.local:
             return self.local.step(actions, active)
         for conn, part in zip(self.conns, self.split):
             conn.send(("step", (actions[part], active[part])))
         results = [conn.recv() for conn in self.conns]
         obs = [o for r in results for o in r[0]]
-        return obs, np.concatenate([r[1] for r in results]), np.concatenate([r[2] for r in results])
+        return (obs, *(np.concatenate([r[i] for r in results]) for i in (1, 2, 3)))
 
     def close(self) -> None:
         for conn in self.conns:
@@ -135,7 +139,7 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
         while active.any():
             chunks = np.asarray(policy(obs)).reshape(len(obs), horizon, -1)
             for k in range(horizon):
-                new_obs, done, step_success = pool.step(chunks[:, k], active)
+                new_obs, done, step_success, _ = pool.step(chunks[:, k], active)
                 for i in np.flatnonzero(active):
                     obs[i] = new_obs[i]
                     length[first + i] += 1

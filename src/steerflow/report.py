@@ -81,9 +81,10 @@ def read_curve(eval_csv: Path) -> dict[int, dict[int, float]]:
 
 
 def plot_curves(curves: dict[str, dict[int, dict[int, float]]], path: Path, title: str = "",
-                ymax: float | None = 102) -> None:
+                ymax: float | None = 102, online_from: int | None = None) -> None:
     """One line per label: mean success over seeds with a 95% bootstrap band (written atomically).
-    `ymax=None` fits the y axis to the bands (at least 0-10%) instead of the full 0-100%."""
+    `ymax=None` fits the y axis to the bands (at least 0-10%) instead of the full 0-100%;
+    `online_from` marks the step where an online phase starts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +105,10 @@ def plot_curves(curves: dict[str, dict[int, dict[int, float]]], path: Path, titl
         line, = ax.plot(steps, 100 * values.mean(0), marker="o", ms=3, label=f"{label} ({len(by_seed)} seeds)")
         ax.fill_between(steps, 100 * cis[:, 0], 100 * cis[:, 1], alpha=0.2, color=line.get_color())
         top = max(top, 100 * float(cis[:, 1].max()), 100 * float(values.mean(0).max()))
+    if online_from is not None:
+        ax.axvline(online_from, color="k", ls="--", lw=0.8)
+        ax.annotate("online →", (online_from, 0.95), xycoords=("data", "axes fraction"), fontsize=7,
+                    xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("gradient steps")
     ax.set_ylabel("success (%)")
     ax.set_ylim(-2 if ymax is not None else -0.02 * top, ymax if ymax is not None else min(102.0, 1.15 * top))
@@ -207,6 +212,10 @@ def load_run(run_dir: str | os.PathLike) -> list[SeedRun]:
                 meta.update({k: data[k] for k in ("device", "commit", "episodes") if k in data})
     if "episodes" in meta:
         episodes = int(meta["episodes"])
+    if int(cfg["train_config"].get("online_steps", 0)):  # an online phase ends where its final.json says
+        final = _read_json(run_dir / "final.json") if (run_dir / "final.json").is_file() else None
+        steps = int(final["steps"]) if isinstance(final, dict) and "online_env_steps" in final else max(
+            (t for c in curves.values() for t in c), default=0) + 1  # unfinished: its end is not known yet
     failed = None
     if (run_dir / "failed.json").is_file():
         info = _read_json(run_dir / "failed.json")

@@ -66,17 +66,22 @@ def build_chunk_dataset(data: dict, horizon: int, discount: float) -> ChunkDatas
     )
 
 
+def gather_chunks(data, steps: jnp.ndarray, discount: float) -> dict:
+    """Chunk samples from the rows `steps (B, H)` of `data` (any object with the five transition
+    arrays): the offline sampler's rows are t..t+H−1, the replay buffer's wrap around its ring."""
+    discounts = discount ** jnp.arange(steps.shape[1])
+    return {
+        "observations": data.observations[steps[:, 0]],
+        "actions": data.actions[steps].reshape(steps.shape[0], -1),
+        "rewards": jnp.sum(data.rewards[steps] * discounts, axis=-1),
+        "masks": jnp.min(data.masks[steps], axis=-1),
+        "next_observations": data.next_observations[steps[:, -1]],
+    }
+
+
 def chunks_at(ds: ChunkDataset, starts: jnp.ndarray) -> dict:
     """The chunk samples that begin at the given (valid) start indices."""
-    steps = starts[:, None] + jnp.arange(ds.horizon)[None, :]  # (B, H)
-    discounts = ds.discount ** jnp.arange(ds.horizon)
-    return {
-        "observations": ds.observations[starts],
-        "actions": ds.actions[steps].reshape(starts.shape[0], -1),
-        "rewards": jnp.sum(ds.rewards[steps] * discounts, axis=-1),
-        "masks": jnp.min(ds.masks[steps], axis=-1),
-        "next_observations": ds.next_observations[starts + ds.horizon - 1],
-    }
+    return gather_chunks(ds, starts[:, None] + jnp.arange(ds.horizon)[None, :], ds.discount)
 
 
 def sample_chunks(ds: ChunkDataset, key: jax.Array, batch_size: int) -> dict:

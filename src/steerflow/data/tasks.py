@@ -110,6 +110,16 @@ def sparse_rewards(rewards: np.ndarray) -> np.ndarray:
     return -(np.asarray(rewards) != 0).astype(np.float32)
 
 
+def online_rewards_masks(spec: TaskSpec, env_rewards: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards and masks of online transitions, as the offline relabelling gives them: the
+    single-task env's step reward is ``#satisfied - #sub-goals`` of the pre-action state (its
+    ``success_timing='pre'``), which is OGBench's relabelled r_t; ``mask = 0`` iff the task is solved
+    there, i.e. iff that reward is 0; then the same sparse mapping as the dataset's."""
+    env_rewards = np.asarray(env_rewards, np.float32)
+    masks = (env_rewards != 0).astype(np.float32)
+    return (sparse_rewards(env_rewards) if spec.sparse else env_rewards), masks
+
+
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+"""Offline → online fine-tuning of LPS, QC-FQL and BC-MF (issue 11): success at the end of the
+offline phase and at the end of the online phase, per seed, with 95% bootstrap CIs over seeds, a
+learning curve whose x-axis marks where online starts, and the interaction loop's speed (env
+steps/s, and the shares of its time spent stepping the envs, in `act` and in updates).
+
+Each unit (agent × task × seed) is one resumable `steerflow train` process (`train_command`,
+run by `run_commands`, one CPU thread each, pinned); rerunning the script resumes unfinished
+units and skips finished ones. Sampling: LPS with balanced batches (`--online-ratio 0.5`, the LPS
+paper's real-robot protocol), QC-FQL and BC-MF with offline ∪ online replay (QPILOTS/Q-chunking).
+
+    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online \\
+        --tasks cube-single-task2 --seeds 0 --offline-steps 2000 --online-steps 2000 --jobs 1
+
+Writes benchmarks/results/online_<cpu|gpu>.json (machine, budget, load note, per-unit records)
+and online_<cpu|gpu>.png (curves). The budget is the command's; say which when quoting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RATIO = {"lps": "0.5", "qc-fql": "-1", "bc-mf": "-1"}  # < 0: offline ∪ online
+
+
+def main() -> None:
+    from steerflow.report import bootstrap_ci, plot_curves, read_curve
+    from steerflow.runinfo import atomic_write_json, device_description, git_commit
+    from steerflow.train import RunSpec, run_commands, single_thread_env, train_command
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, default=Path("runs/online"))
+    p.add_argument("--agents", default="lps,qc-fql,bc-mf")
+    p.add_argument("--tasks", default="cube-single-task2")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--offline-steps", type=int, default=100_000)
+    p.add_argument("--online-steps", type=int, default=100_000)
+    p.add_argument("--eval-every", type=int, default=None, help="gradient steps between evaluations")
+    p.add_argument("--eval-episodes", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--eval-workers", type=int, default=None,
+                   help="env worker processes per unit (0: in the training process; each worker holds ~1 GB)")
+    p.add_argument("--collect-only", action="store_true", help="run nothing; write the records of finished units")
+    p.add_argument("--note", default="", help="the machine's load while it ran (recorded)")
+    args = p.parse_args()
+
+    units = []
+    for agent in args.agents.split(","):
+        for task in args.tasks.split(","):
+            for seed in map(int, args.seeds.split(",")):
+                train = {"steps": str(args.offline_steps), "online_steps": str(args.online_steps),
+                         "online_ratio": RATIO.get(agent, "-1")}
+                if args.eval_every:
+                    train["eval_every"] = str(args.eval_every)
+                if args.eval_episodes:
+                    train["eval_episodes"] = str(args.eval_episodes)
+                if args.eval_workers is not None:
+                    train["eval_workers"] = str(args.eval_workers)
+                run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train)
+                units.append((f"{agent}-{task}-s{seed}", run))
+    jobs = []
+    for name, run in units:
+        out = args.out / name
+        if (out / "final.json").exists() or args.collect_only:
+            continue
+        jobs.append((name, train_command(run, out, resume=(out / "config.json").exists()), args.out / f"{name}.log"))
+    start = time.perf_counter()
+    codes = run_commands(jobs, args.jobs, env=single_thread_env(), pin=True,
+                         on_start=lambda n, c, log: print(f"[{n}] started (log {log})", flush=True),
+                         on_finish=lambda n, code: print(f"[{n}] exit {code}", flush=True))
+    failed = [n for n, c in codes.items() if c]
+    if failed:
+        sys.exit(f"units failed: {failed}; see their logs in {args.out}")
+
+    records, curves, unfinished = [], {}, []
+    for name, run in units:
+        out = args.out / name
+        if not (out / "final.json").exists():
+            unfinished.append(name)
+            continue
+        final = json.loads((out / "final.json").read_text())
+        evals = sorted((json.loads(f.read_text()) for f in (out / "evals").glob("step_*.json")),
+                       key=lambda r: r["step"])
+        offline_end = next(r for r in evals if r["step"] == final["offline_steps"])
+        timing = final["online_timing_this_process"]
+        busy = timing["env_s"] + timing["act_s"] + timing["update_s"]
+        records.append({
+            "unit": name, "agent": run.agent, "task": run.task, "seed": run.seeds[0],
+            "offline_success": offline_end["success"][0], "online_success": final["final_success"][0],
+            "curve": [{"step": r["step"], "env_steps": (r.get("env_steps") or [0])[0], "success": r["success"][0]}
+                      for r in evals],
+            "online_env_steps": final["online_env_steps"][0], "online_episodes": final["online_episodes"],
+            "online_episode_success": final["online_successes"] / max(final["online_episodes"], 1),
+            # the interaction loop's speed; from the process that ran the online phase (a resumed
+            # unit counts only what ran after its resume)
+            "env_steps_per_s": final["online_env_steps"][0] / busy if busy else None,
+            "time_share": {k[:-2]: round(timing[k] / busy, 3) for k in ("env_s", "act_s", "update_s")} if busy else None,
+            "timing_s": timing})
+        curves.setdefault(f"{run.agent} {run.task}", {})[run.seeds[0]] = read_curve(out / "eval.csv")[run.seeds[0]]
+
+    summary = []
+    for key in sorted({(r["agent"], r["task"]) for r in records}):
+        rows = [r for r in records if (r["agent"], r["task"]) == key]
+        entry = {"agent": key[0], "task": key[1], "seeds": [r["seed"] for r in rows]}
+        for phase in ("offline", "online"):
+            values = [r[f"{phase}_success"] for r in rows]
+            entry[f"{phase}_mean"] = float(np.mean(values))
+            entry[f"{phase}_ci95"] = bootstrap_ci(values) if len(values) > 1 else None
+        entry["env_steps_per_s"] = float(np.mean([r["env_steps_per_s"] for r in rows if r["env_steps_per_s"]]))
+        summary.append(entry)
+        ci = lambda c: f" [{c[0]:.2f}, {c[1]:.2f}]" if c else ""  # noqa: E731
+        print(f"{key[0]:8s} {key[1]}: offline {entry['offline_mean']:.2f}{ci(entry['offline_ci95'])} -> online "
+              f"{entry['online_mean']:.2f}{ci(entry['online_ci95'])}  ({len(rows)} seeds, "
+              f"{entry['env_steps_per_s']:.1f} env steps/s)")
+
+    device = device_description()
+    kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
+    results = HERE / "results"
+    atomic_write_json(results / f"online_{kind}.json", {
+        "command": " ".join(sys.argv), "device": device, "commit": git_commit(), "note": args.note,
+        "budget": {"preset": args.preset, "offline_steps": args.offline_steps, "online_env_steps": args.online_steps,
+                   "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+                   "sampling": {a: ("balanced " + r if float(r) >= 0 else "union") for a, r in RATIO.items()}},
+        "wall_s_this_invocation": round(time.perf_counter() - start, 1), "summary": summary, "units": records,
+        "unfinished_units": unfinished})
+    plot_curves(curves, results / f"online_{kind}.png",
+                title=f"offline {args.offline_steps} steps, then {args.online_steps} env steps online",
+                online_from=args.offline_steps)
+    print(f"wrote {results / f'online_{kind}.json'}; online starts at step {args.offline_steps} on the x-axis")
+
+
+if __name__ == "__main__":
+    main()

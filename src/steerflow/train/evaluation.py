@@ -1,0 +1,171 @@
+"""Evaluation of every seed's policy in the real env (in training and `steerflow eval`) and the
+evaluation records `evals/step_XXXXXXXX.json`, `eval.csv`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+from .core import make_policy
+from .presets import RunSpec, resolve
+
+
+class _EvalStopped(Exception):
+    """A signal arrived during an in-training evaluation."""
+
+
+
+
+def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed: int, policy=None,
+                    pool=None, max_envs: int = 10, show_progress: bool = False, desc: str = "eval",
+                    should_stop=None) -> np.ndarray:
+    """Success (S, episodes) of every seed's policy; each seed's episodes run in waves of at most
+    `max_envs` environments stepped together, one batched `act` call per chunk. With
+    `show_progress`, a bar shows episodes done, success so far and the ETA; `should_stop()` true
+    between chunks aborts it (`_EvalStopped`)."""
+    import jax
+    from tqdm import tqdm
+
+    from steerflow.evaluate import EnvPool, run_episodes
+
+    num_seeds = jax.tree.leaves(states.params)[0].shape[0]
+    policy = policy or make_policy(agent)
+    key = jax.random.PRNGKey(seed)
+    own_pool = pool is None
+    pool = pool or EnvPool(task, min(episodes, max_envs), workers)
+    results = []
+    bar = tqdm(total=num_seeds * episodes, desc=desc, unit="ep", leave=False, dynamic_ncols=True,
+               disable=not show_progress)
+    solved = 0
+
+    def progress(done: int, successes: int):
+        nonlocal solved
+        solved += successes
+        bar.update(done)
+        bar.set_postfix_str(f"success so far {solved}/{bar.n} = {solved / max(bar.n, 1):.2f}")
+
+    def stop() -> bool:
+        if should_stop is not None and should_stop():
+            raise _EvalStopped
+        return False
+
+    try:
+        for i in range(num_seeds):
+            state = jax.tree.map(lambda x: x[i], states)
+
+            def act(obs):
+                nonlocal key
+                stop()
+                key, sub = jax.random.split(key)
+                return np.asarray(policy(state, np.asarray(obs, np.float32), sub))
+
+            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed, progress=progress)["success"])
+    finally:
+        bar.close()
+        if own_pool:
+            pool.close()
+    return np.stack(results)
+
+
+def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
+                 eval_s: float | None = None, env_steps: list[int] | None = None) -> dict:
+    """`evals/step_XXXXXXXX.json` and rows of `eval.csv`; in the online phase the record also holds
+    each seed's env steps so far (`env_steps`), the x-axis where online starts."""
+    from steerflow.runinfo import atomic_write_json
+
+    per_seed = success.mean(1).tolist()
+    record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
+              "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed)),
+              **({"eval_s": round(eval_s, 2)} if eval_s is not None else {}),
+              **({"phase": "online", "env_steps": env_steps} if env_steps is not None else {})}
+    atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
+    with open(run_dir / "eval.csv", "a", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        if f.tell() == 0:
+            writer.writerow(["step", "seed", "success"])
+        for s, v in zip(seeds, per_seed):
+            writer.writerow([step, s, v])
+    return record
+
+
+def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.ndarray, run: RunSpec,
+                         eval_s: float) -> dict:
+    """An imported dataset's run without an env: `final_success` and `success` hold None."""
+    from steerflow.runinfo import atomic_write_json
+
+    record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
+              "metric": "val_action_mse", "val_action_mse": mse.tolist(), "mean": float(np.mean(mse)),
+              "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
+    atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
+    return record
+
+
+def drop_evals_after(run_dir: Path, step: int) -> None:
+    """A run resumed from its checkpoint at `step` redoes the evaluations after it: their records
+    (written before the run was killed) go, so that none is listed twice."""
+    from steerflow.runinfo import atomic_write_bytes
+
+    for f in (run_dir / "evals").glob("step_*.json"):
+        if int(f.stem.split("_")[1]) > step:
+            f.unlink()
+    path = run_dir / "eval.csv"
+    if path.exists():
+        lines = path.read_text().splitlines(keepends=True)
+        keep = lines[:1] + [line for line in lines[1:] if int(line.split(",")[0]) <= step]
+        if len(keep) < len(lines):
+            atomic_write_bytes(path, "".join(keep).encode())
+
+
+def copy_curves(src: Path, out: Path) -> None:
+    """`--from`: the offline run's metrics and evaluations, so that the new run's curves start there."""
+    import shutil
+
+    (out / "evals").mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "eval.csv"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, out / name)
+    for f in (src / "evals").glob("step_*.json"):
+        shutil.copyfile(f, out / "evals" / f.name)
+
+
+def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
+    """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
+    import jax
+
+    from steerflow.agents.common import EnvSpec
+    from steerflow.data import normalization, source
+    from steerflow.runinfo import atomic_write_json
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        children = sorted(run_dir.glob("seed_*/config.json"))
+        if not children:
+            raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it or in seed_*/")
+        return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
+    run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
+    agent, config, tc = resolve(run)
+    task = source.eval_task(run)
+    if task is None:
+        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
+                         f"action MSE is in {run_dir}/evals/")
+    norm = normalization.load(run_dir) or normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
+        raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
+                         f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
+    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
+    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
+    states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
+    if not (run_dir / "checkpoints" / "latest.msgpack").exists():
+        raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
+    states, _, step = load_checkpoint(run_dir, states, seed_keys)
+    success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
+                              policy=source.normalized_policy(make_policy(agent), norm), max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
+    per_seed = success.mean(1).tolist()
+    record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
+              "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)), "run_dir": str(run_dir)}
+    atomic_write_json(run_dir / "evals" / f"manual_step_{step:08d}_ep{episodes}.json", record)
+    return [record]
