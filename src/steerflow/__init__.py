@@ -6,3 +6,6 @@ import warnings
 
 # gymnasium warns on every OGBench env creation that float64 box bounds were cast to float32.
 warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered.*")
+
+# the few-line API; named apart from the modules `steerflow.train` and `steerflow.export`
+from steerflow.api import export_run, load_policy, make_env, task, train_agent  # noqa: E402

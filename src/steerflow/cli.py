@@ -8,6 +8,7 @@
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
                     [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
     steerflow eval RUN_DIR [--episodes N]
+    steerflow export RUN_DIR --format onnx|stablehlo --out DIR [--seed-index I]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
     steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
@@ -304,6 +305,32 @@ class Eval:
 
 
 @dataclass
+class Export:
+    """Export a run's last checkpoint as a self-contained policy artifact (steerflow.export):
+    the acting function with the normalisers baked in, its config, spec and dataset fingerprint."""
+
+    run_dir: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")]
+    format: Literal["onnx", "stablehlo"] = "onnx"  # onnx (onnxruntime) | stablehlo (jax.export)
+    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # artifact directory (default RUN_DIR/export-FORMAT)
+    seed_index: int = 0  # which of the run's vmapped seeds
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.run_dir / f"export-{self.format}"
+
+    def validate(self):
+        if self.seed_index < 0:
+            raise ValueError(f"--seed-index {self.seed_index}: expected 0 or more")
+        check_out_dir("--out", self.out_dir)
+
+    def __call__(self):  # export_run checks the run (checkpoint, agent, format) before converting
+        from steerflow.export import export_run
+
+        out = export_run(self.run_dir, self.format, self.out_dir, self.seed_index)
+        print(f"exported {self.format} policy -> {out} (load it with steerflow.policy.load)")
+
+
+@dataclass
 class Report:
     """Aggregate finished runs (run directories, or directories holding them) into Markdown
     tables with 95% bootstrap CIs, learning-curve PNGs and records.json."""
@@ -393,6 +420,7 @@ Command = Union[
     Annotated[Data, tyro.conf.subcommand("data")],
     Annotated[Train, tyro.conf.subcommand("train")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[Export, tyro.conf.subcommand("export")],
     Annotated[Report, tyro.conf.subcommand("report")],
     Annotated[Sweep, tyro.conf.subcommand("sweep")],
     Annotated[Toy, tyro.conf.subcommand("toy")],

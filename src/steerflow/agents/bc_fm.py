@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steerflow.agents import bc_mf
-from steerflow.agents.bc_mf import act, init, update  # noqa: F401  (the agent contract)
+from steerflow.agents.bc_mf import act, act_noise, init, noise_spec, update  # noqa: F401  (the agent contract)
 
 
 @dataclass(frozen=True)

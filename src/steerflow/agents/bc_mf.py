@@ -33,9 +33,17 @@ def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     return create_state(params, {}, k_state, config, spec)
 
 
-def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    z = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws; `act_noise` takes that draw explicitly."""
+    return (spec.chunk_dim,), config.geometry
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(base_policy(state.config, state.spec).decode(state.params["base"], obs, z), -1.0, 1.0)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    return act_noise(state, obs, latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry))
 
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:

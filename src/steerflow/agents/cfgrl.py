@@ -90,9 +90,17 @@ def guided_sample(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray, guida
     return flow.euler(velocity, noise, state.config.flow.steps)
 
 
-def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    noise = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws; `act_noise` takes that draw explicitly."""
+    return (spec.chunk_dim,), config.geometry
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(guided_sample(state, obs, noise, state.config.guidance), -1.0, 1.0)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    return act_noise(state, obs, latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry))
 
 
 def value_losses(state: AgentState, params: dict, batch: dict) -> tuple[jnp.ndarray, dict]:

@@ -86,13 +86,18 @@ def actor_latents(state: AgentState, actor_params, obs: jnp.ndarray, key: jax.Ar
 
     The gaussian log-density is that of the tanh-squashed sample before scaling by b (a constant
     shift that does not change any gradient)."""
+    eps = None if state.config.variant == "deterministic" else jax.random.normal(key, (obs.shape[0], state.spec.chunk_dim))
+    return latents_from_noise(state, actor_params, obs, eps)
+
+
+def latents_from_noise(state: AgentState, actor_params, obs: jnp.ndarray, eps) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """`actor_latents` with the gaussian variant's N(0, I) draw `eps` (B, d) given (None when deterministic)."""
     config = state.config
     out = _actor(config, state.spec).apply(actor_params, obs)
     if config.variant == "deterministic":
         return latent.constrain(out, config.geometry), jnp.zeros(obs.shape[0])
     mean, log_std = jnp.split(out, 2, axis=-1)
     log_std = jnp.clip(log_std, *LOG_STD_RANGE)
-    eps = jax.random.normal(key, mean.shape)
     u = mean + jnp.exp(log_std) * eps
     log_prob = jnp.sum(jax.scipy.stats.norm.logpdf(eps) - log_std - jnp.log1p(-jnp.tanh(u) ** 2 + 1e-6), -1)
     return config.noise_scale * jnp.tanh(u), log_prob
@@ -108,6 +113,15 @@ def decoder_map(state: AgentState, obs: jnp.ndarray, latents: jnp.ndarray) -> jn
 def decode(state: AgentState, obs: jnp.ndarray, latents: jnp.ndarray) -> jnp.ndarray:
     """D(s, w) with no gradient, as every DSRL loss uses it."""
     return jax.lax.stop_gradient(decoder_map(state, obs, latents))
+
+
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws (none when deterministic)."""
+    return None if config.variant == "deterministic" else ((spec.chunk_dim,), "normal")
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, eps=None) -> jnp.ndarray:
+    return decode(state, obs, latents_from_noise(state, state.params["actor"], obs, eps)[0])
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steerflow.agents import dsrl_na
-from steerflow.agents.dsrl_na import act, init, update  # noqa: F401  (the agent contract)
+from steerflow.agents.dsrl_na import act, act_noise, init, noise_spec, update  # noqa: F401  (the agent contract)
 
 
 @dataclass(frozen=True)

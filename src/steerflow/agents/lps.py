@@ -63,9 +63,17 @@ def steer(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarra
     return latents, base_policy(config, state.spec).decode(params["base"], obs, latents)
 
 
+def noise_spec(config, spec: EnvSpec):
+    return None  # LPS acts deterministically
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, noise=None) -> jnp.ndarray:
+    return jnp.clip(steer(state, state.params, obs)[1], -1.0, 1.0)
+
+
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
     del key  # LPS acts deterministically
-    return jnp.clip(steer(state, state.params, obs)[1], -1.0, 1.0)
+    return act_noise(state, obs)
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:

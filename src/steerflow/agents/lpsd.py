@@ -66,9 +66,17 @@ def steer(state: AgentState, params: dict, obs: jnp.ndarray, eps: jnp.ndarray) -
     return latents, base_policy(config, state.spec).decode(params["base"], obs, latents)
 
 
-def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    eps = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws; `act_noise` takes that draw explicitly."""
+    return (spec.chunk_dim,), config.geometry
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, eps: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(steer(state, state.params, obs, eps)[1], -1.0, 1.0)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    return act_noise(state, obs, latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry))
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, eps: jnp.ndarray) -> tuple[jnp.ndarray, dict]:

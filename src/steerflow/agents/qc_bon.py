@@ -48,17 +48,35 @@ def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
 
 def candidates(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     """N clipped base samples per state: (B, N, d)."""
+    noise = latent.sample_prior(key, (obs.shape[0] * state.config.num_samples, state.spec.chunk_dim),
+                                state.config.geometry)
+    return decode_candidates(state, obs, noise)
+
+
+def decode_candidates(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
+    """The candidates decoded from `noise` (B·N, d): (B, N, d)."""
     config, spec = state.config, state.spec
     batch, n = obs.shape[0], config.num_samples
-    noise = latent.sample_prior(key, (batch * n, spec.chunk_dim), config.geometry)
     rep_obs = jnp.repeat(obs, n, axis=0)
     chunks = base_policy(config, spec).decode(state.params["base"], rep_obs, noise)
     return jnp.clip(chunks, -1.0, 1.0).reshape(batch, n, spec.chunk_dim)
 
 
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws; `act_noise` takes that draw explicitly."""
+    return (config.num_samples, spec.chunk_dim), config.geometry
+
+
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    noise = latent.sample_prior(key, (obs.shape[0] * state.config.num_samples, state.spec.chunk_dim),
+                                state.config.geometry)
+    return act_noise(state, obs, noise.reshape(obs.shape[0], state.config.num_samples, -1))
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
+    """The best of the N candidates decoded from `noise` (B, N, d)."""
     config = state.config
-    cands = candidates(state, obs, key)
+    cands = decode_candidates(state, obs, noise.reshape(-1, noise.shape[-1]))
     batch, n, d = cands.shape
     q = qc.make_critic(config.critic).apply(state.params["critic"], jnp.repeat(obs, n, axis=0),
                                             cands.reshape(batch * n, d))

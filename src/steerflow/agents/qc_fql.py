@@ -57,9 +57,17 @@ def one_step(state: AgentState, actor_params, obs: jnp.ndarray, noise: jnp.ndarr
     return _actor(state.config, state.spec).apply(actor_params, jnp.concatenate([obs, noise], -1))
 
 
-def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-    noise = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry)
+def noise_spec(config, spec: EnvSpec):
+    """(per-row noise shape, prior geometry) `act` draws; `act_noise` takes that draw explicitly."""
+    return (spec.chunk_dim,), config.geometry
+
+
+def act_noise(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
     return jnp.clip(one_step(state, state.params["actor"], obs, noise), -1.0, 1.0)
+
+
+def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+    return act_noise(state, obs, latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), state.config.geometry))
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, noise: jnp.ndarray) -> tuple[jnp.ndarray, dict]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from steerflow.agents import qc_fql
-from steerflow.agents.qc_fql import act, actor_loss, init, update  # noqa: F401  (the agent contract)
+from steerflow.agents.qc_fql import act, act_noise, actor_loss, init, noise_spec, update  # noqa: F401  (the agent contract)
 
 
 @dataclass(frozen=True)

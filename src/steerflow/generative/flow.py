@@ -64,10 +64,9 @@ def euler(velocity: Callable, noise: jnp.ndarray, steps: int) -> jnp.ndarray:
     """x_K from x_0 = noise with x ← x + velocity(x, τ_i)/K, τ_i = i/K; unclipped, differentiable.
 
     `velocity(x, tau)` takes x (B, d) and tau (B,); guided samplers (CFGRL) pass their own."""
-    batch = noise.shape[0]
-
     def step(x, i):
-        tau = jnp.full((batch,), i / steps, dtype=x.dtype)
+        # τ built from x, not from its static batch size: exports keep the batch dimension symbolic
+        tau = jnp.zeros_like(x[:, 0]) + (i / steps).astype(x.dtype)
         return x + velocity(x, tau) / steps, None
 
     x, _ = jax.lax.scan(step, noise, jnp.arange(steps))
