@@ -5,6 +5,7 @@ the reward modes, and malformed files refused with the file and key named and no
 
 import json
 import re
+import shutil
 
 import h5py
 import numpy as np
@@ -125,7 +126,26 @@ def test_training_on_an_imported_dataset_stores_its_normalisation_and_reward_mod
     assert final["final_success"] is None
     config = json.loads((out / "config.json").read_text())["run"]
     assert (config["dataset"], config["reward"], config["task"]) == ("norew", "sparse-success", "dataset:norew")
-    normalization.check_same(normalization.load(data_root / "norew"), normalization.load(out), "run dir")
+    norm = normalization.load(out)
+    normalization.check_same(normalization.load(data_root / "norew"), norm, "run dir")
+    # a policy loaded from the run acts on raw observations and returns actions in the data's own units
+    from steerflow import policy
+
+    loaded = policy.load(out)
+    raw = np.load(data_root / "norew" / "train.npz")["observations"][:5]
+    chunks = loaded.act(raw)
+    assert loaded.obs_dim == norm.obs_dim and chunks.shape == (5, loaded.horizon, norm.action_dim)
+    low, high = np.asarray(norm.action_low), np.asarray(norm.action_high)
+    assert np.all(chunks >= low - 1e-5) and np.all(chunks <= high + 1e-5)
+    # ...which is the network's own output on normalised observations, mapped back: the same run
+    # with an identity normalization.json, fed normalised observations, gives the inner chunks
+    bare = tmp_path / "bare"
+    shutil.copytree(out, bare)
+    normalization.save(bare, normalization.Normalization.identity(norm.obs_dim, norm.action_dim))
+    inner = policy.load(bare).act(norm.normalize_obs(raw).astype(np.float32))
+    np.testing.assert_allclose(chunks, norm.denormalize_action(inner.reshape(5, -1)).reshape(chunks.shape),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(chunks, inner, atol=1e-3)  # the statistics are not the identity
     # the same data with other statistics (stated action bounds) no longer fits the checkpoint
     _import(["robomimic", str(json.loads((data_root / "norew" / "meta.json").read_text())["source"]),
              "--name", "norew", "--replace", "--action-low", "-2", "--action-high", "2"], capsys)
@@ -214,7 +234,6 @@ def test_malformed_robomimic_files_are_named_and_nothing_is_cached(case, episode
 
 
 def test_malformed_lerobot_and_minari_datasets_are_named(files, tmp_path, data_root, capsys):
-    import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
