@@ -13,7 +13,8 @@
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
     steerflow sweep --out DIR --agents A,B --tasks T1,T2 [--seeds 0,1,2] [--grid [AGENT:]KEY=V1,V2]...
                     [--set [AGENT:]KEY=V]... [--train-set KEY=V]... [--jobs N] [--dry-run]
-                    [--print-commands] [--unit ID]
+                    [--print-commands] [--unit ID] [--backend local|ray|slurm] [--runs-root DIR]
+                    [--unit-cpus N] [--unit-gpus N] [--address HOST:PORT] [--max-retries N]
 
 Every command checks its flags before any work (`validate()`: no data is loaded, nothing is
 compiled or written), so a bad value ends at once with the flag named; `parse(argv)` is that
@@ -395,12 +396,35 @@ class Sweep:
     dry_run: bool = False  # print the units and their status (done/partial/pending), run nothing
     unit: Annotated[str | None, tyro.conf.arg(metavar="ID")] = None  # run this unit in the foreground (a cluster job)
     print_commands: bool = False  # print one `steerflow sweep --unit ID` command per unfinished unit
+    backend: Literal["local", "ray", "slurm"] = "local"  # where units run: this machine, a Ray cluster, a SLURM job array
+    runs_root: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # run directories on storage every node sees (default OUT/runs)
+    unit_cpus: float = 1.0  # ray/slurm: CPUs per unit
+    unit_gpus: float = 0.0  # ray/slurm: GPUs per unit (the unit's seeds are vmapped on it)
+    address: str = ""  # ray: cluster to join (HOST:PORT or auto); empty starts a local cluster
+    max_retries: int = 3  # ray: re-runs of a unit whose worker or node was lost (it resumes from its checkpoint)
+    timeout_min: int = 1440  # slurm: time limit per job; a timed-out or preempted job is requeued and resumes
+    partition: str = ""  # slurm: partition
+    mem_gb: float = 0.0  # slurm: memory per job (0: the partition's default)
+    slurm_cluster: Literal["slurm", "local"] = "slurm"  # slurm: `local` runs the array with submitit's LocalExecutor
+    log: str = "csv"  # trackers each finished unit is exported to: csv (always), tensorboard, wandb (offline)
+
+    def resources(self):
+        from steerflow.backends import UnitResources
+
+        return UnitResources(cpus=self.unit_cpus, gpus=self.unit_gpus, max_retries=self.max_retries,
+                             timeout_min=self.timeout_min, partition=self.partition, mem_gb=self.mem_gb)
 
     def validate(self):
         from steerflow.sweep import expand, split_list
 
         check_out_dir("--out", self.out)
         _positive("--jobs", self.jobs)
+        self.resources().check()
+        from steerflow.tracking import check_available, parse_kinds
+
+        check_available(parse_kinds(self.log))
+        if self.runs_root is not None:
+            check_out_dir("--runs-root", self.runs_root)
         if self.agents and self.tasks:  # every unit resolves, nothing is written
             expand(split_list("--agents", self.agents), split_list("--tasks", self.tasks),
                    parse_seed_list(self.seeds), self.preset, grid=flatten(self.grid), sets=flatten(self.set),
@@ -411,7 +435,9 @@ class Sweep:
 
         code = sweep(self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
                      grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set), jobs=self.jobs,
-                     dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands)
+                     dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
+                     backend=self.backend, resources=self.resources(), address=self.address,
+                     runs_root=self.runs_root, slurm_cluster=self.slurm_cluster, log=self.log)
         if code:
             raise SystemExit(code)
 

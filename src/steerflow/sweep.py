@@ -16,10 +16,14 @@ exact `steerflow train` command that runs it (that command carries `--resume`, w
 partial run and starts an empty one afresh). Running the same sweep again is idempotent; another
 grid into the same DIR adds its units to the manifest and removes none.
 
-Execution: the local runner starts `--jobs N` unit processes at a time (one CPU thread each when
-N > 1), logs to `DIR/logs/<id>.log`. A cluster runs one unit per job instead: `--print-commands`
-prints one `steerflow sweep --out DIR --unit ID` line per unfinished unit, and such a line reads its
-unit from the manifest and trains it in the foreground (skipping it if done, resuming it if partial).
+Execution (`--backend`, `steerflow.backends`): the local runner starts `--jobs N` unit processes at
+a time (one CPU thread each when N > 1), logs to `DIR/logs/<id>.log`; `ray` runs each unit as a Ray
+task and `slurm` the sweep as one submitit job array, with `--runs-root` holding the run directories
+and logs on storage every node sees. Whatever the backend, the driver records in the manifest's
+`state` when each unit is submitted and how it ended (`--dry-run` shows it). A cluster can also run
+one unit per job by hand: `--print-commands` prints one `steerflow sweep --out DIR --unit ID` line
+per unfinished unit, and such a line reads its unit from the manifest and trains it in the
+foreground (skipping it if done, resuming it if partial).
 
 Grid values are scalars (comma-separated); tuple-valued fields such as `*.hidden` can be set for
 all units with `--set` but not gridded. Keys may be scoped to one agent: `lps:alpha=1,3,10`.
@@ -56,14 +60,15 @@ class Unit:
     train_overrides: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)  # this unit's grid values alone (they name it)
     steps: int = 0  # resolved training steps: final.json at this step means done
+    runs_root: str = ""  # absolute directory of the run directories (--runs-root); "" = the sweep's runs/
 
     @property
-    def run_dir(self) -> str:  # relative to the sweep directory
-        return f"runs/{self.id}"
+    def run_dir(self) -> str:  # relative to the sweep directory, or absolute under --runs-root
+        return f"{self.runs_root}/{self.id}" if self.runs_root else f"runs/{self.id}"
 
     @property
-    def log(self) -> str:
-        return f"logs/{self.id}.log"
+    def log(self) -> str:  # beside the run directories: a worker on another node writes it
+        return f"{self.runs_root}/logs/{self.id}.log" if self.runs_root else f"logs/{self.id}.log"
 
     def spec(self) -> RunSpec:
         return RunSpec(agent=self.agent, task=self.task, seeds=list(self.seeds), preset=self.preset,
@@ -172,7 +177,8 @@ def unit_id(agent: str, task: str, grid: dict) -> str:
 
 
 def expand(agents: list[str], tasks: list[str], seeds: list[int], preset: str = "cpu",
-           grid: list[str] = (), sets: list[str] = (), train_sets: list[str] = ()) -> list[Unit]:
+           grid: list[str] = (), sets: list[str] = (), train_sets: list[str] = (),
+           runs_root: str = "") -> list[Unit]:
     """The units of a sweep, validated: every unit resolves (agent, task, preset, overrides) before
     anything runs, and errors name the flag and the value at fault."""
     from steerflow.agents import get_agent
@@ -247,7 +253,7 @@ def expand(agents: list[str], tasks: list[str], seeds: list[int], preset: str = 
                 seen[uid] = point
                 units.append(Unit(id=uid, agent=a, task=t, seeds=list(seeds), preset=preset,
                                   overrides=run.overrides, train_overrides=run.train_overrides, grid=point,
-                                  steps=tc.steps))
+                                  steps=tc.steps, runs_root=runs_root))
     return units
 
 
@@ -269,7 +275,7 @@ def load_manifest(out: Path) -> dict | None:
 
 def _identity(record: dict) -> dict:
     keys = ("agent", "task", "seeds", "preset", "overrides", "train_overrides")
-    return json.loads(json.dumps({k: record.get(k) for k in keys}))
+    return json.loads(json.dumps({**{k: record.get(k) for k in keys}, "runs_root": record.get("runs_root", "")}))
 
 
 def merge_manifest(out: Path, units: list[Unit], args: dict | None = None) -> dict:
@@ -286,16 +292,28 @@ def merge_manifest(out: Path, units: list[Unit], args: dict | None = None) -> di
         if known is not None and _identity(known) != _identity(record):
             raise ValueError(f"{manifest_path(out)}: unit {unit.id} is already there with other settings "
                              f"({_identity(known)} vs now {_identity(record)}); use another --out, or the "
-                             "same --seeds/--preset/--set/--train-set as before")
+                             "same --seeds/--preset/--set/--train-set/--runs-root as before")
         records[unit.id] = record
     sweeps = list(old.get("sweeps", []))
     if args is not None and json.loads(json.dumps(args)) not in sweeps:
         sweeps.append(args)
-    manifest = {"format": 1, "sweeps": sweeps, "units": list(records.values())}
+    manifest = {"format": 1, "sweeps": sweeps, "units": list(records.values()), "state": old.get("state", {})}
     manifest = json.loads(json.dumps(manifest))
     if manifest != old:
         atomic_write_json(manifest_path(out), manifest)
     return manifest
+
+
+def record_state(out: Path, uid: str, **state) -> None:
+    """Note what a sweep driver knows of a unit (submitted, done, failed, where, when) in the manifest's
+    `state`, as it happens, so that `--dry-run` shows it; only the driver writes the manifest. The
+    run directory stays the truth about done/partial/pending."""
+    from steerflow.runinfo import atomic_write_json
+
+    manifest = load_manifest(out) or {"format": 1, "sweeps": [], "units": []}
+    states = manifest.setdefault("state", {})
+    states[uid] = {**states.get(uid, {}), **state, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write_json(manifest_path(out), manifest)
 
 
 def read_final(out: Path, unit: Unit) -> dict | None:
@@ -316,7 +334,10 @@ def unit_status(out: Path, unit: Unit) -> str:
 
 
 def status_table(out: Path, units: list[Unit]) -> str:
+    """One line per unit: its status from the run directory, its result, and the last thing a
+    sweep driver recorded of it (e.g. `ray: submitted 12:00:01`, which a dead driver leaves stale)."""
     width = max([len(u.id) for u in units] + [4])
+    states = (load_manifest(out) or {}).get("state", {})
     lines = [f"{'status':8} {'steps':>9}  {'unit':{width}}  result"]
     counts = {s: 0 for s in STATUSES}
     for u in units:
@@ -324,7 +345,11 @@ def status_table(out: Path, units: list[Unit]) -> str:
         counts[status] += 1
         final = read_final(out, u) if status == "done" else None
         result = f"mean success {final['mean']:.3f}" if final and "mean" in final else ""
-        lines.append(f"{status:8} {u.steps:>9}  {u.id:{width}}  {result}".rstrip())
+        state = states.get(u.id)
+        if state and not (status == "done" and state.get("event") == "done"):
+            result += (f"  [{state.get('backend', '?')}: {state.get('event', '?')} {state.get('at', '')}"
+                       + (f", {state['error']}" if state.get("error") else "") + "]")
+        lines.append(f"{status:8} {u.steps:>9}  {u.id:{width}}  {result.strip()}".rstrip())
     lines.append(f"{len(units)} units: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return "\n".join(lines)
 
@@ -346,78 +371,118 @@ def run_unit(out: Path, unit: Unit) -> dict:
     return train(unit.spec(), Path(out) / unit.run_dir, resume=True)
 
 
-def run_units(out: Path, units: list[Unit], jobs: int = 1) -> dict[str, str]:
-    """Run every unfinished unit, `jobs` processes at a time; returns {id: what went wrong} for the
-    failed ones (a failure does not stop the others)."""
-    from tqdm import tqdm
+class Progress:
+    """What every backend does as its units start and end: the progress bar, one line per event, the
+    manifest's `state` (so `--dry-run` shows the live state) and the failures, {id: what went wrong};
+    a unit that exits cleanly without its final.json at the resolved step count has failed too."""
 
+    def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",)):
+        from tqdm import tqdm
+
+        self.out, self.backend, self.log = Path(out), backend, list(log)
+        self.status = {u.id: unit_status(self.out, u) for u in units}
+        self.todo = [u for u in units if self.status[u.id] != "done"]
+        self.by_id = {u.id: u for u in self.todo}
+        self.failed: dict[str, str] = {}
+        n_done = len(units) - len(self.todo)
+        print(f"{len(units)} units: {n_done} done (skipped), "
+              f"{sum(self.status[u.id] == 'partial' for u in self.todo)} partial (resumed), "
+              f"{sum(self.status[u.id] == 'pending' for u in self.todo)} pending; {how}")
+        self.bar = tqdm(total=len(units), initial=n_done, desc=f"sweep ({backend})", unit="unit",
+                        dynamic_ncols=True, smoothing=0)
+
+    def started(self, uid: str, where: str = "", event: str = "started") -> None:
+        unit = self.by_id[uid]
+        self.bar.write(f"[{event}] {uid} ({self.status[uid]})  log: {self.out / unit.log}{where}")
+        record_state(self.out, uid, backend=self.backend, event=event, error=None)
+
+    def finished(self, uid: str, error: str | None = None) -> None:
+        unit = self.by_id[uid]
+        if error is None and unit_status(self.out, unit) != "done":
+            error = f"exit code 0 but no final.json at step {unit.steps}"
+        if error:
+            self.failed[uid] = error
+            self.bar.write(f"[FAILED] {uid}: {error}, log {self.out / unit.log}")
+            record_state(self.out, uid, backend=self.backend, event="failed", error=error)
+        else:
+            final = read_final(self.out, unit) or {}
+            self.bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
+            if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
+                from steerflow.tracking import export_in_subprocess
+
+                problem = export_in_subprocess(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
+                if problem:
+                    self.bar.write(f"[tracking] {uid}: export to {','.join(self.log)} failed: {problem}")
+            record_state(self.out, uid, backend=self.backend, event="done", error=None)
+        self.bar.update(1)
+        self.bar.set_postfix(failed=len(self.failed))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("csv",)) -> dict[str, str]:
+    """Run every unfinished unit on this machine, `jobs` processes at a time; returns {id: what went
+    wrong} for the failed ones (a failure does not stop the others)."""
     from steerflow.train import run_commands, single_thread_env
 
     out = Path(out)
-    status = {u.id: unit_status(out, u) for u in units}
-    todo = [u for u in units if status[u.id] != "done"]
-    n_done = len(units) - len(todo)
-    print(f"{len(units)} units: {n_done} done (skipped), "
-          f"{sum(status[u.id] == 'partial' for u in todo)} partial (resumed), "
-          f"{sum(status[u.id] == 'pending' for u in todo)} pending; {jobs} at a time; logs in {out / 'logs'}")
-    by_id = {u.id: u for u in todo}
-    failed: dict[str, str] = {}
-    bar = tqdm(total=len(units), initial=n_done, desc="sweep", unit="unit", dynamic_ncols=True, smoothing=0)
-
-    def started(uid, cmd, log):
-        bar.write(f"[start] {uid} ({status[uid]})  log: {log}")
-
-    def finished(uid, code):
-        unit = by_id[uid]
-        if code != 0:
-            failed[uid] = f"exit code {code}"
-        elif unit_status(out, unit) != "done":
-            failed[uid] = f"exit code 0 but no final.json at step {unit.steps}"
-        if uid in failed:
-            bar.write(f"[FAILED] {uid}: {failed[uid]}, log {out / unit.log}")
-        else:
-            final = read_final(out, unit) or {}
-            bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
-        bar.update(1)
-        bar.set_postfix(failed=len(failed))
-
-    jobs_list = [(u.id, u.command(out), out / u.log) for u in todo]
+    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}", log)
+    jobs_list = [(u.id, u.command(out), out / u.log) for u in progress.todo]
     try:
         run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None, pin=jobs > 1,
-                     on_start=started, on_finish=finished)
+                     on_start=lambda uid, cmd, log: progress.started(uid),
+                     on_finish=lambda uid, code: progress.finished(uid, f"exit code {code}" if code else None))
     finally:
-        bar.close()
-    return failed
+        progress.close()
+    return progress.failed
 
 
-def sweep_args(agents, tasks, seeds, preset, grid, sets, train_sets) -> dict:
+def sweep_args(agents, tasks, seeds, preset, grid, sets, train_sets, runs_root: str = "") -> dict:
     return {"agents": list(agents), "tasks": list(tasks), "seeds": list(seeds), "preset": preset,
-            "grid": list(grid), "set": list(sets), "train_set": list(train_sets)}
+            "grid": list(grid), "set": list(sets), "train_set": list(train_sets),
+            **({"runs_root": runs_root} if runs_root else {})}
 
 
 def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", preset: str = "cpu",
          grid: list[str] = (), sets: list[str] = (), train_sets: list[str] = (), jobs: int = 1,
-         dry_run: bool = False, unit: str | None = None, print_commands: bool = False) -> int:
+         dry_run: bool = False, unit: str | None = None, print_commands: bool = False,
+         backend: str = "local", resources=None, address: str = "", runs_root: Path | None = None,
+         slurm_cluster: str = "slurm", log: str = "csv") -> int:
     """The `steerflow sweep` command; returns the exit status (1 if a unit failed).
 
     With --agents and --tasks, the sweep's units are expanded, validated and added to the manifest,
-    and the command acts on them; without, it acts on every unit of an existing manifest."""
+    and the command acts on them; without, it acts on every unit of an existing manifest. `backend`
+    (`steerflow.backends`) says where the units run, with `resources` (a UnitResources) each."""
+    from steerflow.backends import BACKENDS, UnitResources
+
     out = Path(out).expanduser().absolute()
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: expected at least 1")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    from steerflow.tracking import check_available, parse_kinds
+
+    resources = resources or UnitResources()
+    resources.check()
+    trackers = parse_kinds(log)
+    check_available(trackers)
+    root = str(Path(runs_root).expanduser().absolute()) if runs_root else ""
     if agents or tasks:
         if not (agents and tasks):
             raise ValueError("--agents and --tasks go together: give both (or neither, to act on every "
                              f"unit of {manifest_path(out)})")
         agent_list, task_list = split_list("--agents", agents), split_list("--tasks", tasks)
         seed_list = parse_seeds(seeds)
-        units = expand(agent_list, task_list, seed_list, preset, grid=grid, sets=sets, train_sets=train_sets)
-        args = sweep_args(agent_list, task_list, seed_list, preset, grid, sets, train_sets)
+        units = expand(agent_list, task_list, seed_list, preset, grid=grid, sets=sets, train_sets=train_sets,
+                       runs_root=root)
+        args = sweep_args(agent_list, task_list, seed_list, preset, grid, sets, train_sets, root)
         # a dry run writes nothing; --print-commands writes the manifest its `--unit` commands read
         manifest = load_manifest(out) if dry_run and not print_commands else merge_manifest(out, units, args)
     else:
-        if grid or sets or train_sets:
-            raise ValueError("--grid/--set/--train-set need --agents and --tasks")
+        if grid or sets or train_sets or root:
+            raise ValueError("--grid/--set/--train-set/--runs-root need --agents and --tasks (a manifest's "
+                             "units keep the run directories they were given)")
         manifest = load_manifest(out)
         if manifest is None:
             raise ValueError(f"--agents and --tasks are required: {manifest_path(out)} does not exist yet")
@@ -446,7 +511,10 @@ def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", pre
 
     t0 = time.perf_counter()
     try:
-        failed = run_units(out, units, jobs)
+        from steerflow.backends import run
+
+        failed = run(backend, out, units, resources, jobs=jobs, address=address, slurm_cluster=slurm_cluster,
+                     log=trackers)
     except KeyboardInterrupt:
         print("\ninterrupted: running units were stopped at their last checkpoint; run the same command "
               "again to resume them", file=sys.stderr)
@@ -456,6 +524,6 @@ def main(out: Path, agents: str = "", tasks: str = "", seeds: str = "0,1,2", pre
     if failed:
         print(f"{len(failed)} unit(s) failed:", file=sys.stderr)
         for uid, what in failed.items():
-            print(f"  {uid}: {what}, log {out / 'logs' / f'{uid}.log'}", file=sys.stderr)
+            print(f"  {uid}: {what}, log {out / next(u.log for u in units if u.id == uid)}", file=sys.stderr)
         return 1
     return 0
