@@ -8,11 +8,11 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-# Installs the test and export extras (the tests run ONNX artifacts); re-installs only when the package metadata changes (idempotent).
+# Installs the test extra, which pulls every extra the tests use (Ray, submitit, trackers, ONNX, robot data); re-installs only when the package metadata changes (idempotent).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,export]'
+	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 # Default job: LPS on cube-single-task2 at the CPU protocol (data generated on first use), then its

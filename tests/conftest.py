@@ -50,6 +50,9 @@ SLOW = (
     "test_qpilots.py::test_the_mfm_samples_the_closed_form_posterior",
     "test_qpilots.py::test_the_mfm_steering_gradient_points_along_the_exact_tilt_gradient",
     "test_qpilots.py::test_steering_a_frozen_bc_fm_run_from_the_cli",
+    "test_robot_data.py::test_training_on_an_imported_dataset_stores_its_normalisation_and_reward_mode",
+    "test_robot_data.py::test_an_imported_run_evaluates_in_the_env_with_its_normalisation",
+    "test_dit.py::test_dit_starts_at_zero_and_learns_to_use_state_time_and_every_position",
     "test_online.py::test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_same_end",
 )
 # kept in the fast tier although their function is listed above: the flagship (bc-mf trains in

@@ -246,7 +246,7 @@ RESUME_CASES = {
     "another --set": (["--set", "alpha=3"], ["--set alpha: stored (not set), now 3"]),
     "another --train-set": (["--train-set", "batch_size=8"], ["--train-set batch_size: stored (not set), now 8"]),
     "fewer --steps": (["--steps", "20"], ["shorten", "only raising --steps"]),
-    "truncated checkpoint": ([], ["latest.msgpack", "cannot restore checkpoint"]),
+    "truncated checkpoint": ([], ["latest.msgpack", "cannot read checkpoint", "damaged"]),
     "no --resume": ([], ["already holds a run", "--resume"]),
 }
 

@@ -68,9 +68,37 @@ def test_every_readme_command_parses_as_written(command, tmp_path, monkeypatch, 
         assert "usage: steerflow" in capsys.readouterr().out
         return
     made = _fake_base_run(tmp_path, argv)  # `--base-from DIR` names the output of the line before
+    made = _fake_import(tmp_path, argv, monkeypatch) or made
     command_object = cli.parse(argv)  # a parse or validation error exits 2 and fails the test
     assert callable(command_object)
     assert [p for p in tmp_path.iterdir() if p != made] == [], "parsing wrote files"
+
+
+def _fake_import(root: Path, argv: list[str], monkeypatch):
+    """For `data import FORMAT PATH` lines: PATH (validation checks only that it exists); for
+    `--dataset NAME` lines: NAME's meta.json as the README's import line of NAME writes it (28-D
+    observations, 5-D actions, rewards only from Minari), in a data directory of its own. Returns the top
+    directory made."""
+    import json
+
+    if argv[:2] == ["data", "import"]:
+        path = root / argv[3]
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True)
+        return root / Path(argv[3]).parts[0]
+    if "--dataset" not in argv:
+        return None
+    name = argv[argv.index("--dataset") + 1]
+    (fmt,) = [c.split()[2] for c in COMMANDS if c.startswith("data import") and f"--name {name}" in c]
+    monkeypatch.setenv("STEERFLOW_DATA", str(root / "_data"))
+    meta = root / "_data" / name / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"kind": "imported", "has_rewards": fmt == "minari",  # Minari always stores rewards
+                                "obs_dim": 28, "action_dim": 5, "image_keys": {}}))
+    return root / "_data"
 
 
 def _fake_base_run(root: Path, argv: list[str]):
@@ -102,7 +130,7 @@ def test_cheap_readme_commands_run(command, tmp_path, monkeypatch, capsys):
     assert "data directory:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [[], ["data"], ["data", "generate"], ["data", "info"], ["train"], ["eval"],
+@pytest.mark.parametrize("argv", [[], ["data"], ["data", "generate"], ["data", "import"], ["data", "info"], ["train"], ["eval"],
                                   ["report"], ["sweep"], ["toy"]])
 def test_help_runs_for_every_command(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -2,7 +2,9 @@
 
     steerflow data generate DOMAIN [--episodes N] [--seed S] [--workers W]
     steerflow data info
+    steerflow data import robomimic|lerobot|minari PATH --name NAME [--obs-keys K1,K2] [--split S]
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
+    steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
                     [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
     steerflow eval RUN_DIR [--episodes N]
@@ -76,11 +78,61 @@ class Info:
 
 
 @dataclass
+class Import:
+    """Import your own demonstrations (robomimic HDF5, a LeRobot v3 directory, a Minari dataset):
+    validated, normalised and cached under NAME for `steerflow train --dataset NAME`."""
+
+    format: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="FORMAT")]  # robomimic | lerobot | minari
+    path: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="PATH")]  # file (robomimic) or directory
+    name: str  # cache name, used by `steerflow train --dataset NAME`
+    obs_keys: Annotated[str | None, tyro.conf.arg(metavar="K1,K2")] = None  # observation keys, concatenated in this order (default: every low-dim key, sorted)
+    split: Annotated[str | None, tyro.conf.arg(metavar="S")] = None  # robomimic filter key mask/S (e.g. train)
+    action_low: Annotated[float | None, tyro.conf.arg(metavar="X")] = None  # stated action bounds (default: the data's min/max per dimension)
+    action_high: Annotated[float | None, tyro.conf.arg(metavar="X")] = None
+    replace: bool = False  # import over an existing dataset of this name
+
+    def keys(self) -> list[str] | None:
+        if self.obs_keys is None:
+            return None
+        keys = [k.strip() for k in self.obs_keys.split(",")]
+        if not all(keys) or len(set(keys)) != len(keys):
+            raise ValueError(f"--obs-keys {self.obs_keys!r}: expected distinct comma-separated keys")
+        return keys
+
+    def validate(self):
+        from steerflow.data.imports import FORMATS, check_name
+
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        self.path = self.path.expanduser()
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path} not found")
+        check_name(self.name)
+        self.keys()
+        if (self.action_low is None) != (self.action_high is None):
+            raise ValueError("--action-low and --action-high go together")
+        if self.action_low is not None and self.action_high <= self.action_low:
+            raise ValueError(f"--action-high {self.action_high} must exceed --action-low {self.action_low}")
+
+    def __call__(self):
+        from steerflow.data.imports import import_path, imported_meta
+
+        bounds = None if self.action_low is None else (self.action_low, self.action_high)
+        path = import_path(self.format, self.path, self.name, obs_keys=self.keys(), split=self.split,
+                           replace=self.replace, action_bounds=bounds)
+        meta = imported_meta(self.name)
+        print(f"imported {meta['episodes']}+{meta['val_episodes']} demos ({meta['transitions']} training "
+              f"transitions, obs {meta['obs_dim']}-D, actions {meta['action_dim']}-D, rewards: "
+              f"{'yes' if meta['has_rewards'] else 'none (train with --reward sparse-success)'}) -> {path}")
+
+
+@dataclass
 class Data:
-    """Generate and inspect locally regenerated OGBench datasets."""
+    """Generate, import and inspect datasets."""
 
     # flat subcommands and flags: `steerflow data generate DOMAIN --episodes N`
     command: tyro.conf.OmitSubcommandPrefixes[Union[Annotated[Generate, tyro.conf.subcommand("generate")],
+                                                    Annotated[Import, tyro.conf.subcommand("import")],
                                                     Annotated[Info, tyro.conf.subcommand("info")]]]
 
     def validate(self):
@@ -125,7 +177,7 @@ class Train:
     """Train an agent on a task; prints the final success rate."""
 
     agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl | qpilots-u | qpilots-m
-    task: str = "cube-single-task2"  # DOMAIN-taskN[-sparse]
+    task: Annotated[str | None, tyro.conf.arg(metavar="TASK")] = None  # DOMAIN-taskN[-sparse] (default cube-single-task2)
     seeds: str = "0"  # comma-separated, e.g. 0,1,2
     steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # overrides the preset's step count
     preset: str = "cpu"  # smoke | cpu | default | paper
@@ -135,6 +187,26 @@ class Train:
     set: Repeatable = field(default_factory=list)  # agent-config overrides KEY=VALUE, e.g. critic.num_critics=10
     train_set: Repeatable = field(default_factory=list)  # training-config overrides, e.g. eval_episodes=10
     base_from: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR")] = None  # steer the frozen FM base of this finished run (qpilots-u, qpilots-m)
+    dataset: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None  # train on an imported dataset (`steerflow data import`) instead of --task
+    reward: Annotated[str | None, tyro.conf.arg(metavar="MODE")] = None  # imported data: given | sparse-success (needed when it has no rewards)
+    eval_task: Annotated[str | None, tyro.conf.arg(metavar="TASK")] = None  # imported data: evaluate in this OGBench env (default: held-out action MSE)
+
+    @property
+    def task_name(self) -> str:
+        """The run's task: --task, --eval-task for an imported dataset, or its offline placeholder."""
+        from steerflow.data.imports import DATASET_PREFIX, REWARD_MODES
+
+        if self.dataset is None:
+            for flag, value in (("--reward", self.reward), ("--eval-task", self.eval_task)):
+                if value is not None:
+                    raise ValueError(f"{flag} {value}: only for imported data (--dataset NAME)")
+            return self.task or "cube-single-task2"
+        if self.task is not None:
+            raise ValueError(f"--task {self.task} with --dataset {self.dataset}: the dataset replaces the task; "
+                             "name the env to evaluate in with --eval-task")
+        if self.reward is not None and self.reward not in REWARD_MODES:
+            raise ValueError(f"--reward {self.reward}: expected one of {', '.join(REWARD_MODES)}")
+        return self.eval_task or f"{DATASET_PREFIX}{self.dataset}"
     from_run: Annotated[Path | None, tyro.conf.arg(name="from", metavar="RUN_DIR")] = None  # continue this finished offline run's last checkpoint online, in --out
     online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
     online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
@@ -164,14 +236,15 @@ class Train:
             from steerflow.frozen_base import overrides_for
 
             overrides = overrides_for(self.base_from, get_agent(self.agent), overrides, seeds)
-        return RunSpec(agent=self.agent, task=self.task, seeds=seeds, preset=self.preset, overrides=overrides,
+        return RunSpec(agent=self.agent, task=self.task_name, seeds=seeds, preset=self.preset, overrides=overrides,
                        train_overrides=train_overrides,
                        base_from=None if self.base_from is None else str(self.base_from),
+                       dataset=self.dataset, reward=self.reward,
                        from_run=None if self.from_run is None else str(self.from_run))
 
     @property
     def out_dir(self) -> Path:
-        return self.out or Path("runs") / f"{self.agent}-{self.task}-{self.preset}"
+        return self.out or Path("runs") / f"{self.agent}-{self.dataset or self.task_name}-{self.preset}"
 
     def validate(self):
         """Every flag, the task and the agent config, before any data is loaded or written."""
@@ -193,6 +266,10 @@ class Train:
             final = train_processes(run, out, resume=self.resume)
         else:
             final = train(run, out, resume=self.resume)
+        if final.get("metric") == "val_action_mse":
+            print(f"final held-out action MSE ({final['agent']} on {final['dataset']}, {final['steps']} steps): "
+                  f"mean {final['mean']:.4f}, per seed {final['val_action_mse']}  -> {out}/final.json")
+            return
         print(f"final success ({final['agent']} on {final['task']}, {final['steps']} steps): "
               f"mean {final['mean']:.3f}, per seed {final['final_success']}  -> {out}/final.json")
 

@@ -59,9 +59,16 @@ def overrides_for(base_dir: Path, agent, user_overrides: dict, seeds: list[int])
         if not (d / "checkpoints" / "latest.msgpack").exists():
             raise FileNotFoundError(f"--base-from: {d}/checkpoints/latest.msgpack missing (the run has not "
                                     "checkpointed yet)")
-    flow = {f"flow.{k}": ",".join(map(str, v)) if isinstance(v, list) else str(v)
-            for k, v in agent_config["flow"].items()}
-    return {**user_overrides, "train_base": "false", **flow}
+    return {**user_overrides, "train_base": "false", **dict(_flat_overrides("flow.", agent_config["flow"]))}
+
+
+def _flat_overrides(prefix: str, config: dict):
+    """(KEY, VALUE) `--set` pairs of a stored config, nested ones (`flow.dit.width`) included."""
+    for k, v in config.items():
+        if isinstance(v, dict):
+            yield from _flat_overrides(f"{prefix}{k}.", v)
+        else:
+            yield f"{prefix}{k}", ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def load_into(states, base_dir: Path, seeds: list[int], obs_dim: int, chunk_dim: int):

@@ -150,13 +150,15 @@ def load_run_state(path: Path, seed_index: int = 0):
     if not 0 <= seed_index < len(run.seeds):
         raise ValueError(f"seed_index {seed_index}: {run_dir} holds {len(run.seeds)} seed(s) {run.seeds}")
     agent, config, tc = resolve(run)
-    task = parse_task(run.task)
-    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
+    norm = normalization.load(run_dir)  # every run since imported datasets holds one; it has the dims
+    if norm is None:  # an OGBench run from before normalization.json: identity, the task's dims
+        task = parse_task(run.task)
+        norm = normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    spec = EnvSpec(obs_dim=norm.obs_dim, action_dim=norm.action_dim, horizon=tc.horizon)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
     states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
     states, _, step = load_checkpoint(run_dir, states, seed_keys)
     state = jax.tree.map(lambda x: x[seed_index], states)
-    norm = normalization.load(run_dir) or normalization.Normalization.identity(spec.obs_dim, spec.action_dim)
     info_path = run_dir / "run_info.json"
     dataset = json.loads(info_path.read_text()).get("dataset") if info_path.exists() else None
     meta = {"agent": run.agent, "task": run.task, "seed": run.seeds[seed_index], "step": step,

@@ -527,6 +527,8 @@ def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
         except (OSError, ValueError):
             meta = {}
         entry.update(
+            kind=meta.get("kind", "generated"),  # or "imported" (data.imports: format, source)
+            **{k: meta[k] for k in ("format", "source") if k in meta},
             domain=meta.get("domain"),
             episodes=meta.get("episodes"),
             val_episodes=meta.get("val_episodes"),

@@ -12,12 +12,14 @@ Shapes: obs (B, obs_dim), chunks and noises (B, d), times (B,).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from steerflow.dit import DiTConfig, DiTField
+from steerflow.dit import check as check_arch
 from steerflow.nets import ConditionalField, check_activation
 
 
@@ -27,6 +29,8 @@ class FlowConfig:
     steps: int = 10  # Euler steps K used to sample (and to decode in FM-LPS / DSRL)
     activation: str = "gelu"  # gelu | silu (QPILOTS)
     time_features: int = 0  # 0: τ as a raw feature; > 0: a Fourier embedding of that size (QPILOTS: 64)
+    arch: str = "mlp"  # mlp (`hidden`) | dit (`dit`; `hidden` then sizes its conditioning MLP)
+    dit: DiTConfig = field(default_factory=DiTConfig)
 
     # `--set flow=qpilots`: the QPILOTS paper's velocity net (App. C.1), keeping the net's size
     NAMED: ClassVar[dict] = {"qpilots": dict(activation="silu", time_features=64)}
@@ -37,6 +41,9 @@ def make_net(config: FlowConfig, action_dim: int) -> ConditionalField:
     if config.steps < 1:
         raise ValueError(f"flow steps must be ≥ 1, got {config.steps}")
     check_activation(config.activation)
+    check_arch(config.arch, config.dit, action_dim)
+    if config.arch == "dit":
+        return DiTField(action_dim, tuple(config.hidden), config.dit)
     return ConditionalField(hidden=tuple(config.hidden), out_dim=action_dim, activation=config.activation,
                             time_features=config.time_features)
 

@@ -17,13 +17,15 @@ Shapes: obs (B, obs_dim), chunks and latents (B, d), times (B,).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from steerflow.dit import DiTConfig, DiTField
+from steerflow.dit import check as check_arch
 from steerflow.nets import ConditionalField
 
 RT_SAMPLERS = ("logit_normal", "zero_r")
@@ -45,6 +47,8 @@ class MeanFlowConfig:
     weight_c: float = 0.01
     error_reduce: str = "sum"  # sum | mean
     parameterisation: str = "action"  # "action" (noise-to-action) | "displacement"
+    arch: str = "mlp"  # mlp (`hidden`) | dit (`dit`; `hidden` then sizes its conditioning MLP)
+    dit: DiTConfig = field(default_factory=DiTConfig)
 
 
 class MeanFlowNet(nn.Module):
@@ -57,10 +61,14 @@ class MeanFlowNet(nn.Module):
     hidden: Sequence[int]
     out_dim: int
     displacement: bool = False
+    arch: str = "mlp"
+    dit: DiTConfig = DiTConfig()
 
     @nn.compact
     def __call__(self, obs, z, r, t):
-        out = ConditionalField(self.hidden, self.out_dim)(obs, z, t, t - r)
+        field_net = (DiTField(self.out_dim, self.hidden, self.dit) if self.arch == "dit"
+                     else ConditionalField(self.hidden, self.out_dim))
+        out = field_net(obs, z, t, t - r)
         return z - out if self.displacement else out
 
 
@@ -71,10 +79,13 @@ def make_net(config: MeanFlowConfig, action_dim: int) -> MeanFlowNet:
         raise ValueError(f"unknown MeanFlow error_reduce {config.error_reduce!r}; choose sum or mean")
     if config.rt_sampler not in RT_SAMPLERS:
         raise ValueError(f"unknown rt_sampler {config.rt_sampler!r}; choose one of {RT_SAMPLERS}")
+    check_arch(config.arch, config.dit, action_dim)
     return MeanFlowNet(
         hidden=tuple(config.hidden),
         out_dim=action_dim,
         displacement=config.parameterisation == "displacement",
+        arch=config.arch,
+        dit=config.dit,
     )
 
 

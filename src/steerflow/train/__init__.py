@@ -10,6 +10,8 @@ one process (`parallel="vmap"`, the GPU lever) or run as one single-threaded pro
     metrics.csv      step, seed, losses, steps/s (one row per seed per log point)
     evals/step_XXXXXXXX.json, eval.csv    success per seed at each evaluation point
     checkpoints/latest.msgpack            all seeds' agent states + sampler keys (atomic)
+    normalization.json  observation/action statistics the policy acts in (identity for OGBench;
+                     `data.normalization`)
     final.json       the last evaluation: agent, task, preset, steps, seeds, final_success, mean
     failed.json      only when the losses became non-finite: step, losses (`report` lists the run
                      as failed and leaves it out); the last good checkpoint stays

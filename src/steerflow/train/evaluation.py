@@ -92,6 +92,17 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
     return record
 
 
+def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.ndarray, run: RunSpec,
+                         eval_s: float) -> dict:
+    """An imported dataset's run without an env: `final_success` and `success` hold None."""
+    from steerflow.runinfo import atomic_write_json
+
+    record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
+              "metric": "val_action_mse", "val_action_mse": mse.tolist(), "mean": float(np.mean(mse)),
+              "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
+    atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
+    return record
+
 
 def drop_evals_after(run_dir: Path, step: int) -> None:
     """A run resumed from its checkpoint at `step` redoes the evaluations after it: their records
@@ -126,7 +137,7 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.tasks import parse_task
+    from steerflow.data import normalization, source
     from steerflow.runinfo import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -137,7 +148,14 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
     run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
     agent, config, tc = resolve(run)
-    task = parse_task(run.task)
+    task = source.eval_task(run)
+    if task is None:
+        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
+                         f"action MSE is in {run_dir}/evals/")
+    norm = normalization.load(run_dir) or normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
+        raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
+                         f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
     spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
     states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
@@ -145,7 +163,7 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
     states, _, step = load_checkpoint(run_dir, states, seed_keys)
     success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
-                              max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
+                              policy=source.normalized_policy(make_policy(agent), norm), max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
               "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)), "run_dir": str(run_dir)}

@@ -13,7 +13,8 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, load_online, save_checkpoint
 from .core import make_finite_tracker, make_online_train_call, make_policy, make_train_call
-from .evaluation import _EvalStopped, _record_eval, copy_curves, drop_evals_after, evaluate_states
+from .evaluation import (_EvalStopped, _record_eval, _record_offline_eval, copy_curves, drop_evals_after,
+                         evaluate_states)
 from .metrics import MetricsLog
 from .online import OnlinePhase, run_online
 from .presets import RunSpec, check_run, from_spec, resume_spec
@@ -67,7 +68,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     from steerflow.agents.common import EnvSpec
     from steerflow.config import to_dict
     from steerflow.data.chunks import build_chunk_dataset
-    from steerflow.data.tasks import load_task_dataset, parse_task
+    from steerflow.data import normalization, source
     from steerflow.evaluate import EnvPool
     from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
@@ -81,12 +82,16 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     elif has_ckpt and not resume:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose "
                               "another --out")
-    task = parse_task(run.task)
     agent, config, tc = check_run(run)  # before the data load: a bad value fails at once
+    task = source.eval_task(run)  # None: an imported dataset scored offline on its held-out demos
+    if run.dataset and tc.online_steps:
+        raise ValueError(f"--online-steps with --dataset {run.dataset}: online fine-tuning runs in an OGBench "
+                         "task's env on its own data (--task); imported datasets train offline only")
 
-    train_data, _, data_info = load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
-                                                 episode_steps=tc.dataset_episode_steps,
-                                                 workers=os.cpu_count() or 1)
+    train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
+    stored_norm = normalization.load(out) if resume else None
+    if stored_norm is not None:  # a checkpoint acts in the units of the data it was trained on
+        normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
@@ -111,6 +116,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
             print(f"resuming {out} from step {step}")
 
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
+    normalization.save(out, norm)  # what the evaluator and `policy.load` apply to this run's policy
     atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
                                     "train_config": to_dict(tc)})
     atomic_write_json(out / "run_info.json", {
@@ -123,7 +129,11 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
     policy = make_policy(agent)
     track = make_finite_tracker()
-    pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
+    pool = EnvPool(task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers) if task else None
+    if task is None:  # offline metric on the held-out demos (the training ones when there are none)
+        offline = val_data if val_data is not None else train_data
+        offline_ds = build_chunk_dataset(offline, tc.horizon, discount)
+        offline_starts = source.offline_eval_starts(offline, tc.horizon)
     online = OnlinePhase(agent, task, tc, spec, seeds, discount) if tc.online_steps else None
     if online and resume and has_ckpt:
         restored = load_online(out, online.state_dict())
@@ -150,8 +160,13 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
 
     def evaluate(received) -> dict:
         eval_start = time.perf_counter()
+        if task is None:
+            mse = source.offline_action_mse(agent, states, offline_ds, offline_starts, policy, seed=step)
+            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start)
+            bar.write(f"step {step}: held-out action MSE {rec['mean']:.4f} per seed {np.round(mse, 4).tolist()}")
+            return rec
         success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step,
-                                  policy=policy, pool=pool, show_progress=not quiet,
+                                  policy=source.normalized_policy(policy, norm), pool=pool, show_progress=not quiet,
                                   desc=f"eval at step {step}", should_stop=lambda: bool(received))
         rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start,
                            env_steps=online.counters["env_steps"].tolist() if online_active else None)
@@ -234,7 +249,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                                   total=None if online_active else tc.steps, run_dir=out)
     finally:
         bar.close()  # before any error message: it starts on a line of its own
-        pool.close()
+        if pool is not None:
+            pool.close()
         if online:
             online.close()
     last = step
@@ -243,6 +259,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         record = json.loads((out / "evals" / f"step_{last:08d}.json").read_text())
     final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": last, "seeds": seeds,
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
+             **({"metric": record.get("metric", "success"), "dataset": run.dataset, "reward": data_info.get("reward")}
+                if run.dataset else {}),
+             **({"val_action_mse": record["val_action_mse"]} if "val_action_mse" in record else {}),
              **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
                  "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
                  "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,

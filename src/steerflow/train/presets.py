@@ -71,6 +71,8 @@ class RunSpec:
     train_overrides: dict = field(default_factory=dict)
     base_from: str | None = None  # run directory whose frozen FM base this run steers (`frozen_base`)
     from_run: str | None = None  # finished offline run whose last checkpoint the online phase continues (`--from`)
+    dataset: str | None = None  # an imported dataset (`steerflow data import`); `task` is then its eval
+    reward: str | None = None  # reward mode of an imported dataset: given | sparse-success (data.imports)
 
 
 def resolve(run: RunSpec):
@@ -146,15 +148,15 @@ def check_run(run: RunSpec):
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.tasks import parse_task
+    from steerflow.data.source import run_dims
 
-    task = parse_task(run.task)
+    obs_dim, action_dim = run_dims(run)  # the task name, or the imported dataset's meta and --reward
     if not run.seeds:
         raise ValueError("--seeds: at least one seed is needed")
     if len(set(run.seeds)) != len(run.seeds):
         raise ValueError(f"--seeds {','.join(map(str, run.seeds))}: a seed is repeated")
     agent, config, tc = resolve(run)
-    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
+    spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon)
     try:
         jax.eval_shape(lambda k: agent.init(k, spec, config), jax.random.PRNGKey(0))
     except (ValueError, TypeError, KeyError, AssertionError) as err:
@@ -182,7 +184,7 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         return {str(k): _fmt(v) for k, v in (d or {}).items()}
 
     diffs = []
-    for name in ("agent", "task", "preset"):
+    for name in ("agent", "task", "preset", "dataset", "reward"):
         if getattr(stored, name) != getattr(run, name):
             diffs.append(f"--{name}: stored {getattr(stored, name)}, now {getattr(run, name)}")
     if list(map(int, stored.seeds)) != list(map(int, run.seeds)):

@@ -30,7 +30,14 @@ def single_thread_env() -> dict[str, str]:
 
 def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
     """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
-    cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, "--task", run.task,
+    from steerflow.data.imports import DATASET_PREFIX
+
+    if run.dataset:  # `task` is the evaluation env (`--eval-task`), or the offline metric's placeholder
+        where = ["--dataset", run.dataset, *(["--reward", run.reward] if run.reward else []),
+                 *([] if run.task.startswith(DATASET_PREFIX) else ["--eval-task", run.task])]
+    else:
+        where = ["--task", run.task]
+    cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, *where,
            "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
            "--parallel", "vmap", *(["--resume"] if resume else []),
            *(["--base-from", run.base_from] if run.base_from else []),
@@ -149,7 +156,8 @@ def gather_final(run: RunSpec, out: Path) -> dict:
     from steerflow.runinfo import atomic_write_json
 
     finals = [json.loads((out / f"seed_{s}" / "final.json").read_text()) for s in run.seeds]
-    per_seed = [f["final_success"][0] for f in finals]
-    final = {**finals[0], "seeds": list(run.seeds), "final_success": per_seed, "mean": float(np.mean(per_seed))}
+    metric = "val_action_mse" if finals[0].get("metric") == "val_action_mse" else "final_success"
+    per_seed = [f[metric][0] for f in finals]  # an imported dataset without an env is scored offline
+    final = {**finals[0], "seeds": list(run.seeds), metric: per_seed, "mean": float(np.mean(per_seed))}
     atomic_write_json(out / "final.json", final)
     return final

@@ -1,0 +1,97 @@
+"""What a run trains on and where it is evaluated: an OGBench task (generated play data, raw
+observations, actions already in [-1, 1]: identity normalisation) or an imported dataset
+(``imports``: observations standardised, actions mapped into [-1, 1] with the statistics stored at
+import, a reward mode), evaluated in an OGBench env when the run names one (``--eval-task``: the
+policy's inputs are normalised and its actions mapped back) and otherwise by an offline metric:
+the mean squared error, in normalised action units, between the policy's chunk and the held-out
+demos' chunk at up to ``OFFLINE_EVAL_STARTS`` starts of the validation split (lower is better; the
+whole split when it is smaller).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .imports import DATASET_PREFIX, apply_reward_mode, imported_meta, load_imported, normalize_transitions
+from .normalization import Normalization
+
+OFFLINE_EVAL_STARTS = 512
+
+
+def eval_task(run):
+    """The TaskSpec a run is evaluated in, or None (an imported dataset without --eval-task)."""
+    from .tasks import parse_task
+
+    return None if run.task.startswith(DATASET_PREFIX) else parse_task(run.task)
+
+
+def run_dims(run) -> tuple[int, int]:
+    """(obs_dim, action_dim) of a run's data, read without loading it (for `check_run`)."""
+    task = eval_task(run)
+    if getattr(run, "dataset", None) is None:
+        return task.obs_dim, task.action_dim
+    meta = imported_meta(run.dataset)
+    if run.reward is None and not meta["has_rewards"]:
+        apply_reward_mode({}, None, run.dataset)  # the error naming --reward
+    if run.reward == "given" and not meta["has_rewards"]:
+        raise ValueError(f"--reward given: dataset {run.dataset} has no rewards; use --reward sparse-success")
+    if task is not None and (task.obs_dim, task.action_dim) != (meta["obs_dim"], meta["action_dim"]):
+        raise ValueError(f"--eval-task {task.name}: its env has observations of {task.obs_dim} and actions of "
+                         f"{task.action_dim} dimensions, dataset {run.dataset} {meta['obs_dim']} and {meta['action_dim']}")
+    if meta.get("image_keys"):
+        raise ValueError(f"dataset {run.dataset} holds image keys {sorted(meta['image_keys'])}; training on images "
+                         "needs the CNN encoder, which is not built yet: re-import with low-dim --obs-keys only")
+    return meta["obs_dim"], meta["action_dim"]
+
+
+def load_run_data(run, tc, workers: int = 1):
+    """(train transitions, val transitions or None, data info, Normalization) for a run."""
+    if getattr(run, "dataset", None) is None:
+        from .tasks import load_task_dataset, parse_task
+
+        train, val, info = load_task_dataset(parse_task(run.task), episodes=tc.dataset_episodes, seed=tc.dataset_seed,
+                                             episode_steps=tc.dataset_episode_steps, workers=workers)
+        return train, val, info, Normalization.identity(info["obs_dim"], info["action_dim"])
+    train, val, info, norm = load_imported(run.dataset)
+    train, mode = apply_reward_mode(train, run.reward, run.dataset)
+    train = normalize_transitions(train, norm, run.dataset)
+    if val is not None:
+        val = normalize_transitions(apply_reward_mode(val, mode, run.dataset)[0], norm, run.dataset)
+    return train, val, {**info, "reward": mode}, norm
+
+
+def normalized_policy(policy, norm: Normalization):
+    """policy(state, obs, key) on env-space observations, returning env-space action chunks."""
+    if norm.is_identity():
+        return policy
+
+    def act(state, obs, key):
+        return norm.denormalize_action(policy(state, norm.normalize_obs(obs), key))
+
+    return act
+
+
+def offline_eval_starts(val: dict, horizon: int) -> np.ndarray:
+    from .chunks import valid_start_indices
+
+    starts = valid_start_indices(val["terminals"], horizon)
+    if len(starts) > OFFLINE_EVAL_STARTS:
+        starts = starts[np.linspace(0, len(starts) - 1, OFFLINE_EVAL_STARTS).astype(int)]
+    return starts
+
+
+def offline_action_mse(agent, states, val_ds, starts, policy, seed: int) -> np.ndarray:
+    """(S,) per-seed mean squared error between each policy's chunk and the demos' chunk."""
+    import jax
+    import jax.numpy as jnp
+
+    from .chunks import chunks_at
+
+    batch = chunks_at(val_ds, jnp.asarray(starts))
+    num_seeds = jax.tree.leaves(states.params)[0].shape[0]
+    out = []
+    for i in range(num_seeds):
+        state = jax.tree.map(lambda x: x[i], states)
+        chunk = policy(state, batch["observations"], jax.random.PRNGKey(seed + i))
+        out.append(float(jnp.mean((chunk - batch["actions"]) ** 2)))
+    return np.asarray(out)
