@@ -75,7 +75,6 @@ def _jax2onnx():
 # Graphs jax2onnx 0.17.1 cannot convert with a symbolic batch dimension (measured; StableHLO takes them).
 ONNX_UNSUPPORTED = {
     "qc-bon": "its critic ensemble is a vmapped nn.Dense, and jax2onnx's linen.dense plugin has no batching rule",
-    "cfgrl": "its guided sampler slices a doubled batch (2B rows), which jax2onnx cannot split symbolically",
 }
 
 

@@ -76,15 +76,16 @@ def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
 
 
 def guided_sample(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray, guidance: float) -> jnp.ndarray:
-    """Unclipped sample of the guided field; one batched net call per step for both labels."""
+    """Unclipped sample of the guided field. The two labels are two net calls per step, not one on a
+    doubled batch: slicing a 2B-row batch back into halves is what ONNX export cannot do with a
+    symbolic B, and at acting sizes the second call costs next to nothing."""
     _, _, base = _nets(state.config, state.spec)
-    batch = obs.shape[0]
-    labels = jnp.concatenate([jnp.full((batch,), NULL), jnp.full((batch,), OPTIMAL)])
-    obs2 = jnp.concatenate([obs, obs])
+    zeros = jnp.zeros_like(obs[:, 0], jnp.int32)  # built from obs: the batch stays symbolic in export
+    null, optimal = zeros + NULL, zeros + OPTIMAL
 
     def velocity(x, tau):
-        v = base.apply(state.params["base"], obs2, jnp.concatenate([x, x]), jnp.concatenate([tau, tau]), labels)
-        v_null, v_opt = v[:batch], v[batch:]
+        v_null = base.apply(state.params["base"], obs, x, tau, null)
+        v_opt = base.apply(state.params["base"], obs, x, tau, optimal)
         return v_null + guidance * (v_opt - v_null)
 
     return flow.euler(velocity, noise, state.config.flow.steps)
