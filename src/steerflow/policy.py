@@ -136,28 +136,14 @@ def load_run_state(path: Path, seed_index: int = 0):
     """(agent module, one seed's AgentState, run metadata) of a run directory's last checkpoint."""
     import jax
 
-    from steerflow.agents.common import EnvSpec
-    from steerflow.data import normalization
-    from steerflow.data.tasks import parse_task
-    from steerflow.train import RunSpec, load_checkpoint, resolve
+    from steerflow.train import restore_run
 
     run_dir = run_directory(path)
-    if not (run_dir / "checkpoints" / "latest.msgpack").exists():
-        raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no finished "
-                                "checkpoint yet (train it first, or wait for its first checkpoint)")
     stored = json.loads((run_dir / "config.json").read_text())
-    run = RunSpec(**stored["run"])
-    if not 0 <= seed_index < len(run.seeds):
-        raise ValueError(f"seed_index {seed_index}: {run_dir} holds {len(run.seeds)} seed(s) {run.seeds}")
-    agent, config, tc = resolve(run)
-    norm = normalization.load(run_dir)  # every run since imported datasets holds one; it has the dims
-    if norm is None:  # an OGBench run from before normalization.json: identity, the task's dims
-        task = parse_task(run.task)
-        norm = normalization.Normalization.identity(task.obs_dim, task.action_dim)
-    spec = EnvSpec(obs_dim=norm.obs_dim, action_dim=norm.action_dim, horizon=tc.horizon)
-    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
-    states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
-    states, _, step = load_checkpoint(run_dir, states, seed_keys)
+    seeds = stored["run"]["seeds"]
+    if not 0 <= seed_index < len(seeds):
+        raise ValueError(f"seed_index {seed_index}: {run_dir} holds {len(seeds)} seed(s) {seeds}")
+    run, agent, config, tc, spec, states, step, norm = restore_run(run_dir)
     state = jax.tree.map(lambda x: x[seed_index], states)
     info_path = run_dir / "run_info.json"
     dataset = json.loads(info_path.read_text()).get("dataset") if info_path.exists() else None

@@ -29,7 +29,7 @@ command runner). Every name is re-exported here.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .core import make_finite_tracker, make_policy, make_train_call
-from .evaluation import _EvalStopped, _record_eval, evaluate_run, evaluate_states
+from .evaluation import _EvalStopped, _record_eval, evaluate_run, evaluate_states, restore_run
 from .loop import _diverged, _train, train
 from .metrics import MetricsLog
 from .presets import (PRESETS, RunSpec, TrainConfig, _apply_one, _fmt, _has_field, check_run,
@@ -40,5 +40,5 @@ from .processes import (SINGLE_THREAD_XLA_FLAGS, _stop_children, free_core, gath
 __all__ = ["PRESETS", "MetricsLog", "RunSpec", "SINGLE_THREAD_XLA_FLAGS", "TrainConfig", "check_run",
            "check_train_config", "evaluate_run", "evaluate_states", "free_core", "gather_final",
            "load_checkpoint", "make_finite_tracker", "make_policy", "make_train_call", "pinned_to",
-           "resolve", "resume_spec", "run_commands", "save_checkpoint", "single_thread_env", "train",
+           "resolve", "restore_run", "resume_spec", "run_commands", "save_checkpoint", "single_thread_env", "train",
            "train_command", "train_processes"]

@@ -132,11 +132,35 @@ def copy_curves(src: Path, out: Path) -> None:
         shutil.copyfile(f, out / "evals" / f.name)
 
 
-def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
-    """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
+def restore_run(run_dir: Path):
+    """(run, agent, config, tc, spec, states of every seed, step, Normalization) of a run directory's
+    last checkpoint: what `evaluate_run` and `policy.load` both act from. The dims come from the run's
+    `normalization.json` (an imported dataset has no task to read them from)."""
     import jax
 
     from steerflow.agents.common import EnvSpec
+    from steerflow.data import normalization
+    from steerflow.data.tasks import parse_task
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "latest.msgpack").exists():
+        raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no finished "
+                                "checkpoint yet (train it first, or wait for its first checkpoint)")
+    run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
+    agent, config, tc = resolve(run)
+    norm = normalization.load(run_dir)
+    if norm is None:  # an OGBench run from before normalization.json: identity, the task's dims
+        task = parse_task(run.task)
+        norm = normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    spec = EnvSpec(obs_dim=norm.obs_dim, action_dim=norm.action_dim, horizon=tc.horizon)
+    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
+    states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
+    states, _, step = load_checkpoint(run_dir, states, seed_keys)
+    return run, agent, config, tc, spec, states, step, norm
+
+
+def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
+    """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
     from steerflow.data import normalization, source
     from steerflow.runinfo import atomic_write_json
 
@@ -147,21 +171,14 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
             raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it or in seed_*/")
         return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
     run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
-    agent, config, tc = resolve(run)
     task = source.eval_task(run)
     if task is None:
         raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
                          f"action MSE is in {run_dir}/evals/")
-    norm = normalization.load(run_dir) or normalization.Normalization.identity(task.obs_dim, task.action_dim)
+    run, agent, config, tc, spec, states, step, norm = restore_run(run_dir)
     if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
         raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
                          f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
-    spec = EnvSpec(obs_dim=task.obs_dim, action_dim=task.action_dim, horizon=tc.horizon)
-    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
-    states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
-    if not (run_dir / "checkpoints" / "latest.msgpack").exists():
-        raise FileNotFoundError(f"{run_dir}/checkpoints/latest.msgpack missing: the run has no checkpoint yet")
-    states, _, step = load_checkpoint(run_dir, states, seed_keys)
     success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
                               policy=source.normalized_policy(make_policy(agent), norm), max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
     per_seed = success.mean(1).tolist()
