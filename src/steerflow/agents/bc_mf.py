@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.encoders import EncoderConfig
 from steerflow.generative import flow, latent, meanflow
 
 
@@ -24,6 +25,7 @@ class Config:
     geometry: str = "sphere"  # prior of the base policy's noise endpoint: sphere | normal | truncated
     learning_rate: float = 3e-4
     max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # image observations only (steerflow.encoders)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:

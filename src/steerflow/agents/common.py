@@ -25,6 +25,8 @@ class EnvSpec:
     obs_dim: int
     action_dim: int  # per-step action dimension A
     horizon: int  # chunk length H
+    # image observations: the packed row's layout (`encoders.ObsLayout`; obs_dim = its packed_dim)
+    obs_layout: Any = None
 
     @property
     def chunk_dim(self) -> int:
@@ -43,21 +45,39 @@ class AgentState:
 
 
 def base_policy(config, spec: EnvSpec):
-    """The generative base of an agent whose Config has `decoder`, `base` (MeanFlow) and `flow` (FM)."""
+    """The generative base of an agent whose Config has `decoder`, `base` (MeanFlow) and `flow` (FM);
+    with image observations its network reads them through the encoder (`encoders.encoded`)."""
+    import dataclasses
+
+    from steerflow.encoders import encoded
     from steerflow.generative.base import make_base
 
-    return make_base(config.decoder, config.base, config.flow, spec.chunk_dim)
+    base = make_base(config.decoder, config.base, config.flow, spec.chunk_dim)
+    return base if spec.obs_layout is None else dataclasses.replace(base, net=encoded(base.net, config, spec))
+
+
+def critic_net(config, spec: EnvSpec):
+    """The Q-chunking critic ensemble of `config.critic`, behind the encoder with image observations."""
+    from steerflow.critic import make_critic
+    from steerflow.encoders import encoded
+
+    return encoded(make_critic(config.critic), config, spec)
+
+
+def obs_net(net, config, spec: EnvSpec):
+    """A network whose first input is the observation (an actor), behind the encoder with images."""
+    from steerflow.encoders import encoded
+
+    return encoded(net, config, spec)
 
 
 def init_critic_base_actor(key: jax.Array, spec: EnvSpec, config, actor, actor_input: jax.Array) -> AgentState:
     """State of an agent made of a Q-chunking critic (with a target copy), a generative base and
     an actor network `actor` initialised on `actor_input` (LPS, LPSD, QC-FQL/MFQL)."""
-    from steerflow.critic import make_critic
-
     k_critic, k_base, k_actor, k_state = jax.random.split(key, 4)
     obs, chunk = jax.numpy.zeros((1, spec.obs_dim)), jax.numpy.zeros((1, spec.chunk_dim))
     params = {
-        "critic": make_critic(config.critic).init(k_critic, obs, chunk),
+        "critic": critic_net(config, spec).init(k_critic, obs, chunk),
         "base": base_policy(config, spec).init(k_base, spec.obs_dim, spec.chunk_dim),
         "actor": actor.init(k_actor, actor_input),
     }
@@ -70,10 +90,10 @@ def joint_update(state: AgentState, batch: dict, next_actions, prior, key: jax.A
     LPSD and QC-FQL/MFQL. `actor_loss(params) -> (loss, info)` must itself keep the critic and
     base frozen; `next_actions` (a', no gradient) and `prior` (the base's latents) come from the
     caller, `key` drives the base loss's own sampling, `rng` is the state's next key."""
-    from steerflow.critic import critic_loss, make_critic
+    from steerflow.critic import critic_loss
 
     config, spec = state.config, state.spec
-    critic, base = make_critic(config.critic), base_policy(config, spec)
+    critic, base = critic_net(config, spec), base_policy(config, spec)
 
     def loss_fn(params):
         q_loss, q_info = critic_loss(critic, params["critic"], state.target_params["critic"], batch, next_actions,
@@ -96,6 +116,10 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_state(params: dict, target_params: dict, rng: jax.Array, config, spec: EnvSpec) -> AgentState:
+    from steerflow import encoders
+
+    if encoders.sharing(config, spec):  # one encoder: every network's copy starts equal
+        params, target_params = encoders.tie(params, target_params)
     opt_state = make_optimizer(config).init(params)
     return AgentState(params, target_params, opt_state, rng, jax.numpy.zeros((), jax.numpy.int32), config, spec)
 
@@ -103,6 +127,10 @@ def create_state(params: dict, target_params: dict, rng: jax.Array, config, spec
 def apply_gradients(state: AgentState, grads: dict, tau: float | None = None) -> AgentState:
     """One Adam step on every trained network (each loss term only reaches its own nets), then,
     with `tau`, a Polyak step of every target copy towards its online network."""
+    from steerflow import encoders
+
+    if encoders.sharing(state.config, state.spec):  # the shared encoder's gradient: the sum over its copies
+        grads = encoders.tie_gradients(grads)
     tx = make_optimizer(state.config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, apply_gradients, base_policy, create_state
+from steerflow.agents.common import (AgentState, EnvSpec, apply_gradients, base_policy, create_state, critic_net,
+                                     obs_net)
+from steerflow.encoders import EncoderConfig
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
@@ -52,11 +54,12 @@ class Config:
     alpha: float = 1.0  # weight of the base's BC loss, only for the sensitivity study
     learning_rate: float = 3e-4
     max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # image observations only (steerflow.encoders)
 
 
 def _actor(config: Config, spec: EnvSpec) -> MLP:
     out = 2 * spec.chunk_dim if config.variant == "gaussian" else spec.chunk_dim
-    return MLP(tuple(config.actor_hidden), out)
+    return obs_net(MLP(tuple(config.actor_hidden), out), config, spec)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
@@ -66,7 +69,7 @@ def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     if config.variant == "gaussian" and config.geometry != "normal":
         raise ValueError("DSRL variant=gaussian draws its latents from N(0, I): set geometry=normal "
                          "(or use the agent dsrl-na-sac)")
-    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
+    critic, base = critic_net(config, spec), base_policy(config, spec)
     k_critic, k_latent, k_base, k_actor, k_state = jax.random.split(key, 5)
     obs, chunk = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.chunk_dim))
     params = {
@@ -131,7 +134,7 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
 def latent_critic_loss(state: AgentState, params: dict, obs: jnp.ndarray, key: jax.Array) -> tuple[jnp.ndarray, dict]:
     """Noise aliasing: regress Q_ψ(s, w) on the action critic at the decoded chunk, w ~ prior."""
     config = state.config
-    critic = qc.make_critic(config.critic)
+    critic = critic_net(config, state.spec)
     w = latent.sample_prior(key, (obs.shape[0], state.spec.chunk_dim), config.geometry)
     q_action = jax.lax.stop_gradient(critic.apply(params["critic"], obs, decode(state, obs, w)))  # (J, B)
     q_latent = critic.apply(params["latent_critic"], obs, w)
@@ -143,7 +146,7 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, key: jax.Array
     """−λ·Q_ψ(s, w_φ(s)) [+ temp·log π]: reaches only φ (and the temperature through L_temp)."""
     config = state.config
     w, log_prob = actor_latents(state, params["actor"], obs, key)
-    q = qc.make_critic(config.critic).apply(jax.lax.stop_gradient(params["latent_critic"]), obs, w)
+    q = critic_net(config, state.spec).apply(jax.lax.stop_gradient(params["latent_critic"]), obs, w)
     scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if config.normalize_q else 1.0
     loss = -scale * jnp.mean(q)
     info = {"actor_q": jnp.mean(q)}
@@ -159,7 +162,7 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray, key: jax.Array
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
     config, spec = state.config, state.spec
-    critic, base = qc.make_critic(config.critic), base_policy(config, spec)
+    critic, base = critic_net(config, state.spec), base_policy(config, spec)
     rng, k_next, k_base, k_prior, k_na, k_actor = jax.random.split(state.rng, 6)
     next_actions = act(state, batch["next_observations"], k_next)
     prior = latent.sample_prior(k_prior, batch["actions"].shape, config.geometry)

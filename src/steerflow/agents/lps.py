@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from steerflow import critic as qc
-from steerflow.agents.common import AgentState, EnvSpec, base_policy, init_critic_base_actor, joint_update
+from steerflow.agents.common import (AgentState, EnvSpec, base_policy, critic_net, init_critic_base_actor, joint_update,
+                                     obs_net)
+from steerflow.encoders import EncoderConfig
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
 
@@ -47,18 +49,19 @@ class Config:
     clip_actor_chunk: bool = False
     learning_rate: float = 3e-4
     max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # image observations only (steerflow.encoders)
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     latent.check_geometry(config.geometry)
-    actor = MLP(tuple(config.actor_hidden), spec.chunk_dim)
+    actor = obs_net(MLP(tuple(config.actor_hidden), spec.chunk_dim), config, spec)
     return init_critic_base_actor(key, spec, config, actor, jnp.zeros((1, spec.obs_dim)))
 
 
 def steer(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(l_φ(s), π_β(s, l_φ(s))): the actor's latent and its unclipped decoded chunk."""
     config = state.config
-    raw = MLP(tuple(config.actor_hidden), state.spec.chunk_dim).apply(params["actor"], obs)
+    raw = obs_net(MLP(tuple(config.actor_hidden), state.spec.chunk_dim), config, state.spec).apply(params["actor"], obs)
     latents = latent.constrain(raw, config.geometry)
     return latents, base_policy(config, state.spec).decode(params["base"], obs, latents)
 
@@ -79,7 +82,7 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jn
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
     """−λ·mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)); β and θ are frozen *inside* this loss, so its
     gradient reaches only the latent actor φ (through π_β and Q)."""
-    critic = qc.make_critic(state.config.critic)
+    critic = critic_net(state.config, state.spec)
     frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
     latents, steered = steer(state, frozen, obs)
     scored = jnp.clip(steered, -1.0, 1.0) if state.config.clip_actor_chunk else steered
