@@ -3,6 +3,7 @@
     steerflow data generate DOMAIN [--episodes N] [--seed S] [--workers W]
     steerflow data info
     steerflow data import robomimic|lerobot|minari PATH --name NAME [--obs-keys K1,K2] [--split S]
+    steerflow data render TASK --name NAME [--episodes N] [--dataset-episodes M] [--episode-steps K]
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
     steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
@@ -127,12 +128,54 @@ class Import:
 
 
 @dataclass
+class Render:
+    """Render a visual OGBench dataset (64x64x3 frames, as visual-DOMAIN-taskN) from a generated state
+    dataset's qpos/qvel, cached under NAME for `steerflow train --dataset NAME` (the CNN encoder)."""
+
+    task: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="TASK")]  # cube-single-taskN | cube-double-taskN (rewards relabelled for it)
+    name: str  # cache name, used by `steerflow train --dataset NAME`
+    episodes: int = 10  # episodes to render (the first ones of the source dataset's training split)
+    dataset_episodes: int = 1000  # the generated state dataset to render from (generated when missing)
+    seed: int = 0  # of the generated state dataset
+    episode_steps: int | None = None  # steps per generated episode (default: OGBench's 1001)
+    replace: bool = False  # render over an existing dataset of this name
+
+    def validate(self):
+        from steerflow.data.imports import check_name
+        from steerflow.data.render import RENDER_DOMAINS
+        from steerflow.data.tasks import parse_task
+
+        spec = parse_task(self.task)
+        if spec.domain not in RENDER_DOMAINS:
+            raise ValueError(f"{self.task}: cannot render domain {spec.domain!r}; renderable: {', '.join(RENDER_DOMAINS)}")
+        check_name(self.name)
+        _positive("--episodes", self.episodes)
+        _positive("--dataset-episodes", self.dataset_episodes)
+        if self.episodes > self.dataset_episodes:
+            raise ValueError(f"--episodes {self.episodes} exceeds --dataset-episodes {self.dataset_episodes}")
+        if self.episode_steps is not None and self.episode_steps < 3:
+            raise ValueError(f"--episode-steps {self.episode_steps}: expected at least 3")
+
+    def __call__(self):
+        from steerflow.data.imports import imported_meta
+        from steerflow.data.render import render_task_dataset
+
+        path, timing = render_task_dataset(self.task, self.name, self.episodes, self.dataset_episodes, self.seed,
+                                           self.episode_steps, replace=self.replace)
+        meta = imported_meta(self.name)
+        print(f"rendered {timing['frames']} frames in {timing['render_s']:.1f} s ({timing['frames_per_s']:.1f} frames/s, "
+              f"MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {meta['episodes']}+{meta['val_episodes']} episodes, "
+              f"{meta['transitions']} training transitions, camera key 'pixels' {meta['image_keys']['pixels']} -> {path}")
+
+
+@dataclass
 class Data:
-    """Generate, import and inspect datasets."""
+    """Generate, import, render and inspect datasets."""
 
     # flat subcommands and flags: `steerflow data generate DOMAIN --episodes N`
     command: tyro.conf.OmitSubcommandPrefixes[Union[Annotated[Generate, tyro.conf.subcommand("generate")],
                                                     Annotated[Import, tyro.conf.subcommand("import")],
+                                                    Annotated[Render, tyro.conf.subcommand("render")],
                                                     Annotated[Info, tyro.conf.subcommand("info")]]]
 
     def validate(self):

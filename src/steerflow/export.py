@@ -121,4 +121,7 @@ def export_run(run_dir: Path, fmt: str, out: Path, seed_index: int = 0) -> Path:
                                 "checkpoint to export yet (train it, or wait for its first checkpoint)")
     check_exportable(json.loads((run_dir / "config.json").read_text())["run"]["agent"], fmt)
     agent, state, norm, meta = load_run_state(run_dir, seed_index)
+    if meta.get("obs_layout"):  # the artifact's input is an obs_dim float32 row; packed uint8 frames are not
+        raise ValueError(f"{run_dir}: trained on camera frames {list(meta['obs_layout']['images'])}; exporting image "
+                         "policies is not supported yet: load the run directory with steerflow.policy.load instead")
     return export_policy(acting_function(agent, state, norm), meta, fmt, out)

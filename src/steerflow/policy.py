@@ -9,6 +9,8 @@ train`; a parent of `seed_k/` runs picks its first seed) or an artifact director
 
 numpy in, numpy out, in the environment's units: observations are normalised and actions
 de-normalised with the run's `normalization.json` (identity when it has none, as OGBench runs).
+A run trained on camera keys (`observation_layout.json`) takes raw frames: obs is a dict
+{key: (H, W, C) or (B, H, W, C) uint8, "state": (D,) or (B, D) low-dim state (none when D = 0)}.
 Time convention: chunk row h is the action at t + h, executed open loop.
 
 Noise. A stochastic agent's act draws one prior sample per row (`agent.noise_spec`: per-row shape
@@ -68,11 +70,30 @@ class Policy:
     def sample_noise(self, batch: int) -> np.ndarray | None:
         return None if self.noise is None else sample_noise(self.rng, batch, self.noise)
 
+    def _image_rows(self, obs) -> tuple[np.ndarray, bool]:
+        """(packed uint8 rows, single) of a raw image observation dict (module docstring)."""
+        from steerflow.data.normalization import Normalization
+        from steerflow.data.source import pack_observations
+        from steerflow.encoders import ObsLayout
+
+        layout = ObsLayout.from_json(self.meta["obs_layout"])
+        if not isinstance(obs, dict) or not obs or layout.keys[0] not in obs:
+            raise ValueError(f"{self.meta['agent']} on {self.meta['task']} acts on camera frames: pass a dict "
+                             f"{{{', '.join(repr(k) for k in layout.keys)}: (H, W, C) uint8 frames"
+                             f"{', state: (D,)' if layout.state_dim else ''}}} (or a batch of each)")
+        single = np.ndim(obs[layout.keys[0]]) == 3
+        batch = {k: (np.asarray(v)[None] if single else np.asarray(v)) for k, v in obs.items()}
+        norm = Normalization.from_json(self.meta["normalization"])
+        return pack_observations(batch, norm, layout), single
+
     def act(self, obs, noise=None) -> np.ndarray:
         """Action chunks (B, H, A) for observations (B, obs_dim), or (H, A) for one (obs_dim,)."""
-        obs = np.asarray(obs, np.float32)
-        single = obs.ndim == 1
-        batch = obs[None] if single else obs
+        if self.meta.get("obs_layout"):
+            batch, single = self._image_rows(obs)
+        else:
+            obs = np.asarray(obs, np.float32)
+            single = obs.ndim == 1
+            batch = obs[None] if single else obs
         if batch.ndim != 2 or batch.shape[1] != self.obs_dim:
             raise ValueError(f"observation shape {obs.shape}: expected ({self.obs_dim},) or (B, {self.obs_dim}) "
                              f"for {self.meta['agent']} on {self.meta['task']}")
@@ -150,6 +171,7 @@ def load_run_state(path: Path, seed_index: int = 0):
     meta = {"agent": run.agent, "task": run.task, "seed": run.seeds[seed_index], "step": step,
             "obs_dim": spec.obs_dim, "action_dim": spec.action_dim, "horizon": spec.horizon,
             "noise": noise_spec(agent, config, spec), "normalization": norm.to_json(),
+            "obs_layout": spec.obs_layout.to_json() if spec.obs_layout is not None else None,
             "config": stored, "dataset": dataset, "run_dir": str(run_dir)}
     return agent, state, norm, meta
 
@@ -170,10 +192,12 @@ def noise_spec(agent, config, spec) -> dict | None:
 
 def acting_function(agent, state, norm):
     """Pure JAX (obs (B, obs_dim) env units, noise or None) -> chunks (B, H·A) env units: the
-    normalisers around the agent's clipped act. Shared by the in-process policy and `export`."""
+    normalisers around the agent's clipped act. Shared by the in-process policy and `export`.
+    Image runs take packed rows whose state is normalised already (`Policy._image_rows`)."""
+    images = state.spec.obs_layout is not None
 
     def act(obs, noise=None):
-        chunks = agent.act_noise(state, norm.normalize_obs(obs), noise)
+        chunks = agent.act_noise(state, obs if images else norm.normalize_obs(obs), noise)
         return norm.denormalize_action(chunks)
 
     return act

@@ -9,6 +9,12 @@ A start t is valid iff the chunk t..t+H−1 lies inside one trajectory; then s_{
     observations (B, obs_dim) = s_t          actions (B, H·A) = a_{t:t+H} flattened
     rewards (B,) = Σ_{k<H} γ^k r_{t+k}       masks (B,) = min_k mask_{t+k}
     next_observations (B, obs_dim) = s_{t+H}
+
+Image observations (`encoders`): the dataset also holds `frames (F, frame_dim)` uint8 (every
+camera key flattened, each recorded frame once) and `frame_index`/`next_frame_index (N,)`, the
+frame of s_t and of s_{t+1} per transition; a sample's observations are then the packed uint8 rows
+(`ObsLayout.pack`) of the frames at those indices and the low-dim state, built per batch, so the
+device holds the frames once, as uint8, and never a float copy of them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ class ChunkDataset:
     valid_starts: jnp.ndarray  # (M,) int32 start indices
     horizon: int = flax.struct.field(pytree_node=False)
     discount: float = flax.struct.field(pytree_node=False)
+    frames: jnp.ndarray | None = None  # (F, frame_dim) uint8, image observations only
+    frame_index: jnp.ndarray | None = None  # (N,) int32: the frame of s_t
+    next_frame_index: jnp.ndarray | None = None  # (N,) int32: the frame of s_{t+1}
+    layout: object = flax.struct.field(pytree_node=False, default=None)  # encoders.ObsLayout
 
     @property
     def num_starts(self) -> int:
@@ -46,6 +56,16 @@ def valid_start_indices(terminals: np.ndarray, horizon: int) -> np.ndarray:
     return np.concatenate(pieces).astype(np.int32) if pieces else np.zeros((0,), np.int32)
 
 
+def data_layout(data: dict):
+    """The `encoders.ObsLayout` of a transition dataset with `image.<key>` frames, else None."""
+    shapes = {k[len("image."):]: v.shape[1:] for k, v in data.items() if k.startswith("image.")}
+    if not shapes:
+        return None
+    from steerflow.encoders import ObsLayout
+
+    return ObsLayout.from_shapes(shapes, data["observations"].shape[1])
+
+
 def build_chunk_dataset(data: dict, horizon: int, discount: float) -> ChunkDataset:
     keys = ("observations", "actions", "rewards", "masks", "next_observations", "terminals")
     missing = [k for k in keys if k not in data]
@@ -54,6 +74,11 @@ def build_chunk_dataset(data: dict, horizon: int, discount: float) -> ChunkDatas
     starts = valid_start_indices(data["terminals"], horizon)
     if len(starts) == 0:
         raise ValueError(f"no trajectory is at least H={horizon} transitions long; nothing to sample")
+    layout, images = data_layout(data), {}
+    if layout is not None:
+        images = dict(frames=jnp.asarray(layout.flat_frames({k: data[f"image.{k}"] for k in layout.keys})),
+                      frame_index=jnp.asarray(data["frame_index"], jnp.int32),
+                      next_frame_index=jnp.asarray(data["next_frame_index"], jnp.int32), layout=layout)
     return ChunkDataset(
         observations=jnp.asarray(data["observations"], jnp.float32),
         actions=jnp.asarray(data["actions"], jnp.float32),
@@ -63,6 +88,7 @@ def build_chunk_dataset(data: dict, horizon: int, discount: float) -> ChunkDatas
         valid_starts=jnp.asarray(starts),
         horizon=horizon,
         discount=discount,
+        **images,
     )
 
 
@@ -70,12 +96,18 @@ def gather_chunks(data, steps: jnp.ndarray, discount: float) -> dict:
     """Chunk samples from the rows `steps (B, H)` of `data` (any object with the five transition
     arrays): the offline sampler's rows are t..t+H−1, the replay buffer's wrap around its ring."""
     discounts = discount ** jnp.arange(steps.shape[1])
+    first, last = steps[:, 0], steps[:, -1]
+    obs, next_obs = data.observations[first], data.next_observations[last]
+    layout = getattr(data, "layout", None)
+    if layout is not None:  # packed uint8 rows: the frames at s_t and s_{t+H}, then the state
+        obs = layout.pack(data.frames[data.frame_index[first]], obs)
+        next_obs = layout.pack(data.frames[data.next_frame_index[last]], next_obs)
     return {
-        "observations": data.observations[steps[:, 0]],
+        "observations": obs,
         "actions": data.actions[steps].reshape(steps.shape[0], -1),
         "rewards": jnp.sum(data.rewards[steps] * discounts, axis=-1),
         "masks": jnp.min(data.masks[steps], axis=-1),
-        "next_observations": data.next_observations[steps[:, -1]],
+        "next_observations": next_obs,
     }
 
 

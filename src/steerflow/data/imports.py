@@ -11,11 +11,18 @@ along axis 0, ``T`` recorded steps, ``s_t`` the state before ``a_t``):
     rewards            (T,)   float32   optional (teleoperated demos usually have none)
     dones              (T,)   float32   optional: 1 where the task was solved (a true terminal)
     images             {key: (T, H, W, C) uint8}   optional camera frames, kept uint8
+    next_images        {key: (T, H, W, C) uint8}   optional frames after each action (robomimic's
+                                         next_obs); only its last frame is kept (the others are
+                                         `images` shifted by one)
 
 Imported cache ``data_root()/NAME/``: ``train.npz`` and ``val.npz`` (the last ``max(1, n // 10)``
 demos when there are at least two) in the flat transition layout of ``chunks.py`` (observations,
 actions, next_observations, terminals = 1 on each demo's last transition, rewards and dones
-when the file had them, ``image.<key>`` frames), ``normalization.json`` (fitted on the training
+when the file had them; with camera keys ``image.<key>`` holds each demo's frames once, in order,
+and ``frame_index``/``next_frame_index`` (N,) int32 point at the frames of s_t and s_{t+1}, so the
+sampler gathers uint8 frames by index instead of storing them twice; a demo with
+``next_observations`` but no ``next_images`` loses its last transition, whose next frame is
+unknown), ``normalization.json`` (fitted on the training
 split, or the stated action bounds) and ``meta.json`` with every file's size and sha256, written
 into a temporary sibling directory and renamed, so a failed import leaves nothing cached.
 
@@ -83,13 +90,18 @@ def validate_episodes(episodes: list[dict], source: str, names: list[str] | None
         for key, ndim in (("next_observations", 2), ("rewards", 1), ("dones", 1)):
             if ep.get(key) is not None:
                 clean[key] = _check_array(ep[key], source, demo, key, ndim, "fiub").astype(np.float32)
-        images = {}
-        for key, frames in (ep.get("images") or {}).items():
-            frames = np.asarray(frames)
-            if frames.dtype != np.uint8 or frames.ndim != 4:
-                raise DataError(f"{source}: {demo} image key {key!r} has dtype {frames.dtype} and shape "
-                                f"{frames.shape}, expected uint8 (T, H, W, C) frames")
-            images[key] = frames
+        images, next_images = {}, {}
+        for group, found in (("images", images), ("next_images", next_images)):
+            for key, frames in (ep.get(group) or {}).items():
+                frames = np.asarray(frames)
+                if frames.dtype != np.uint8 or frames.ndim != 4:
+                    raise DataError(f"{source}: {demo} image key {key!r} has dtype {frames.dtype} and shape "
+                                    f"{frames.shape}, expected uint8 (T, H, W, C) frames")
+                found[key] = frames
+        if next_images and (set(next_images) != set(images) or "next_observations" not in clean
+                            or any(next_images[k].shape != images[k].shape for k in images)):
+            raise DataError(f"{source}: {demo} has next-observation frames for keys {sorted(next_images)} "
+                            f"but frames for {sorted(images)}: expected the same keys and shapes, with next_observations")
         for key, arr in [*clean.items(), *((f"image {k}", v) for k, v in images.items())]:
             if len(arr) != length:
                 raise DataError(f"{source}: {demo} is ragged: {key!r} has {len(arr)} steps, 'actions' has {length}")
@@ -105,6 +117,8 @@ def validate_episodes(episodes: list[dict], source: str, names: list[str] | None
                             "(every demo needs the same keys and dimensions)")
         if images:
             clean["images"] = images
+        if next_images:
+            clean["next_images"] = next_images
         out.append(clean)
     return out
 
@@ -114,18 +128,26 @@ def validate_episodes(episodes: list[dict], source: str, names: list[str] | None
 def to_transitions(episodes: list[dict]) -> dict[str, np.ndarray]:
     """The flat layout of `chunks.py` (without rewards/masks, which the reward mode sets)."""
     parts: dict[str, list] = {}
+    frames_so_far = 0
     for ep in episodes:
-        if "next_observations" in ep:
+        images = ep.get("images", {})
+        if "next_observations" in ep and (not images or "next_images" in ep):
             n, nxt = len(ep["actions"]), ep["next_observations"]
-        else:  # s_{t+1} is the next recorded observation; the last action has none
-            n, nxt = len(ep["actions"]) - 1, ep["observations"][1:]
+        else:  # s_{t+1} is the next recorded observation; the last action has none (or no frame of it)
+            n = len(ep["actions"]) - 1
+            nxt = ep["next_observations"] if "next_observations" in ep else ep["observations"][1:]
         arrays = {"observations": ep["observations"][:n], "actions": ep["actions"][:n], "next_observations": nxt[:n],
                   "terminals": np.eye(1, n, n - 1, dtype=np.float32)[0]}
         for key in ("rewards", "dones"):
             if key in ep:
                 arrays[key] = ep[key][:n]
-        for key, frames in ep.get("images", {}).items():
-            arrays[f"image.{key}"] = frames[:n]
+        if images:  # every recorded frame once (plus the one after the last action when the file has it)
+            for key, frames in images.items():
+                extra = [ep["next_images"][key][-1:]] if n == len(frames) else []
+                arrays[f"image.{key}"] = np.concatenate([frames, *extra])
+            arrays["frame_index"] = (frames_so_far + np.arange(n)).astype(np.int32)
+            arrays["next_frame_index"] = arrays["frame_index"] + 1
+            frames_so_far += len(arrays[f"image.{next(iter(images))}"])
         for key, value in arrays.items():
             parts.setdefault(key, []).append(value)
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -265,6 +287,9 @@ def load_imported(name: str, root: str | os.PathLike | None = None):
     if (path / "val.npz").exists():
         with np.load(path / "val.npz") as f:
             val = dict(f)
+    if any(k.startswith("image.") for k in train) and "frame_index" not in train:
+        raise ValueError(f"dataset {name} holds image keys in the layout of an older steerflow (frames without "
+                         "frame_index); import it again with --replace")
     norm = normalization.load(path)
     info = {"dataset_dir": str(path), "fingerprint": meta["files"]["train.npz"]["sha256"], "format": meta["format"],
             "source": meta["source"], "episodes": meta["episodes"], "obs_dim": meta["obs_dim"],

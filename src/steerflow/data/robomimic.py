@@ -89,8 +89,8 @@ def read(path: str | Path, obs_keys: list[str] | None = None, split: str | None 
                     bad = next(k for k, a in zip(obs_keys, low) if a.dtype.kind not in "fiu")
                     raise DataError(f"{where}/{group}/{bad} has non-numeric dtype")
                 ep[target] = np.concatenate(low, axis=1)
-                if group == "obs" and images:
-                    ep["images"] = images
+                if images:
+                    ep["images" if group == "obs" else "next_images"] = images
             for key in ("rewards", "dones"):
                 if key in demo:
                     ep[key] = demo[key][()]

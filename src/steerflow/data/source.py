@@ -5,7 +5,8 @@ import, a reward mode), evaluated in an OGBench env when the run names one (``--
 policy's inputs are normalised and its actions mapped back) and otherwise by an offline metric:
 the mean squared error, in normalised action units, between the policy's chunk and the held-out
 demos' chunk at up to ``OFFLINE_EVAL_STARTS`` starts of the validation split (lower is better; the
-whole split when it is smaller).
+whole split when it is smaller). A dataset with camera keys trains on packed uint8 observation
+rows (`steerflow.encoders`): `run_layout` gives their layout, `obs_dim` is its packed width.
 """
 
 from __future__ import annotations
@@ -25,8 +26,21 @@ def eval_task(run):
     return None if run.task.startswith(DATASET_PREFIX) else parse_task(run.task)
 
 
+def run_layout(run):
+    """The `encoders.ObsLayout` of a run's imported dataset with camera keys, else None (cheap)."""
+    if getattr(run, "dataset", None) is None:
+        return None
+    meta = imported_meta(run.dataset)
+    if not meta.get("image_keys"):
+        return None
+    from steerflow.encoders import ObsLayout
+
+    return ObsLayout.from_shapes(meta["image_keys"], meta["obs_dim"])
+
+
 def run_dims(run) -> tuple[int, int]:
-    """(obs_dim, action_dim) of a run's data, read without loading it (for `check_run`)."""
+    """(obs_dim, action_dim) of a run's data, read without loading it (for `check_run`); with camera
+    keys obs_dim is the packed row's width (`run_layout`)."""
     task = eval_task(run)
     if getattr(run, "dataset", None) is None:
         return task.obs_dim, task.action_dim
@@ -38,10 +52,12 @@ def run_dims(run) -> tuple[int, int]:
     if task is not None and (task.obs_dim, task.action_dim) != (meta["obs_dim"], meta["action_dim"]):
         raise ValueError(f"--eval-task {task.name}: its env has observations of {task.obs_dim} and actions of "
                          f"{task.action_dim} dimensions, dataset {run.dataset} {meta['obs_dim']} and {meta['action_dim']}")
-    if meta.get("image_keys"):
-        raise ValueError(f"dataset {run.dataset} holds image keys {sorted(meta['image_keys'])}; training on images "
-                         "needs the CNN encoder, which is not built yet: re-import with low-dim --obs-keys only")
-    return meta["obs_dim"], meta["action_dim"]
+    layout = run_layout(run)
+    if layout is not None and task is not None:
+        raise ValueError(f"--eval-task {task.name}: its env gives {task.obs_dim}-D state observations, dataset "
+                         f"{run.dataset} camera frames {layout.keys}; image runs are scored offline (leave out "
+                         "--eval-task) or in a visual env (visual-DOMAIN-taskN)")
+    return (meta["obs_dim"] if layout is None else layout.packed_dim), meta["action_dim"]
 
 
 def load_run_data(run, tc, workers: int = 1):
@@ -60,15 +76,30 @@ def load_run_data(run, tc, workers: int = 1):
     return train, val, {**info, "reward": mode}, norm
 
 
-def normalized_policy(policy, norm: Normalization):
-    """policy(state, obs, key) on env-space observations, returning env-space action chunks."""
-    if norm.is_identity():
+def normalized_policy(policy, norm: Normalization, layout=None):
+    """policy(state, obs, key) on env-space observations, returning env-space action chunks. With a
+    layout, `obs` is a dict {camera key: (E, H, W, C) uint8, "state": (E, D)} (`pack_observations`)."""
+    if norm.is_identity() and layout is None:
         return policy
 
     def act(state, obs, key):
-        return norm.denormalize_action(policy(state, norm.normalize_obs(obs), key))
+        rows = norm.normalize_obs(obs) if layout is None else pack_observations(obs, norm, layout)
+        return norm.denormalize_action(policy(state, rows, key))
 
     return act
+
+
+def pack_observations(obs: dict, norm: Normalization, layout) -> np.ndarray:
+    """Raw image observations -> packed uint8 rows (B, packed_dim): {camera key: (B, H, W, C) uint8
+    frames, "state": (B, D) env-space low-dim state (omit it when D = 0)}; the state is normalised."""
+    if not isinstance(obs, dict):
+        raise ValueError(f"observations of a run on image keys {layout.keys} are a dict {{key: (B, H, W, C) uint8"
+                         f"{', state: (B, D)' if layout.state_dim else ''}}}, got {type(obs).__name__}")
+    frames = layout.flat_frames(obs)
+    state = np.asarray(obs.get("state", np.zeros((len(frames), 0))), np.float32)
+    if state.shape != (len(frames), layout.state_dim):
+        raise ValueError(f"observation 'state' of shape {state.shape}: expected ({len(frames)}, {layout.state_dim})")
+    return layout.pack(frames, np.asarray(norm.normalize_obs(state), np.float32))
 
 
 def offline_eval_starts(val: dict, horizon: int) -> np.ndarray:

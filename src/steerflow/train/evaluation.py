@@ -141,6 +141,7 @@ def restore_run(run_dir: Path):
     from steerflow.agents.common import EnvSpec
     from steerflow.data import normalization
     from steerflow.data.tasks import parse_task
+    from steerflow.encoders import load_layout
 
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints" / "latest.msgpack").exists():
@@ -152,7 +153,9 @@ def restore_run(run_dir: Path):
     if norm is None:  # an OGBench run from before normalization.json: identity, the task's dims
         task = parse_task(run.task)
         norm = normalization.Normalization.identity(task.obs_dim, task.action_dim)
-    spec = EnvSpec(obs_dim=norm.obs_dim, action_dim=norm.action_dim, horizon=tc.horizon)
+    layout = load_layout(run_dir)  # image observations: the packed rows' layout
+    spec = EnvSpec(obs_dim=norm.obs_dim if layout is None else layout.packed_dim, action_dim=norm.action_dim,
+                   horizon=tc.horizon, obs_layout=layout)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
     states = jax.vmap(lambda k: agent.init(k, spec, config))(seed_keys)
     states, _, step = load_checkpoint(run_dir, states, seed_keys)

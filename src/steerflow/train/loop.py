@@ -69,6 +69,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     from steerflow.config import to_dict
     from steerflow.data.chunks import build_chunk_dataset
     from steerflow.data import normalization, source
+    from steerflow.encoders import save_layout
     from steerflow.evaluate import EnvPool
     from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
@@ -95,8 +96,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
-    spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]),
-                   action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon)
+    layout = ds.layout  # camera keys: observations are packed uint8 rows (steerflow.encoders)
+    spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]) if layout is None else layout.packed_dim,
+                   action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon, obs_layout=layout)
 
     seeds = list(run.seeds)
     seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
@@ -117,6 +119,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
     normalization.save(out, norm)  # what the evaluator and `policy.load` apply to this run's policy
+    save_layout(out, layout)  # and how they pack image observations
     atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
                                     "train_config": to_dict(tc)})
     atomic_write_json(out / "run_info.json", {

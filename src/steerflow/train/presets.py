@@ -148,15 +148,18 @@ def check_run(run: RunSpec):
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.source import run_dims
+    from steerflow.data.source import run_dims, run_layout
+    from steerflow.encoders import check_images
 
     obs_dim, action_dim = run_dims(run)  # the task name, or the imported dataset's meta and --reward
+    layout = run_layout(run)  # camera keys: packed uint8 rows through the CNN encoder
     if not run.seeds:
         raise ValueError("--seeds: at least one seed is needed")
     if len(set(run.seeds)) != len(run.seeds):
         raise ValueError(f"--seeds {','.join(map(str, run.seeds))}: a seed is repeated")
     agent, config, tc = resolve(run)
-    spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon)
+    check_images(run.agent, config, layout)
+    spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon, obs_layout=layout)
     try:
         jax.eval_shape(lambda k: agent.init(k, spec, config), jax.random.PRNGKey(0))
     except (ValueError, TypeError, KeyError, AssertionError) as err:
