@@ -77,8 +77,9 @@ def test_every_readme_command_parses_as_written(command, tmp_path, monkeypatch, 
 def _fake_import(root: Path, argv: list[str], monkeypatch):
     """For `data import FORMAT PATH` lines: PATH (validation checks only that it exists); for
     `--dataset NAME` lines: NAME's meta.json as the README's import line of NAME writes it (28-D
-    observations, 5-D actions, rewards only from Minari), in a data directory of its own. Returns the top
-    directory made."""
+    observations, 5-D actions, rewards only from Minari, 64x64x3 frames for `--obs-keys` ending in
+    `image`; a `data render` line's NAME: pixels only, with rewards), in a data directory of its own.
+    Returns the top directory made."""
     import json
 
     if argv[:2] == ["data", "import"]:
@@ -92,12 +93,20 @@ def _fake_import(root: Path, argv: list[str], monkeypatch):
     if "--dataset" not in argv:
         return None
     name = argv[argv.index("--dataset") + 1]
-    (fmt,) = [c.split()[2] for c in COMMANDS if c.startswith("data import") and f"--name {name}" in c]
+    (line,) = [c for c in COMMANDS if c.startswith(("data import", "data render")) and f"--name {name}" in c]
+    fmt = "render" if line.startswith("data render") else line.split()[2]
     monkeypatch.setenv("STEERFLOW_DATA", str(root / "_data"))
     meta = root / "_data" / name / "meta.json"
     meta.parent.mkdir(parents=True)
+    keys = shlex.split(line, comments=True)
+    keys = keys[keys.index("--obs-keys") + 1].split(",") if "--obs-keys" in keys else []
+    images = {k: [64, 64, 3] for k in keys if k.endswith("image")}  # the README names camera keys *_image
+    if fmt == "render":  # a rendered visual dataset: one 64x64x3 camera, no low-dim state, task rewards
+        meta.write_text(json.dumps({"kind": "imported", "has_rewards": True, "obs_dim": 0, "action_dim": 5,
+                                    "image_keys": {"pixels": [64, 64, 3]}}))
+        return root / "_data"
     meta.write_text(json.dumps({"kind": "imported", "has_rewards": fmt == "minari",  # Minari always stores rewards
-                                "obs_dim": 28, "action_dim": 5, "image_keys": {}}))
+                                "obs_dim": 28, "action_dim": 5, "image_keys": images}))
     return root / "_data"
 
 

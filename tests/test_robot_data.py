@@ -83,18 +83,21 @@ def test_robomimic_default_keys_are_sorted_and_a_filter_key_selects_demos(files,
         imports.read_format("robomimic", files["robomimic"], split="test")
 
 
-def test_image_keys_are_cached_as_uint8_and_training_on_them_is_refused(episodes, tmp_path, data_root, capsys):
+def test_image_keys_are_cached_as_uint8_frames_with_their_indices(episodes, tmp_path, data_root, capsys):
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (len(ep["actions"]), 64, 64, 3), dtype=np.uint8) for ep in episodes]
     path = ex.write_robomimic(tmp_path / "img.hdf5", episodes, images={"agentview_image": frames})
     _import(["robomimic", str(path), "--name", "img", "--obs-keys", f"{ROBOMIMIC_ORDER},agentview_image"], capsys)
     train, val, _, _ = imports.load_imported("img")
     assert train["image.agentview_image"].dtype == np.uint8
+    # every recorded frame once; transition t of a demo points at frames t and t+1 of it
     np.testing.assert_array_equal(np.concatenate([train["image.agentview_image"], val["image.agentview_image"]]),
-                                  np.concatenate([f[:-1] for f in frames]))
-    with pytest.raises(SystemExit) as err:
-        cli.main(["train", "--dataset", "img", "--reward", "given", "--preset", "smoke"])
-    assert err.value.code == 2 and "image keys ['agentview_image']" in capsys.readouterr().err
+                                  np.concatenate(frames))
+    starts = np.cumsum([0] + [len(f) for f in frames[:2]])
+    expected = np.concatenate([s + np.arange(len(f) - 1) for s, f in zip(starts, frames[:3])])
+    np.testing.assert_array_equal(train["frame_index"], expected)
+    np.testing.assert_array_equal(train["next_frame_index"], expected + 1)
+    assert json.loads((data_root / "img" / "meta.json").read_text())["image_keys"] == {"agentview_image": [64, 64, 3]}
 
 
 def test_a_rewardless_dataset_needs_a_reward_mode_and_sparse_success_labels_demo_ends(imported, capsys):

@@ -85,7 +85,7 @@ class ObsLayout:
         parts = []
         for key, shape in self.images:
             if key not in frames:
-                raise KeyError(f"image key {key!r} missing (have {sorted(frames)})")
+                raise ValueError(f"image key {key!r} missing from the observation (it has {sorted(frames)})")
             arr = np.asarray(frames[key])
             if arr.dtype != np.uint8 or arr.shape[1:] != shape:
                 raise ValueError(f"image key {key!r}: got {arr.dtype} frames of shape {arr.shape[1:]}, "

@@ -41,11 +41,13 @@ def oracle_episodes(num_episodes: int, seed: int = 0, episode_steps: int = 51, r
 
 
 def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0.1, max_tries: int | None = None,
-                      progress=None) -> list[dict]:
+                      progress=None, record_states: bool = False) -> list[dict]:
     """`num_demos` successful demos of a single-cube task (e.g. cube-single-task2): OGBench's
     CubePlanOracle with its noise (suboptimal, like teleoperation) steering toward the task's goal
     in the evaluation env, kept only when the env reports success before its time limit. Per demo:
-    observations, actions, next_observations (T, .), the last next observation solving the task."""
+    observations, actions, next_observations (T, .), the last next observation solving the task;
+    with `record_states`, also qpos (T+1, nq) and qvel (T+1, nv): the simulator state of every
+    observation and of the last next one (what `data.render` draws frames from)."""
     import os
 
     from .ogbench_gen import ORACLE_NOISE_SMOOTHING
@@ -78,11 +80,13 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
         info = with_target(info)
         oracle.reset(ob, info)
         obs, acts, nxt, success = [], [], [], False
+        states = [(info["qpos"].copy(), info["qvel"].copy())]
         while True:
             action = np.clip(np.asarray(oracle.select_action(ob, info), np.float32), -1, 1)
             next_ob, _, terminated, truncated, info = env.step(action)
             info = with_target(info)
             obs.append(ob), acts.append(action), nxt.append(next_ob)
+            states.append((info["qpos"].copy(), info["qvel"].copy()))
             ob = next_ob
             if terminated or truncated:
                 success = bool(info.get("success", False))
@@ -90,6 +94,8 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
         if success:
             demos.append({"observations": np.asarray(obs, np.float32), "actions": np.asarray(acts, np.float32),
                           "next_observations": np.asarray(nxt, np.float32)})
+            if record_states:
+                demos[-1] |= {"qpos": np.asarray([q for q, _ in states]), "qvel": np.asarray([v for _, v in states])}
             if progress is not None:
                 progress(1)
     env.close()

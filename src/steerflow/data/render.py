@@ -72,6 +72,19 @@ class StateRenderer:
         self.env.close()
 
 
+def rendered_demos(demos: list[dict], renderer: StateRenderer, progress=None) -> list[dict]:
+    """Pixel-only episodes (`imports` layout) of demos that carry the states of their T observations
+    and of the last next one (qpos, qvel (T+1, .): `export_formats.oracle_task_demos(record_states=True)`):
+    frames of all T+1 states, as `images` (T) and `next_images` (T), the state part empty (T, 0)."""
+    out = []
+    for demo in demos:
+        frames = renderer.render_many(demo["qpos"], demo["qvel"], progress)
+        empty = np.zeros((len(demo["actions"]), 0), np.float32)
+        out.append({"observations": empty, "next_observations": empty, "actions": demo["actions"],
+                    "images": {CAMERA_KEY: frames[:-1]}, "next_images": {CAMERA_KEY: frames[1:]}})
+    return out
+
+
 def state_episodes(task: str, episodes: int, dataset_episodes: int = 1000, seed: int = 0,
                    episode_steps: int | None = None) -> list[dict]:
     """The first `episodes` episodes of the generated play dataset of `task`'s domain (generated when
