@@ -72,7 +72,7 @@ def main() -> None:
     run = RunSpec(agent="lps", task=f"dataset:{name}", seeds=seeds, preset="cpu", dataset=name, reward="sparse-success",
                   overrides=overrides,
                   train_overrides={"steps": str(args.steps), "batch_size": str(args.batch_size), "updates_per_call": "10",
-                                   "log_every": str(min(50, args.steps)), "eval_every": str(args.steps),
+                                   "log_every": str(min(10, args.steps)), "eval_every": str(args.steps),
                                    "checkpoint_every": str(args.steps)})
     out = args.out / f"lps-{args.arch}{'-shared' if args.share else ''}"
     t0 = time.perf_counter()

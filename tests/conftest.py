@@ -54,6 +54,10 @@ SLOW = (
     "test_robot_data.py::test_an_imported_run_evaluates_in_the_env_with_its_normalisation",
     "test_dit.py::test_dit_starts_at_zero_and_learns_to_use_state_time_and_every_position",
     "test_online.py::test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_same_end",
+    "test_images.py::test_packed_rows_round_trip_exactly_and_frames_stay_uint8_up_to_the_encoder",
+    "test_images.py::test_each_network_has_its_encoder_or_one_shared_set_of_weights",
+    "test_images.py::test_robomimic_images_train_from_the_cli_and_the_loaded_policy_acts_on_raw_frames",
+    "test_images.py::test_a_rendered_visual_dataset_holds_the_frames_of_its_states",
 )
 # kept in the fast tier although their function is listed above: the flagship (bc-mf trains in
 # test_end_to_end's fast smoke run)
