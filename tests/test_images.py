@@ -111,6 +111,10 @@ def test_the_sampler_gathers_uint8_frames_at_the_obs_and_next_obs_indices():
     eps = [{"observations": rng.standard_normal((t, 3)).astype(np.float32),
             "actions": rng.uniform(-1, 1, (t, 2)).astype(np.float32),
             "images": {"cam": rng.integers(0, 256, (t, 8, 8, 3), dtype=np.uint8)}} for t in (9, 12)]
+    bad = [{**eps[0], "next_observations": eps[0]["observations"],
+            "next_images": {"other": eps[0]["images"]["cam"]}}]
+    with pytest.raises(imports.DataError, match=r"next-observation frames for keys \['other'\] but frames for \['cam'\]"):
+        imports.validate_episodes(bad, "bad.hdf5")
     data = imports.apply_reward_mode(imports.to_transitions(imports.validate_episodes(eps, "test")),
                                      "sparse-success", "test")[0]
     assert len(data["image.cam"]) == 21 and len(data["actions"]) == 8 + 11  # every frame once, T-1 transitions
@@ -147,6 +151,9 @@ def test_robomimic_images_train_from_the_cli_and_the_loaded_policy_acts_on_raw_f
     with pytest.raises(SystemExit) as err:
         cli.main(["train", "--agent", "qc-fql", "--dataset", "img", "--reward", "given", "--preset", "smoke"])
     assert err.value.code == 2 and "does not take image observations" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:  # a state env cannot score a frame policy
+        cli.main(["train", "--agent", "bc-mf", "--dataset", "img", "--eval-task", "cube-single-task2", "--preset", "smoke"])
+    assert err.value.code == 2 and "in-env evaluation of image runs is not built" in capsys.readouterr().err
     out = tmp_path / "run"
     cli.main(["train", "--agent", "bc-mf", "--dataset", "img", "--reward", "sparse-success", "--preset", "smoke",
               "--out", str(out), "--set", "encoder.arch=impala-debug", "encoder.dense=16"])

@@ -49,14 +49,14 @@ def run_dims(run) -> tuple[int, int]:
         apply_reward_mode({}, None, run.dataset)  # the error naming --reward
     if run.reward == "given" and not meta["has_rewards"]:
         raise ValueError(f"--reward given: dataset {run.dataset} has no rewards; use --reward sparse-success")
+    layout = run_layout(run)
+    if layout is not None and task is not None:  # an env of state observations cannot score a frame policy
+        raise ValueError(f"--eval-task {task.name}: its env gives {task.obs_dim}-D state observations, dataset "
+                         f"{run.dataset} camera frames {layout.keys}; image runs are scored offline on their "
+                         "held-out demos (leave out --eval-task): in-env evaluation of image runs is not built")
     if task is not None and (task.obs_dim, task.action_dim) != (meta["obs_dim"], meta["action_dim"]):
         raise ValueError(f"--eval-task {task.name}: its env has observations of {task.obs_dim} and actions of "
                          f"{task.action_dim} dimensions, dataset {run.dataset} {meta['obs_dim']} and {meta['action_dim']}")
-    layout = run_layout(run)
-    if layout is not None and task is not None:
-        raise ValueError(f"--eval-task {task.name}: its env gives {task.obs_dim}-D state observations, dataset "
-                         f"{run.dataset} camera frames {layout.keys}; image runs are scored offline (leave out "
-                         "--eval-task) or in a visual env (visual-DOMAIN-taskN)")
     return (meta["obs_dim"] if layout is None else layout.packed_dim), meta["action_dim"]
 
 
