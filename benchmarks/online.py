@@ -11,6 +11,11 @@ paper's real-robot protocol), QC-FQL and BC-MF with offline ∪ online replay (Q
     MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online \\
         --tasks cube-single-task2 --seeds 0 --offline-steps 2000 --online-steps 2000 --jobs 1
 
+or, continuing the protocol study's finished 100K-step offline runs (`steerflow train --from`):
+
+    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online_from_protocol \\
+        --from-root runs/protocol_cpu/runs --online-steps 25000 --eval-every 12500 --jobs 1
+
 Writes benchmarks/results/online_<cpu|gpu>.json (machine, budget, load note, per-unit records)
 and online_<cpu|gpu>.png (curves). The budget is the command's; say which when quoting it.
 """
@@ -41,6 +46,11 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--offline-steps", type=int, default=100_000)
+    p.add_argument("--from-root", type=Path, default=None,
+                   help="continue finished offline runs (`steerflow train --from`) found here as "
+                        "PREFIX<agent>-<task>-s<seed> (e.g. the protocol study's runs/protocol_cpu/runs) "
+                        "instead of training the offline phase; --offline-steps is then theirs")
+    p.add_argument("--from-prefix", default="steerflow-")
     p.add_argument("--online-steps", type=int, default=100_000)
     p.add_argument("--eval-every", type=int, default=None, help="gradient steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=None)
@@ -55,15 +65,22 @@ def main() -> None:
     for agent in args.agents.split(","):
         for task in args.tasks.split(","):
             for seed in map(int, args.seeds.split(",")):
-                train = {"steps": str(args.offline_steps), "online_steps": str(args.online_steps),
-                         "online_ratio": RATIO.get(agent, "-1")}
+                train = {"online_steps": str(args.online_steps), "online_ratio": RATIO.get(agent, "-1")}
+                source = None
+                if args.from_root:
+                    source = args.from_root / f"{args.from_prefix}{agent}-{task}-s{seed}"
+                    if not (source / "final.json").exists():
+                        sys.exit(f"--from-root: {source} is not a finished offline run")
+                else:
+                    train["steps"] = str(args.offline_steps)
                 if args.eval_every:
                     train["eval_every"] = str(args.eval_every)
                 if args.eval_episodes:
                     train["eval_episodes"] = str(args.eval_episodes)
                 if args.eval_workers is not None:
                     train["eval_workers"] = str(args.eval_workers)
-                run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train)
+                run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train,
+                              from_run=None if source is None else str(source))
                 units.append((f"{agent}-{task}-s{seed}", run))
     jobs = []
     for name, run in units:
@@ -93,7 +110,7 @@ def main() -> None:
         busy = timing["env_s"] + timing["act_s"] + timing["update_s"]
         records.append({
             "unit": name, "agent": run.agent, "task": run.task, "seed": run.seeds[0],
-            "offline_success": offline_end["success"][0], "online_success": final["final_success"][0],
+            "offline_steps": final["offline_steps"], "offline_success": offline_end["success"][0], "online_success": final["final_success"][0],
             "curve": [{"step": r["step"], "env_steps": (r.get("env_steps") or [0])[0], "success": r["success"][0]}
                       for r in evals],
             "online_env_steps": final["online_env_steps"][0], "online_episodes": final["online_episodes"],
@@ -120,20 +137,22 @@ def main() -> None:
               f"{entry['online_mean']:.2f}{ci(entry['online_ci95'])}  ({len(rows)} seeds, "
               f"{entry['env_steps_per_s']:.1f} env steps/s)")
 
+    offline_steps = records[0]["offline_steps"] if records else args.offline_steps
     device = device_description()
     kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
     results = HERE / "results"
     atomic_write_json(results / f"online_{kind}.json", {
         "command": " ".join(sys.argv), "device": device, "commit": git_commit(), "note": args.note,
-        "budget": {"preset": args.preset, "offline_steps": args.offline_steps, "online_env_steps": args.online_steps,
+        "budget": {"preset": args.preset, "offline_steps": offline_steps, "online_env_steps": args.online_steps,
+                   "offline_runs_continued": None if args.from_root is None else str(args.from_root),
                    "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                    "sampling": {a: ("balanced " + r if float(r) >= 0 else "union") for a, r in RATIO.items()}},
         "wall_s_this_invocation": round(time.perf_counter() - start, 1), "summary": summary, "units": records,
         "unfinished_units": unfinished})
     plot_curves(curves, results / f"online_{kind}.png",
-                title=f"offline {args.offline_steps} steps, then {args.online_steps} env steps online",
-                online_from=args.offline_steps)
-    print(f"wrote {results / f'online_{kind}.json'}; online starts at step {args.offline_steps} on the x-axis")
+                title=f"offline {offline_steps} steps, then {args.online_steps} env steps online",
+                online_from=offline_steps)
+    print(f"wrote {results / f'online_{kind}.json'}; online starts at step {offline_steps} on the x-axis")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ episodes, the two sampling modes, the relabelling of online transitions against 
 offline relabelling, an end-to-end offline → online run in the real cube-single env, and
 kill-and-resume of the online phase."""
 
+import dataclasses
 import json
 
 import jax
@@ -197,3 +198,24 @@ def test_offline_then_online_in_one_run_and_a_killed_online_run_resumes_to_the_s
     rows = [r.split(",")[:2] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
     assert rows == [r.split(",")[:2] for r in (straight / "metrics.csv").read_text().splitlines()]
     assert resumed["final_success"] == final["final_success"] and resumed["online_env_steps"] == [230]
+
+
+def test_from_may_change_the_evaluation_cadence_but_not_what_is_trained(tmp_path):
+    """`--from` continues a finished offline run: how often it evaluates, logs and checkpoints may
+    differ (they change nothing trained), a training setting may not (named in the error)."""
+    from steerflow.train.checkpoint import save_checkpoint
+    from steerflow.train.presets import from_spec
+
+    src = tmp_path / "offline"
+    stored = trainer.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke",
+                             train_overrides={"eval_every": "20"})
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "config.json").write_text(json.dumps({"run": dataclasses.asdict(stored)}))
+    save_checkpoint(src, {"w": np.zeros(2)}, np.zeros(2, np.uint32), 40)
+    online = {"online_steps": "100", "online_ratio": "0.5"}
+    ok = from_spec(dataclasses.replace(stored, from_run=str(src), train_overrides={
+        **online, "eval_every": "10", "eval_episodes": "5", "checkpoint_every": "30"}))
+    assert ok.train_overrides["steps"] == "40" and ok.train_overrides["eval_every"] == "10"
+    with pytest.raises(ValueError, match="--train-set batch_size: there \\(not set\\), here 8"):
+        from_spec(dataclasses.replace(stored, from_run=str(src),
+                                      train_overrides={**online, "eval_every": "20", "batch_size": "8"}))

@@ -265,14 +265,14 @@ class Train:
             if self.steps < 1:
                 raise ValueError(f"--steps {self.steps}: expected a positive number of training steps")
             train_overrides["steps"] = str(self.steps)
-        if self.from_run is not None and self.online_steps is None:
-            raise ValueError(f"--from {self.from_run}: continues that run online; --online-steps N is needed")
         for name in ("online_steps", "online_ratio", "updates_per_env_step"):
             value = getattr(self, name)
             if value is not None:
                 if name == "online_steps" and value < 1:
                     raise ValueError(f"--online-steps {value}: expected a positive number of env steps")
                 train_overrides[name] = str(value)
+        if self.from_run is not None and int(train_overrides.get("online_steps", 0)) < 1:  # (or --train-set online_steps=N)
+            raise ValueError(f"--from {self.from_run}: continues that run online; --online-steps N is needed")
         overrides = parse_overrides(flatten(self.set))
         if self.base_from is not None:
             from steerflow.agents import get_agent

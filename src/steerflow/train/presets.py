@@ -230,6 +230,10 @@ def _fmt(v) -> str:
 
 
 ONLINE_FIELDS = ("online_steps", "online_ratio", "updates_per_env_step", "online_envs", "replay_capacity")
+# how often a run logs, evaluates and checkpoints, and with how many episodes and workers: none of
+# them changes what is trained (evaluation has its own keys; resumes are exact), so `--from` may
+# change them (e.g. evaluate the online phase more often than the offline one was)
+CADENCE_FIELDS = ("log_every", "eval_every", "checkpoint_every", "eval_episodes", "eval_workers", "eval_envs")
 
 
 def from_spec(run: RunSpec) -> RunSpec:
@@ -248,7 +252,7 @@ def from_spec(run: RunSpec) -> RunSpec:
                          "(and a larger --online-steps) instead")
 
     def norm(d):
-        return {str(k): _fmt(v) for k, v in (d or {}).items() if k not in ONLINE_FIELDS + ("steps",)}
+        return {str(k): _fmt(v) for k, v in (d or {}).items() if k not in ONLINE_FIELDS + CADENCE_FIELDS + ("steps",)}
 
     diffs = [f"--{n}: there {getattr(stored, n)}, here {getattr(run, n)}" for n in ("agent", "task", "preset")
              if getattr(stored, n) != getattr(run, n)]
