@@ -8,10 +8,14 @@ process, the CPU protocol's nets: 2x256, batch 128), then evaluated in the cube-
 through the stored normalisation. Prints success per seed with 95% bootstrap CIs and writes
 benchmarks/results/practitioner_<cpu|gpu>.json naming the machine, the budget and the wall times.
 
-    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --steps 5000 --eval-episodes 20
+    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --steps 20000 --eval-episodes 50
+    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --rows lps-dit --steps 5000
 
 The budget is a flag because the CPU protocol's 100K steps per agent do not fit a shared core;
-the JSON says which budget was run.
+each row of the JSON says which budget it ran. Rows accumulate: an invocation replaces the rows it
+runs and keeps the others (so the slow DiT row can run at its own budget). `peak_rss_mb` is the
+process's peak resident memory after the row (rows run in order in one process, so it is the
+row's own peak only for the first row of an invocation).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-AGENTS = ("bc-mf", "lps", "dsrl-na")
+# row name -> (agent, agent-config overrides)
+ROWS = {"bc-mf": ("bc-mf", {}), "lps": ("lps", {}), "dsrl-na": ("dsrl-na", {}),
+        "lps-dit": ("lps", {"base.arch": "dit"})}  # the DiT base (src/steerflow/dit.py)
 
 
 def main() -> None:
@@ -36,11 +43,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--eval-episodes", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--agents", default=",".join(AGENTS))
+    ap.add_argument("--rows", default="bc-mf,lps,dsrl-na", help=f"comma-separated, of {', '.join(ROWS)}")
     ap.add_argument("--out", type=Path, default=Path("runs/practitioner"))
     ap.add_argument("--note", default="", help="e.g. the machine's load while it ran")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        ap.error(f"--rows {','.join(unknown)}: unknown; expected some of {', '.join(ROWS)}")
 
     from tqdm import tqdm
 
@@ -60,29 +71,37 @@ def main() -> None:
         import_path("robomimic", path, name, obs_keys=list(ex.ROBOMIMIC_KEYS), replace=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     results = {}
-    for agent in args.agents.split(","):
+    for row in rows:
+        agent, overrides = ROWS[row]
         run = RunSpec(agent=agent, task="cube-single-task2", seeds=seeds, preset="cpu", dataset=name,
-                      reward="sparse-success",
+                      reward="sparse-success", overrides=overrides,
                       train_overrides={"steps": str(args.steps), "eval_every": str(args.steps),
                                        "eval_episodes": str(args.eval_episodes), "checkpoint_every": str(args.steps)})
         start = time.perf_counter()
-        final = train(run, args.out / agent, resume=True)
+        final = train(run, args.out / row, resume=True)
         wall = time.perf_counter() - start
         success = np.asarray(final["final_success"], float)
-        rows = list(csv_rows(args.out / agent / "metrics.csv"))
-        results[agent] = {"success": success.tolist(), "mean": float(success.mean()),
-                          "ci95": list(bootstrap_ci(success)), "wall_s": round(wall, 1),
-                          "steps_per_s_last": float(rows[-1]["steps_per_s"]) if rows else None}
-        print(f"{agent:8s} success {success.mean():.3f} 95% CI {results[agent]['ci95']} per seed "
+        metrics = list(csv_rows(args.out / row / "metrics.csv"))
+        results[row] = {"agent": agent, "overrides": overrides, "steps": args.steps, "seeds": seeds,
+                        "eval_episodes": args.eval_episodes, "success": success.tolist(),
+                        "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)),
+                        "wall_s": round(wall, 1),
+                        "steps_per_s_last": float(metrics[-1]["steps_per_s"]) if metrics else None,
+                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                        "commit": git_commit(), "note": args.note}
+        print(f"{row:8s} success {success.mean():.3f} 95% CI {results[row]['ci95']} per seed "
               f"{np.round(success, 3).tolist()}  ({wall:.0f} s)", flush=True)
     record = {"benchmark": "practitioner", "task": "cube-single-task2", "demos": args.demos,
               "demo_lengths": [len(d["actions"]) for d in demos], "demo_generation_s": round(demo_s, 1),
-              "reward": "sparse-success", "steps": args.steps, "eval_episodes": args.eval_episodes, "seeds": seeds,
-              "preset": "cpu (2x256 nets, batch 128)", "results": results, "device": device_description(),
-              "machine": platform.node(), "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": git_commit(),
-              "note": args.note}
+              "reward": "sparse-success", "preset": "cpu (2x256 nets, batch 128), seeds vmapped in one process",
+              "device": device_description(), "machine": platform.node(),
+              "cpu_affinity": sorted(os.sched_getaffinity(0)), "results": results}
     kind = "gpu" if "gpu" in device_description().lower() or "cuda" in device_description().lower() else "cpu"
-    atomic_write_json(HERE / "results" / f"practitioner_{kind}.json", record)
+    path = HERE / "results" / f"practitioner_{kind}.json"
+    if path.exists():  # keep the rows this invocation did not run
+        kept = json.loads(path.read_text()).get("results", {})
+        record["results"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
+    atomic_write_json(path, record)
     print(json.dumps(record, indent=1))
 
 
