@@ -270,3 +270,21 @@ def test_an_existing_name_is_kept_unless_replaced(files, imported, capsys):
     with pytest.raises(SystemExit):
         _import(["minari", str(files["minari"]), "--name", "../escape"])
     assert "--name '../escape'" in capsys.readouterr().err
+
+
+def test_fitted_action_bounds_cover_the_held_out_demos(data_root):
+    """Fitted on the training split alone, a held-out demo's larger action would fall outside the
+    bounds and stop training; the bounds cover every demo (observation statistics stay the training
+    split's)."""
+    from steerflow.data.imports import import_episodes, load_imported
+
+    rng = np.random.default_rng(0)
+    episodes = [{"observations": rng.normal(size=(12, 3)), "actions": rng.uniform(-0.5, 0.5, size=(12, 2))}
+                for _ in range(10)]
+    episodes[-1]["actions"][4, 1] = 3.0  # the last demo is the held-out one
+    import_episodes(episodes, "widerval", "robomimic", "synthetic", root=data_root)
+    train, val, _, norm = load_imported("widerval", root=data_root)
+    assert norm.action_high[1] == 3.0 and norm.action_high[0] <= 0.5
+    assert np.abs(norm.normalize_action(val["actions"])).max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(norm.obs_mean, np.concatenate([e["observations"][:-1] for e in episodes[:9]]).mean(0),
+                               rtol=1e-5)

@@ -22,8 +22,8 @@ when the file had them; with camera keys ``image.<key>`` holds each demo's frame
 and ``frame_index``/``next_frame_index`` (N,) int32 point at the frames of s_t and s_{t+1}, so the
 sampler gathers uint8 frames by index instead of storing them twice; a demo with
 ``next_observations`` but no ``next_images`` loses its last transition, whose next frame is
-unknown), ``normalization.json`` (fitted on the training
-split, or the stated action bounds) and ``meta.json`` with every file's size and sha256, written
+unknown), ``normalization.json`` (observation statistics of the training
+split; action bounds stated, or fitted over every demo) and ``meta.json`` with every file's size and sha256, written
 into a temporary sibling directory and renamed, so a failed import leaves nothing cached.
 
 Reward modes (``--reward``): ``given`` uses the file's rewards, mask = 1 - done; ``sparse-success``
@@ -202,17 +202,20 @@ def check_name(name: str) -> str:
     return name
 
 
-def fit_normalization(train: dict, action_bounds: tuple | None, source: str) -> Normalization:
-    """Observation statistics of the training split; action bounds stated (checked) or fitted."""
+def fit_normalization(train: dict, action_bounds: tuple | None, source: str, val: dict | None = None) -> Normalization:
+    """Observation statistics of the training split; action bounds stated (checked) or fitted, over
+    every action of the file: the bounds are the action space's range, and fitted on the training
+    split alone a held-out action of a short demo could fall outside them."""
+    actions = train["actions"] if val is None else np.concatenate([train["actions"], val["actions"]])
     norm = Normalization.fit(train["observations"], train["actions"])
     if action_bounds is None:
-        return norm
+        return Normalization(norm.obs_mean, norm.obs_std, *Normalization.fit_action_bounds(actions))
     low, high = (np.broadcast_to(np.asarray(b, np.float64), (norm.action_dim,)) for b in action_bounds)
-    bad = (train["actions"] < low - 1e-6) | (train["actions"] > high + 1e-6)
+    bad = (actions < low - 1e-6) | (actions > high + 1e-6)
     if bad.any():
         row, col = map(int, np.argwhere(bad)[0])
         raise DataError(f"{source}: {int(bad.any(1).sum())} action(s) fall outside the stated bounds "
-                        f"(first: transition {row}, dim {col}, value {train['actions'][row, col]:.6g} not in "
+                        f"(first: transition {row}, dim {col}, value {actions[row, col]:.6g} not in "
                         f"[{low[col]:.6g}, {high[col]:.6g}]); check --action-low/--action-high")
     return Normalization(norm.obs_mean, norm.obs_std, tuple(map(float, low)), tuple(map(float, high)))
 
@@ -231,7 +234,7 @@ def import_episodes(episodes: list[dict], name: str, fmt: str, source: str, opti
     n_val = max(1, len(episodes) // 10) if len(episodes) >= 2 else 0
     train = to_transitions(episodes[:len(episodes) - n_val])
     val = to_transitions(episodes[len(episodes) - n_val:]) if n_val else None
-    norm = fit_normalization(train, action_bounds, source)
+    norm = fit_normalization(train, action_bounds, source, val)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -53,12 +53,17 @@ class Normalization:
     def fit(cls, observations: np.ndarray, actions: np.ndarray) -> "Normalization":
         """Statistics of a dataset: (N, obs_dim) observations, (N, A) actions."""
         obs = np.asarray(observations, np.float64)
-        act = np.asarray(actions, np.float64)
         std = np.maximum(obs.std(0), MIN_STD)
+        return cls(tuple(map(float, obs.mean(0))), tuple(map(float, std)), *cls.fit_action_bounds(actions))
+
+    @staticmethod
+    def fit_action_bounds(actions: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(low, high) per action dimension of (N, A) actions."""
+        act = np.asarray(actions, np.float64)
         low, high = act.min(0), act.max(0)
         flat = high - low < MIN_STD  # a constant action dimension still needs a non-empty range
         low, high = np.where(flat, low - 1.0, low), np.where(flat, high + 1.0, high)
-        return cls(*(tuple(map(float, v)) for v in (obs.mean(0), std, low, high)))
+        return tuple(map(float, low)), tuple(map(float, high))
 
     def is_identity(self) -> bool:
         return self == Normalization.identity(self.obs_dim, self.action_dim)
