@@ -86,12 +86,14 @@ def running_tasks(name=None):
     return list_tasks(filters=filters)
 
 
-def wait_for(condition, timeout_s, what):
+def wait_for(condition, timeout_s, what, interval_s=0.02):
+    # Ray state-API polls use a longer interval: each one is an RPC, and on a loaded 1-2 core
+    # runner polling every 20 ms starves the very unit being waited for
     deadline = time.monotonic() + timeout_s
     while not (value := condition()):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval_s)
     return value
 
 
@@ -108,7 +110,7 @@ def test_driver_killed_midway_and_run_again_finishes_only_the_rest(reference, ra
         return {uid for uid, s in state.items() if s["event"] == event}
 
     try:
-        wait_for(lambda: recorded("done"), 300, "the driver to record a first finished unit")
+        wait_for(lambda: recorded("done"), 900, "the driver to record a first finished unit", interval_s=0.2)
     finally:
         driver.kill()
         driver.wait()
@@ -118,7 +120,7 @@ def test_driver_killed_midway_and_run_again_finishes_only_the_rest(reference, ra
     assert 1 <= len(done) < len(units), (done, (tmp_path / "driver.log").read_text()[-2000:])
     assert recorded("done") <= set(done) and recorded("submitted") | recorded("done") == {u.id for u in units}
     # Ray stops a dead driver's tasks; their training processes die with their workers
-    wait_for(lambda: not running_tasks(), 120, "the dead driver's tasks to stop")
+    wait_for(lambda: not running_tasks(), 120, "the dead driver's tasks to stop", interval_s=0.5)
     capsys.readouterr()
     cli.main(["sweep", "--out", str(out), "--dry-run"])
     assert "[ray: submitted" in capsys.readouterr().out  # the stale state a dead driver leaves
@@ -142,7 +144,7 @@ def test_a_killed_worker_is_retried_and_the_unit_resumes(reference, ray_address,
     def kill_worker_mid_unit():
         # the unit's worker, from Ray's state API; killed once the unit has checkpointed (step 20 of
         # 40) and before it has finished (its final evaluation takes seconds)
-        pid = wait_for(lambda: (running_tasks(uid) or [None])[0], 300, "the unit's task").worker_pid
+        pid = wait_for(lambda: (running_tasks(uid) or [None])[0], 300, "the unit's task", interval_s=0.5).worker_pid
         wait_for(lambda: (run_dir / "checkpoints" / "latest.msgpack").exists(), 600, "the first checkpoint")
         killed["before_final"] = not (run_dir / "final.json").exists()
         os.kill(pid, signal.SIGKILL)
