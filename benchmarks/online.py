@@ -17,7 +17,7 @@ or, continuing the protocol study's finished 100K-step offline runs (`steerflow 
         --from-root runs/protocol_cpu/runs --online-steps 25000 --eval-every 12500 --jobs 1
 
 Writes benchmarks/results/online_<cpu|gpu>.json (machine, budget, load note, per-unit records)
-and online_<cpu|gpu>.png (curves). The budget is the command's; say which when quoting it.
+and online_<cpu|gpu>.png (curves); `--name online_puzzle` writes online_puzzle_<cpu|gpu>.* instead. The budget is the command's; say which when quoting it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
                    help="env worker processes per unit (0: in the training process; each worker holds ~1 GB)")
     p.add_argument("--collect-only", action="store_true", help="run nothing; write the records of finished units")
     p.add_argument("--note", default="", help="the machine's load while it ran (recorded)")
+    p.add_argument("--name", default="online",
+                   help="records go to benchmarks/results/NAME_<cpu|gpu>.json and .png (one name per study)")
     args = p.parse_args()
 
     units = []
@@ -141,7 +143,8 @@ def main() -> None:
     device = device_description()
     kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
     results = HERE / "results"
-    atomic_write_json(results / f"online_{kind}.json", {
+    record = results / f"{args.name}_{kind}"
+    atomic_write_json(record.with_suffix(".json"), {
         "command": " ".join(sys.argv), "device": device, "commit": git_commit(), "note": args.note,
         "budget": {"preset": args.preset, "offline_steps": offline_steps, "online_env_steps": args.online_steps,
                    "offline_runs_continued": None if args.from_root is None else str(args.from_root),
@@ -149,10 +152,10 @@ def main() -> None:
                    "sampling": {a: ("balanced " + r if float(r) >= 0 else "union") for a, r in RATIO.items()}},
         "wall_s_this_invocation": round(time.perf_counter() - start, 1), "summary": summary, "units": records,
         "unfinished_units": unfinished})
-    plot_curves(curves, results / f"online_{kind}.png",
+    plot_curves(curves, record.with_suffix(".png"),
                 title=f"offline {offline_steps} steps, then {args.online_steps} env steps online",
                 online_from=offline_steps)
-    print(f"wrote {results / f'online_{kind}.json'}; online starts at step {offline_steps} on the x-axis")
+    print(f"wrote {record.with_suffix('.json')}; online starts at step {offline_steps} on the x-axis")
 
 
 if __name__ == "__main__":

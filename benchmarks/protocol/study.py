@@ -5,6 +5,11 @@ sessions and machines.
     .venv/bin/python benchmarks/protocol/study.py run --jobs 2 --commit  # run what is left, in order
     .venv/bin/python benchmarks/protocol/study.py run --only 'tier1' --lps-dir ~/src/LPS --qc-dir ~/src/qc
     .venv/bin/python benchmarks/protocol/study.py report                 # tables + curves from the records
+    taskset -c 1 .venv/bin/python benchmarks/protocol/study.py run --only puzzle --commit  # a second runner, on core 1
+
+A runner's `--jobs` counts the units running on its own CPUs (its affinity set), whoever started
+them, so two runners pinned to different cores (`taskset -c 0 ...`, `taskset -c 1 ...`) each keep
+their core busy with their own selection of units.
 
 A *unit* is one seed of one configuration: (impl, agent, task, seed, overrides), trained by one
 single-threaded process (`steerflow train --preset cpu` for impl=steerflow; the reference's own
@@ -258,15 +263,23 @@ def run(args) -> int:
     env.setdefault("MUJOCO_GL", "egl")
     pending, live = list(todo), {}
 
-    def others_running() -> int:  # units started by another runner or by hand hold cores too
-        return sum(1 for u in units() if u not in live and running_pid(u))
+    mine = os.sched_getaffinity(0)  # `taskset -c 1 study.py run ...` keeps this runner on core 1
+
+    def affinity(pid: int) -> set[int]:
+        try:
+            return os.sched_getaffinity(pid)
+        except OSError:  # it ended meanwhile
+            return set()
+
+    def others_running() -> int:  # units started by another runner or by hand on this runner's cores
+        return sum(1 for u in units() if u not in live and (pid := running_pid(u)) and affinity(pid) & mine)
 
     def others_cores() -> set[int]:  # the CPUs those are pinned to (all of them when unpinned)
         cores: set[int] = set()
         for u in units():
             if u not in live and (pid := running_pid(u)):
-                affinity = os.sched_getaffinity(pid)
-                cores |= affinity if len(affinity) == 1 else set()
+                a = affinity(pid)
+                cores |= a if len(a) == 1 else set()
         return cores
 
     while pending or live:
