@@ -5,6 +5,7 @@ becomes a run directory that `steerflow report` puts beside steerflow's own, lab
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -127,3 +128,24 @@ def test_gpu_paper_slice_dry_run_resolves_every_unit(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "run", "--dry-run", "--agents", "lpz"], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "lpz" in bad.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_runner_counts_only_the_units_running_on_its_own_cores(tmp_path, monkeypatch):
+    """Two runners pinned to different cores must not stall each other: a unit pinned to core B
+    is not one of core A's jobs."""
+    import subprocess
+
+    monkeypatch.setattr(study, "RUNS", tmp_path)
+    (tmp_path / "runs").mkdir()
+    core_a, core_b = sorted(os.sched_getaffinity(0))[:2]
+    unit = study.units()[0]
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: os.sched_setaffinity(0, {core_b}))
+    try:
+        (tmp_path / "runs" / f"{unit.id}.lock").write_text(f"{proc.pid}\n")
+        assert study.running_on({core_b}) == [unit] and study.running_on({core_a, core_b}) == [unit]
+        assert study.running_on({core_a}) == []
+    finally:
+        proc.kill()
+        proc.wait()
+    assert study.running_on({core_a, core_b}) == []

@@ -143,6 +143,24 @@ def running_pid(unit: Unit) -> int | None:
         return None
 
 
+def _affinity(pid: int) -> set[int]:
+    try:
+        return os.sched_getaffinity(pid)
+    except OSError:  # it ended meanwhile
+        return set()
+
+
+def running_units() -> dict[Unit, set[int]]:
+    """Every unit some process is running now (by its lock), with the CPUs that process may use."""
+    return {u: _affinity(pid) for u in units() if (pid := running_pid(u))}
+
+
+def running_on(cores: set[int]) -> list[Unit]:
+    """The running units that compete for `cores`: a runner's --jobs counts these, whoever started
+    them, so runners pinned to different cores each keep their own core busy."""
+    return [u for u, a in running_units().items() if a & cores]
+
+
 def status(unit: Unit) -> str:
     if committed(unit):
         return "done"
@@ -265,22 +283,11 @@ def run(args) -> int:
 
     mine = os.sched_getaffinity(0)  # `taskset -c 1 study.py run ...` keeps this runner on core 1
 
-    def affinity(pid: int) -> set[int]:
-        try:
-            return os.sched_getaffinity(pid)
-        except OSError:  # it ended meanwhile
-            return set()
-
     def others_running() -> int:  # units started by another runner or by hand on this runner's cores
-        return sum(1 for u in units() if u not in live and (pid := running_pid(u)) and affinity(pid) & mine)
+        return len([u for u in running_on(mine) if u not in live])
 
-    def others_cores() -> set[int]:  # the CPUs those are pinned to (all of them when unpinned)
-        cores: set[int] = set()
-        for u in units():
-            if u not in live and (pid := running_pid(u)):
-                a = affinity(pid)
-                cores |= a if len(a) == 1 else set()
-        return cores
+    def others_cores() -> set[int]:  # the single CPUs those others are pinned to
+        return {c for u, a in running_units().items() if u not in live and len(a) == 1 for c in a}
 
     while pending or live:
         while pending and len(live) + others_running() < args.jobs:
