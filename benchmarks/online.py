@@ -113,8 +113,11 @@ def main() -> None:
         records.append({
             "unit": name, "agent": run.agent, "task": run.task, "seed": run.seeds[0],
             "offline_steps": final["offline_steps"], "offline_success": offline_end["success"][0], "online_success": final["final_success"][0],
-            "curve": [{"step": r["step"], "env_steps": (r.get("env_steps") or [0])[0], "success": r["success"][0]}
-                      for r in evals],
+            # minus the sub-goals left at the episodes' ends (evaluations recorded since it existed)
+            "offline_final_reward": (offline_end.get("final_reward") or [None])[0],
+            "online_final_reward": (evals[-1].get("final_reward") or [None])[0],
+            "curve": [{"step": r["step"], "env_steps": (r.get("env_steps") or [0])[0], "success": r["success"][0],
+                       "final_reward": (r.get("final_reward") or [None])[0]} for r in evals],
             "online_env_steps": final["online_env_steps"][0], "online_episodes": final["online_episodes"],
             "online_episode_success": final["online_successes"] / max(final["online_episodes"], 1),
             # the interaction loop's speed; from the process that ran the online phase (a resumed

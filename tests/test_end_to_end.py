@@ -34,6 +34,9 @@ def test_cli_smoke_run_writes_a_complete_run_directory(data_root, tmp_path, agen
     assert rows[0].startswith("step,seed,steps_per_s") and len(rows) == 1 + 2 * 2  # 2 log points x 2 seeds
     records = trainer.evaluate_run(out, episodes=2, workers=0)
     assert records[0]["step"] == 40 and len(records[0]["success"]) == 2
+    for rec in (records[0], json.loads((out / "evals" / "step_00000040.json").read_text())):
+        # one sub-goal on cube-single: the last state's reward is 0 when solved, -1 when not
+        np.testing.assert_allclose(rec["final_reward"], np.array(rec["success"]) - 1, atol=1e-6)
 
 
 @pytest.mark.parametrize("agent", sorted(set(AGENTS) - {"lps", "bc-mf"}))
@@ -89,6 +92,8 @@ def test_worker_pool_matches_in_process_envs():
     np.testing.assert_array_equal(a["length"], b["length"])
     np.testing.assert_array_equal(a["success"], b["success"])
     assert np.all(a["length"] == 200)  # this policy never solves the task: the TimeLimit ends it
+    np.testing.assert_array_equal(a["final_reward"], b["final_reward"])
+    assert np.all(a["final_reward"] == -1)  # cube-single has one sub-goal, left unsolved
 
 
 @pytest.mark.parametrize("args, message", [

@@ -126,11 +126,14 @@ class EnvPool:
 def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
                  episodes: int, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Run `episodes` episodes in waves of `pool.num_envs` (an OGBench env holds ~200 MB, so the
-    pool is kept small); returns per-episode success and length. Episode i resets with seed
+    pool is kept small); returns per-episode success, length and `final_reward`, the single-task
+    reward of the last state (OGBench's #satisfied − #sub-goals: 0 iff solved, −(sub-goals left)
+    otherwise), which shows progress below the success threshold. Episode i resets with seed
     `seed·100003 + i`, so results do not depend on the pool size or the worker count.
     `progress(finished, successes)` is called whenever episodes finish."""
     success = np.zeros(episodes, bool)
     length = np.zeros(episodes, int)
+    final_reward = np.zeros(episodes, np.float32)
     for first in range(0, episodes, pool.num_envs):
         n = min(pool.num_envs, episodes - first)
         seeds = [seed * 100_003 + first + i for i in range(pool.num_envs)]
@@ -139,10 +142,11 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
         while active.any():
             chunks = np.asarray(policy(obs)).reshape(len(obs), horizon, -1)
             for k in range(horizon):
-                new_obs, done, step_success, _ = pool.step(chunks[:, k], active)
+                new_obs, done, step_success, step_reward = pool.step(chunks[:, k], active)
                 for i in np.flatnonzero(active):
                     obs[i] = new_obs[i]
                     length[first + i] += 1
+                    final_reward[first + i] = step_reward[i]
                     if done[i]:
                         success[first + i] = step_success[i]
                 finished = np.flatnonzero(active & done)
@@ -151,4 +155,4 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
                 active &= ~done
                 if not active.any():
                     break
-    return {"success": success, "length": length}
+    return {"success": success, "length": length, "final_reward": final_reward}

@@ -22,8 +22,9 @@ class _EvalStopped(Exception):
 
 def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed: int, policy=None,
                     pool=None, max_envs: int = 10, show_progress: bool = False, desc: str = "eval",
-                    should_stop=None) -> np.ndarray:
-    """Success (S, episodes) of every seed's policy; each seed's episodes run in waves of at most
+                    should_stop=None, with_final_reward: bool = False):
+    """Success (S, episodes) of every seed's policy (and, `with_final_reward`, each episode's reward
+    of its last state, (S, episodes), see `run_episodes`); each seed's episodes run in waves of at most
     `max_envs` environments stepped together, one batched `act` call per chunk. With
     `show_progress`, a bar shows episodes done, success so far and the ETA; `should_stop()` true
     between chunks aborts it (`_EvalStopped`)."""
@@ -63,23 +64,28 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
                 key, sub = jax.random.split(key)
                 return np.asarray(policy(state, np.asarray(obs, np.float32), sub))
 
-            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed, progress=progress)["success"])
+            results.append(run_episodes(pool, act, spec.horizon, episodes, seed=seed, progress=progress))
     finally:
         bar.close()
         if own_pool:
             pool.close()
-    return np.stack(results)
+    success = np.stack([r["success"] for r in results])
+    return (success, np.stack([r["final_reward"] for r in results])) if with_final_reward else success
 
 
 def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
-                 eval_s: float | None = None, env_steps: list[int] | None = None) -> dict:
+                 eval_s: float | None = None, env_steps: list[int] | None = None,
+                 final_reward: np.ndarray | None = None) -> dict:
     """`evals/step_XXXXXXXX.json` and rows of `eval.csv`; in the online phase the record also holds
-    each seed's env steps so far (`env_steps`), the x-axis where online starts."""
+    each seed's env steps so far (`env_steps`), the x-axis where online starts. `final_reward`
+    (per seed, mean over episodes) is minus the sub-goals left at the episodes' ends: where success
+    sits at 0 on a multi-object task, it says whether a policy gets anywhere."""
     from steerflow.runinfo import atomic_write_json
 
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
               "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed)),
+              **({"final_reward": final_reward.mean(1).tolist()} if final_reward is not None else {}),
               **({"eval_s": round(eval_s, 2)} if eval_s is not None else {}),
               **({"phase": "online", "env_steps": env_steps} if env_steps is not None else {})}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
@@ -182,10 +188,12 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
     if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
         raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
                          f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
-    success = evaluate_states(agent, states, spec, task, episodes, workers, seed=10_000_019,
-                              policy=source.normalized_policy(make_policy(agent), norm), max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}")
+    success, final_reward = evaluate_states(
+        agent, states, spec, task, episodes, workers, seed=10_000_019, policy=source.normalized_policy(make_policy(agent), norm),
+        max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}", with_final_reward=True)
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
-              "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)), "run_dir": str(run_dir)}
+              "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)),
+              "final_reward": final_reward.mean(1).tolist(), "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "evals" / f"manual_step_{step:08d}_ep{episodes}.json", record)
     return [record]

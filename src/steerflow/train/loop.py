@@ -168,11 +168,13 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
             rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start)
             bar.write(f"step {step}: held-out action MSE {rec['mean']:.4f} per seed {np.round(mse, 4).tolist()}")
             return rec
-        success = evaluate_states(agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step,
-                                  policy=source.normalized_policy(policy, norm), pool=pool, show_progress=not quiet,
-                                  desc=f"eval at step {step}", should_stop=lambda: bool(received))
+        success, final_reward = evaluate_states(
+            agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step, policy=source.normalized_policy(policy, norm),
+            pool=pool, show_progress=not quiet, desc=f"eval at step {step}", should_stop=lambda: bool(received),
+            with_final_reward=True)
         rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start,
-                           env_steps=online.counters["env_steps"].tolist() if online_active else None)
+                           env_steps=online.counters["env_steps"].tolist() if online_active else None,
+                           final_reward=final_reward)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
         if online_active:
             online.timing["eval_s"] += time.perf_counter() - eval_start
