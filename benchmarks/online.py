@@ -5,7 +5,8 @@ steps/s, and the shares of its time spent stepping the envs, in `act` and in upd
 
 Each unit (agent × task × seed) is one resumable `steerflow train` process (`train_command`,
 run by `run_commands`, one CPU thread each, pinned); rerunning the script resumes unfinished
-units and skips finished ones. Sampling: LPS with balanced batches (`--online-ratio 0.5`, the LPS
+units and skips finished ones, and those whose records are already in the committed JSON (same
+budget), so a study continues on a new machine without re-running them. Sampling: LPS with balanced batches (`--online-ratio 0.5`, the LPS
 paper's real-robot protocol), QC-FQL and BC-MF with offline ∪ online replay (QPILOTS/Q-chunking).
 
     MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online \\
@@ -35,7 +36,7 @@ RATIO = {"lps": "0.5", "qc-fql": "-1", "bc-mf": "-1"}  # < 0: offline ∪ online
 
 
 def main() -> None:
-    from steerflow.report import bootstrap_ci, plot_curves, read_curve
+    from steerflow.report import bootstrap_ci, plot_curves
     from steerflow.runinfo import atomic_write_json, device_description, git_commit
     from steerflow.train import RunSpec, run_commands, single_thread_env, train_command
 
@@ -84,10 +85,24 @@ def main() -> None:
                 run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train,
                               from_run=None if source is None else str(source))
                 units.append((f"{agent}-{task}-s{seed}", run))
+    device = device_description()
+    kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
+    results = HERE / "results"
+    record = results / f"{args.name}_{kind}"
+    # units finished in an earlier session (maybe on another machine) whose run directories are
+    # gone: their committed records stand, and they are not trained again
+    committed = {}
+    if record.with_suffix(".json").exists():
+        prior = json.loads(record.with_suffix(".json").read_text())
+        if (prior["budget"]["online_env_steps"] == args.online_steps and prior["budget"]["preset"] == args.preset
+                and (args.from_root is not None or prior["budget"]["offline_steps"] == args.offline_steps)):
+            committed = {r["unit"]: r for r in prior["units"]}
+        else:
+            print(f"{record.with_suffix('.json')} holds another budget: it is replaced, not continued")
     jobs = []
     for name, run in units:
         out = args.out / name
-        if (out / "final.json").exists() or args.collect_only:
+        if (out / "final.json").exists() or name in committed or args.collect_only:
             continue
         jobs.append((name, train_command(run, out, resume=(out / "config.json").exists()), args.out / f"{name}.log"))
     start = time.perf_counter()
@@ -102,7 +117,10 @@ def main() -> None:
     for name, run in units:
         out = args.out / name
         if not (out / "final.json").exists():
-            unfinished.append(name)
+            if name in committed:
+                records.append(committed[name])
+            else:
+                unfinished.append(name)
             continue
         final = json.loads((out / "final.json").read_text())
         evals = sorted((json.loads(f.read_text()) for f in (out / "evals").glob("step_*.json")),
@@ -125,8 +143,11 @@ def main() -> None:
             "env_steps_per_s": final["online_env_steps"][0] / busy if busy else None,
             "time_share": {k[:-2]: round(timing[k] / busy, 3) for k in ("env_s", "act_s", "update_s")} if busy else None,
             "timing_s": timing})
-        curves.setdefault(f"{run.agent} {run.task}", {})[run.seeds[0]] = read_curve(out / "eval.csv")[run.seeds[0]]
 
+    names = {name for name, _ in units}
+    records += [r for unit, r in committed.items() if unit not in names]  # other agents/seeds of this study
+    for r in records:
+        curves.setdefault(f"{r['agent']} {r['task']}", {})[r["seed"]] = {p["step"]: p["success"] for p in r["curve"]}
     summary = []
     for key in sorted({(r["agent"], r["task"]) for r in records}):
         rows = [r for r in records if (r["agent"], r["task"]) == key]
@@ -143,10 +164,6 @@ def main() -> None:
               f"{entry['env_steps_per_s']:.1f} env steps/s)")
 
     offline_steps = records[0]["offline_steps"] if records else args.offline_steps
-    device = device_description()
-    kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
-    results = HERE / "results"
-    record = results / f"{args.name}_{kind}"
     atomic_write_json(record.with_suffix(".json"), {
         "command": " ".join(sys.argv), "device": device, "commit": git_commit(), "note": args.note,
         "budget": {"preset": args.preset, "offline_steps": offline_steps, "online_env_steps": args.online_steps,
