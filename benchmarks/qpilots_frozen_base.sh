@@ -6,8 +6,9 @@
 #   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds.
 # QP_SET adds agent-config overrides to both QPILOTS runs (and names their directories), e.g.
 # QP_SET=critic.num_critics=2 for the CPU protocol's two critics instead of the paper's ten.
-# Records (no checkpoints) are copied to benchmarks/results/qpilots_cpu/. Usage:
-#   [QP_SET=critic.num_critics=2] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
+# QP_AGENTS picks the steering agents (default both, U first). Records (no checkpoints) are copied
+# to benchmarks/results/qpilots_cpu/ as each run finishes. Usage:
+#   [QP_SET=critic.num_critics=2] [QP_AGENTS=qpilots-u] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1 SEED=$2
@@ -18,16 +19,19 @@ base=$RUNS/bc-fm-$TASK-s$SEED
 $BIN/steerflow train --agent bc-fm --task "$TASK" --seeds "$SEED" --preset cpu --out "$base" --resume --set flow=qpilots
 QP_SET=${QP_SET:-}
 tag=${QP_SET:+-${QP_SET//[^a-zA-Z0-9]/}}
-for agent in qpilots-u qpilots-m; do
+copy_records() {  # the run's records, without checkpoints
+  local run=$1 dst=$RESULTS/$(basename "$1")
+  mkdir -p "$dst/evals"
+  cp "$run"/{config.json,run_info.json,final.json,eval.csv,metrics.csv} "$dst"/
+  cp "$run"/evals/*.json "$dst/evals/"
+  if [ -f "$run/alpha_eval.json" ]; then cp "$run/alpha_eval.json" "$dst/"; fi
+}
+copy_records "$base"
+for agent in ${QP_AGENTS:-qpilots-u qpilots-m}; do
   run=$RUNS/$agent-frozen$tag-$TASK-s$SEED
   $BIN/steerflow train --agent $agent --task "$TASK" --seeds "$SEED" --preset cpu --out "$run" --resume \
       --base-from "$base" --set steered_targets=false $QP_SET
   [ -f "$run/alpha_eval.json" ] || $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2
-done
-for run in "$base" $RUNS/qpilots-{u,m}-frozen$tag-$TASK-s$SEED; do
-  dst=$RESULTS/$(basename "$run"); mkdir -p "$dst/evals"
-  cp "$run"/{config.json,run_info.json,final.json,eval.csv,metrics.csv} "$dst"/
-  cp "$run"/evals/*.json "$dst/evals/"
-  if [ -f "$run/alpha_eval.json" ]; then cp "$run/alpha_eval.json" "$dst/"; fi
+  copy_records "$run"
 done
 echo "records in $RESULTS"

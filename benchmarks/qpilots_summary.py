@@ -1,0 +1,96 @@
+"""Table of the frozen-base QPILOTS records (issue 10, item 8): success per α, task and seed, and
+the α the project's tuning rule selects.
+
+    .venv/bin/python benchmarks/qpilots_summary.py [benchmarks/results/qpilots_cpu] [--json OUT]
+
+Reads every `alpha_eval.json` (one trained critic evaluated at each α on the same 50 episode
+seeds; `benchmarks/qpilots_alpha_eval.py`) under the directory. α = 0 is the frozen base itself.
+Per agent: mean success and 95% bootstrap CI over seeds for every (task, α); the selected α is the
+one with the best mean over the tuning tasks 2 and 4, ties to the smaller α — the rule
+`steerflow report` applies to every swept hyperparameter (`select_hyperparameters`). No α is
+selected until both tuning tasks have a record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from steerflow.report import TUNING_TASKS, bootstrap_ci, task_domain
+
+
+def task_number(task: str) -> int:
+    return int(task.split("-task")[1].split("-")[0])
+
+
+def summarise(root: Path) -> dict:
+    # (agent, domain) -> task -> alpha -> seed -> success
+    table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    sources = []
+    for path in sorted(root.glob("*/alpha_eval.json")):
+        rec = json.loads(path.read_text())
+        sources.append(str(path))
+        for row in rec["results"]:
+            for seed, success in zip(rec["seeds"], row["success"]):
+                table[(rec["agent"], task_domain(rec["task"]))][rec["task"]][row["alpha"]][seed] = success
+    out = []
+    for (agent, domain), tasks in sorted(table.items()):
+        per_task = {}
+        for task, alphas in sorted(tasks.items(), key=lambda kv: task_number(kv[0])):
+            per_task[task] = {str(a): {"seeds": dict(sorted(s.items())), "mean": sum(s.values()) / len(s),
+                                       "ci95": list(bootstrap_ci(list(s.values())))}
+                              for a, s in sorted(alphas.items())}
+        tuning = [t for t in per_task if task_number(t) in TUNING_TASKS]
+        selected = None
+        if len(tuning) == len(TUNING_TASKS):
+            common = set.intersection(*(set(per_task[t]) for t in tuning))
+            scores = {a: sum(per_task[t][a]["mean"] for t in tuning) / len(tuning) for a in common}
+            selected = {"alpha": min(scores, key=lambda a: (-scores[a], float(a))),
+                        "tuning_means": {a: scores[a] for a in sorted(scores, key=float)}}
+        out.append({"agent": agent, "domain": domain, "tasks": per_task, "selected": selected})
+    return {"sources": sources, "agents": out}
+
+
+def markdown(summary: dict) -> str:
+    lines = []
+    for entry in summary["agents"]:
+        alphas = sorted({a for t in entry["tasks"].values() for a in t}, key=float)
+        lines += [f"{entry['agent']} ({entry['domain']}), success % by α (α = 0: the frozen base)", "",
+                  "| task | seeds | " + " | ".join(f"α={a}" for a in alphas) + " |",
+                  "|---|---|" + "---|" * len(alphas)]
+        for task, by_alpha in entry["tasks"].items():
+            seeds = sorted({s for cell in by_alpha.values() for s in cell["seeds"]})
+            cells = []
+            for a in alphas:
+                c = by_alpha.get(a)
+                cells.append("" if c is None else f"{100 * c['mean']:.0f}" + (
+                    f" [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}]" if len(c["seeds"]) > 1 else ""))
+            lines.append(f"| {task} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        sel = entry["selected"]
+        lines += ["", f"selected α (best mean over tasks {', '.join(map(str, TUNING_TASKS))}): "
+                  + (f"{sel['alpha']} (tuning means: " + ", ".join(f"{a}: {100 * m:.1f}" for a, m in
+                                                                  sel["tuning_means"].items()) + ")"
+                     if sel else "none yet (a tuning task has no record)"), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, nargs="?", default=Path("benchmarks/results/qpilots_cpu"))
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        raise SystemExit(f"{args.root}: not a directory of QPILOTS records")
+    summary = summarise(args.root)
+    if not summary["sources"]:
+        raise SystemExit(f"{args.root}: no */alpha_eval.json records")
+    print(markdown(summary))
+    if args.json:
+        from steerflow.runinfo import atomic_write_json
+        atomic_write_json(args.json, summary)
+
+
+if __name__ == "__main__":
+    main()
