@@ -46,7 +46,8 @@ def summarise(root: Path) -> dict:
         selected = None
         if len(tuning) == len(TUNING_TASKS):
             common = set.intersection(*(set(per_task[t]) for t in tuning))
-            scores = {a: sum(per_task[t][a]["mean"] for t in tuning) / len(tuning) for a in common}
+            # rounded so that equal means summed in another order still tie
+            scores = {a: round(sum(per_task[t][a]["mean"] for t in tuning) / len(tuning), 12) for a in common}
             selected = {"alpha": min(scores, key=lambda a: (-scores[a], float(a))),
                         "tuning_means": {a: scores[a] for a in sorted(scores, key=float)}}
         out.append({"agent": agent, "domain": domain, "tasks": per_task, "selected": selected})

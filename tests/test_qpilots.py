@@ -330,3 +330,35 @@ def test_steering_a_frozen_bc_fm_run_from_the_cli(data_root, tmp_path, capsys):
                   "--seeds", "5", "--out", str(tmp_path / "bad"), "--base-from", str(base_dir), *TINY])
     assert "seeds [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before any data or directory work
+
+
+def test_the_qpilots_summary_selects_alpha_by_the_tuning_mean(tmp_path):
+    """benchmarks/qpilots_summary.py: per-task α tables from alpha_eval records, and the report's
+    rule (best mean over tasks 2 and 4, ties to the smaller α; none until both are measured)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qpilots_summary.py"
+    spec = importlib.util.spec_from_file_location("qpilots_summary", path)
+    summary_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary_mod)
+
+    def record(name, task, seed, by_alpha):
+        (tmp_path / name).mkdir()
+        results = [{"alpha": a, "success": [s], "mean": s} for a, s in by_alpha.items()]
+        (tmp_path / name / "alpha_eval.json").write_text(json.dumps(
+            {"agent": "qpilots-u", "task": task, "seeds": [seed], "results": results}))
+
+    record("t2s0", "cube-single-task2", 0, {0.0: 0.0, 0.1: 0.75, 0.3: 0.5})
+    assert summary_mod.summarise(tmp_path)["agents"][0]["selected"] is None  # task 4 missing
+    record("t2s1", "cube-single-task2", 1, {0.0: 0.0, 0.1: 0.25, 0.3: 0.5})
+    record("t4s0", "cube-single-task4", 0, {0.0: 0.0, 0.1: 0.25, 0.3: 0.25})
+    record("t1s0", "cube-single-task1", 0, {0.0: 0.0, 0.1: 0.0, 0.3: 1.0})  # not a tuning task
+    entry = summary_mod.summarise(tmp_path)["agents"][0]
+    assert entry["tasks"]["cube-single-task2"]["0.1"]["mean"] == pytest.approx(0.5)
+    # task 2: α=0.1 and 0.3 both 0.5; task 4: both 0.25: a tie, the smaller α
+    assert entry["selected"]["alpha"] == "0.1"
+    record("t4s1", "cube-single-task4", 1, {0.0: 0.0, 0.1: 0.25, 0.3: 0.75})
+    assert summary_mod.summarise(tmp_path)["agents"][0]["selected"]["alpha"] == "0.3"
+    assert "selected α" in summary_mod.markdown(summary_mod.summarise(tmp_path))
