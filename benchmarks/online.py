@@ -17,7 +17,7 @@ or, continuing the protocol study's finished 100K-step offline runs (`steerflow 
     MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online_from_protocol \\
         --from-root runs/protocol_cpu/runs --online-steps 25000 --eval-every 12500 --jobs 1
 
-Writes benchmarks/results/online_<cpu|gpu>.json (machine, budget, load note, per-unit records)
+Writes benchmarks/results/online_<cpu|gpu>.json (machines, budget, load notes, per-unit records, each with its machine and commit)
 and online_<cpu|gpu>.png (curves); `--name online_puzzle` writes online_puzzle_<cpu|gpu>.* instead. The budget is the command's; say which when quoting it.
 """
 
@@ -91,12 +91,16 @@ def main() -> None:
     record = results / f"{args.name}_{kind}"
     # units finished in an earlier session (maybe on another machine) whose run directories are
     # gone: their committed records stand, and they are not trained again
-    committed = {}
+    committed, prior_notes = {}, []
     if record.with_suffix(".json").exists():
         prior = json.loads(record.with_suffix(".json").read_text())
         if (prior["budget"]["online_env_steps"] == args.online_steps and prior["budget"]["preset"] == args.preset
                 and (args.from_root is not None or prior["budget"]["offline_steps"] == args.offline_steps)):
-            committed = {r["unit"]: r for r in prior["units"]}
+            # records written before units named their own machine and commit: the machine is the
+            # prior record's; the commit that trained them is not known, only the one that wrote it
+            committed = {r["unit"]: {"device": prior["device"], "recorded_by_commit": prior["commit"], **r}
+                         for r in prior["units"]}
+            prior_notes = prior.get("notes") or ([prior["note"]] if prior.get("note") else [])
         else:
             print(f"{record.with_suffix('.json')} holds another budget: it is replaced, not continued")
     jobs = []
@@ -127,9 +131,12 @@ def main() -> None:
                        key=lambda r: r["step"])
         offline_end = next(r for r in evals if r["step"] == final["offline_steps"])
         timing = final["online_timing_this_process"]
+        info = json.loads((out / "run_info.json").read_text())
         busy = timing["env_s"] + timing["act_s"] + timing["update_s"]
         records.append({
             "unit": name, "agent": run.agent, "task": run.task, "seed": run.seeds[0],
+            # a study may span machines: each unit names its own
+            "device": info["device"], "commit": info["commit"], "dataset_fingerprint": info["dataset"]["fingerprint"],
             "offline_steps": final["offline_steps"], "offline_success": offline_end["success"][0], "online_success": final["final_success"][0],
             # minus the sub-goals left at the episodes' ends (evaluations recorded since it existed)
             "offline_final_reward": (offline_end.get("final_reward") or [None])[0],
@@ -165,7 +172,9 @@ def main() -> None:
 
     offline_steps = records[0]["offline_steps"] if records else args.offline_steps
     atomic_write_json(record.with_suffix(".json"), {
-        "command": " ".join(sys.argv), "device": device, "commit": git_commit(), "note": args.note,
+        "command": " ".join(sys.argv), "device": device, "commit": git_commit(),
+        "devices": sorted({r["device"] for r in records}),  # every machine a unit of this record ran on
+        "notes": prior_notes + ([args.note] if args.note else []),
         "budget": {"preset": args.preset, "offline_steps": offline_steps, "online_env_steps": args.online_steps,
                    "offline_runs_continued": None if args.from_root is None else str(args.from_root),
                    "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
