@@ -18,11 +18,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from steerflow.report import TUNING_TASKS, bootstrap_ci, task_domain
+from steerflow.data.tasks import parse_task
+from steerflow.report import TUNING_TASKS, bootstrap_ci, select_hyperparameters, task_domain
 
 
 def task_number(task: str) -> int:
-    return int(task.split("-task")[1].split("-")[0])
+    return parse_task(task).task_id
 
 
 def summarise(root: Path) -> dict:
@@ -42,14 +43,16 @@ def summarise(root: Path) -> dict:
             per_task[task] = {str(a): {"seeds": dict(sorted(s.items())), "mean": sum(s.values()) / len(s),
                                        "ci95": list(bootstrap_ci(list(s.values())))}
                               for a, s in sorted(alphas.items())}
-        tuning = [t for t in per_task if task_number(t) in TUNING_TASKS]
         selected = None
-        if len(tuning) == len(TUNING_TASKS):
-            common = set.intersection(*(set(per_task[t]) for t in tuning))
-            # rounded so that equal means summed in another order still tie
-            scores = {a: round(sum(per_task[t][a]["mean"] for t in tuning) / len(tuning), 12) for a in common}
-            selected = {"alpha": min(scores, key=lambda a: (-scores[a], float(a))),
-                        "tuning_means": {a: scores[a] for a in sorted(scores, key=float)}}
+        if {task_number(t) for t in per_task} >= set(TUNING_TASKS):
+            # each (task, α) as the report's per-task record of an `--set alpha=...` sweep, so the
+            # selection is the report's own rule, not a copy of it
+            recs = {(a, t): {"agent": agent, "impl": "steerflow", "preset": "cpu", "overrides": {"alpha": a},
+                             "task": t, "domain": domain, "mean": cell["mean"]}
+                    for t, by_alpha in per_task.items() for a, cell in by_alpha.items()}
+            sel = select_hyperparameters(recs)[0]
+            selected = {"alpha": sel["selected"]["alpha"],
+                        "tuning_means": {c["values"]["alpha"]: c["tuning_mean"] for c in sel["candidates"]}}
         out.append({"agent": agent, "domain": domain, "tasks": per_task, "selected": selected})
     return {"sources": sources, "agents": out}
 
