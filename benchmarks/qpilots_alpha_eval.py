@@ -7,11 +7,16 @@ policy itself, the rest show what the steering adds on the same base and critic.
 paper's steered targets the critic depends on the α it was trained with; this script still runs,
 and says so in its records.)
 
-    .venv/bin/python benchmarks/qpilots_alpha_eval.py RUN_DIR --alphas 0,0.1,0.3,1 [--episodes 50] \
-        [--out benchmarks/results/qpilots_alpha_cpu/NAME.json]
+    .venv/bin/python benchmarks/qpilots_alpha_eval.py RUN_DIR --alphas 0,0.1,0.3,1 [--best-of 8,32] \
+        [--episodes 50] [--out benchmarks/results/qpilots_alpha_cpu/NAME.json]
 
-Writes one JSON record with, per α, the success of every seed (50 episodes each, the same episode
-seeds for every α) and the evaluation's wall time.
+`--best-of N,...` also evaluates selection instead of steering on the same base and critic: N
+unsteered base samples per state, the one the online critic's pessimistic aggregate scores
+highest (QC best-of-N's acting rule, without training a critic for it). That separates what the
+gradient adds from what any use of the same critic adds.
+
+Writes one JSON record with, per α (and per N), the success of every seed (50 episodes each, the
+same episode seeds for every α) and the evaluation's wall time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,27 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+
+
+def best_of_n_policy(n: int):
+    """jit(state, obs (B, obs_dim), key) → the best of n clipped unsteered base samples (B, d)."""
+    import jax
+    import jax.numpy as jnp
+
+    from steerflow import critic as qc
+    from steerflow.generative import flow, latent
+
+    def act(state, obs, key):
+        config, d = state.config, state.spec.chunk_dim
+        rep_obs = jnp.repeat(obs, n, axis=0)
+        noise = latent.sample_prior(key, (rep_obs.shape[0], d), "normal")
+        cands = jnp.clip(flow.sample(flow.make_net(config.flow, d).apply, state.params["base"], rep_obs, noise,
+                                     config.flow.steps), -1.0, 1.0)
+        q = qc.aggregate(qc.make_critic(config.critic).apply(state.params["critic"], rep_obs, cands), config.critic)
+        best = jnp.argmax(q.reshape(obs.shape[0], n), axis=1)
+        return jnp.take_along_axis(cands.reshape(obs.shape[0], n, d), best[:, None, None], axis=1)[:, 0]
+
+    return jax.jit(act)
 
 
 def main() -> None:
@@ -35,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--alphas", default="0,0.1,0.3,1")
+    parser.add_argument("--best-of", default="", help="comma-separated N: best-of-N selection on the same base and critic")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
@@ -50,20 +77,41 @@ def main() -> None:
     keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in run.seeds])
     states = jax.vmap(lambda k: agent.init(k, spec, config))(keys)
     states, _, step = load_checkpoint(args.run_dir, states, keys)
-    results = []
-    for alpha in (float(a) for a in args.alphas.split(",")):
-        start = time.perf_counter()
-        steered = states.replace(config=dataclasses.replace(config, alpha=alpha))
-        success = evaluate_states(agent, steered, spec, task, args.episodes, args.workers, seed=10_000_019)
-        per_seed = success.mean(1).tolist()
-        results.append({"alpha": alpha, "success": per_seed, "mean": float(np.mean(per_seed)),
-                        "eval_s": round(time.perf_counter() - start, 1)})
-        print(json.dumps(results[-1]), flush=True)
+    out = args.out or args.run_dir / "alpha_eval.json"
+    # an earlier record of the same checkpoint keeps its rows: only what it lacks is evaluated
+    # (so `--best-of` can be added to a finished α grid, and an interrupted grid resumes)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    if old and (old.get("step"), old.get("episodes"), old.get("seeds")) != (step, args.episodes, run.seeds):
+        raise SystemExit(f"{out}: holds step {old.get('step')}, {old.get('episodes')} episodes, seeds "
+                         f"{old.get('seeds')}; this evaluation is step {step}, {args.episodes} episodes, "
+                         f"seeds {run.seeds}: pass another --out")
+    here = {"device": device_description(), "commit": git_commit()}
     record = {"run_dir": str(args.run_dir), "agent": run.agent, "task": run.task, "seeds": run.seeds, "step": step,
               "base_from": run.base_from, "overrides": run.overrides, "episodes": args.episodes,
-              "alpha_independent_training": not config.steered_targets, "results": results,
-              "device": device_description(), "commit": git_commit()}
-    out = args.out or args.run_dir / "alpha_eval.json"
+              "alpha_independent_training": not config.steered_targets,
+              "results": old.get("results", []), "best_of_n": old.get("best_of_n", []),
+              "device": old.get("device", here["device"]), "commit": old.get("commit", here["commit"])}
+
+    def evaluate(rows: list, key: str, value, states_, policy=None) -> None:
+        if any(r[key] == value for r in rows):
+            return
+        start = time.perf_counter()
+        success = evaluate_states(agent, states_, spec, task, args.episodes, args.workers, seed=10_000_019,
+                                  policy=policy)
+        per_seed = success.mean(1).tolist()
+        row = {key: value, "success": per_seed, "mean": float(np.mean(per_seed)),
+               "eval_s": round(time.perf_counter() - start, 1), **here}
+        rows.append(row)
+        rows.sort(key=lambda r: r[key])
+        print(json.dumps(row), flush=True)
+        atomic_write_json(out, record)  # after every row: a killed grid keeps what finished
+
+    for alpha in (float(a) for a in args.alphas.split(",") if a):
+        evaluate(record["results"], "alpha", alpha, states.replace(config=dataclasses.replace(config, alpha=alpha)))
+    for n in (int(v) for v in args.best_of.split(",") if v):
+        evaluate(record["best_of_n"], "n", n, states, best_of_n_policy(n))
+    if not record["best_of_n"]:
+        del record["best_of_n"]
     atomic_write_json(out, record)
     print(f"wrote {out}")
 

@@ -3,7 +3,8 @@
 #   1. BC-FM with the QPILOTS velocity net (flow=qpilots), 100K steps, `--preset cpu`;
 #   2. QPILOTS-U and QPILOTS-M steering that frozen base, critic (and MFM) trained 100K steps with
 #      a' from the base's own sampler (steered_targets=false: nothing trained depends on α);
-#   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds.
+#   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds, and
+#      best-of-8 and best-of-32 unsteered base samples ranked by the same critic (selection, not steering).
 # QP_SET adds agent-config overrides to both QPILOTS runs (and names their directories), e.g.
 # QP_SET=critic.num_critics=2 for the CPU protocol's two critics instead of the paper's ten.
 # QP_AGENTS picks the steering agents (default both, U first). Records (no checkpoints) are copied
@@ -31,7 +32,7 @@ for agent in ${QP_AGENTS:-qpilots-u qpilots-m}; do
   run=$RUNS/$agent-frozen$tag-$TASK-s$SEED
   $BIN/steerflow train --agent $agent --task "$TASK" --seeds "$SEED" --preset cpu --out "$run" --resume \
       --base-from "$base" --set steered_targets=false $QP_SET
-  [ -f "$run/alpha_eval.json" ] || $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2
+  $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2 --best-of 8,32  # evaluates only what its record lacks
   copy_records "$run"
 done
 echo "records in $RESULTS"

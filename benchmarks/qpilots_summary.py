@@ -4,7 +4,8 @@ the α the project's tuning rule selects.
     .venv/bin/python benchmarks/qpilots_summary.py [benchmarks/results/qpilots_cpu] [--json OUT]
 
 Reads every `alpha_eval.json` (one trained critic evaluated at each α on the same 50 episode
-seeds; `benchmarks/qpilots_alpha_eval.py`) under the directory. α = 0 is the frozen base itself.
+seeds; `benchmarks/qpilots_alpha_eval.py`) under the directory. α = 0 is the frozen base itself;
+records evaluated with `--best-of` add best-of-N selection on the same base and critic.
 Per agent: mean success and 95% bootstrap CI over seeds for every (task, α); the selected α is the
 one with the best mean over the tuning tasks 2 and 4, ties to the smaller α — the rule
 `steerflow report` applies to every swept hyperparameter (`select_hyperparameters`). No α is
@@ -29,6 +30,7 @@ def task_number(task: str) -> int:
 def summarise(root: Path) -> dict:
     # (agent, domain) -> task -> alpha -> seed -> success
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    best_of: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))  # same, N for α
     sources = []
     for path in sorted(root.glob("*/alpha_eval.json")):
         rec = json.loads(path.read_text())
@@ -36,13 +38,17 @@ def summarise(root: Path) -> dict:
         for row in rec["results"]:
             for seed, success in zip(rec["seeds"], row["success"]):
                 table[(rec["agent"], task_domain(rec["task"]))][rec["task"]][row["alpha"]][seed] = success
+        for row in rec.get("best_of_n", []):
+            for seed, success in zip(rec["seeds"], row["success"]):
+                best_of[(rec["agent"], task_domain(rec["task"]))][rec["task"]][row["n"]][seed] = success
+    def cells(tasks: dict) -> dict:  # task -> value -> {seeds, mean, ci95}
+        return {task: {str(v): {"seeds": dict(sorted(s.items())), "mean": sum(s.values()) / len(s),
+                                "ci95": list(bootstrap_ci(list(s.values())))} for v, s in sorted(by_value.items())}
+                for task, by_value in sorted(tasks.items(), key=lambda kv: task_number(kv[0]))}
+
     out = []
     for (agent, domain), tasks in sorted(table.items()):
-        per_task = {}
-        for task, alphas in sorted(tasks.items(), key=lambda kv: task_number(kv[0])):
-            per_task[task] = {str(a): {"seeds": dict(sorted(s.items())), "mean": sum(s.values()) / len(s),
-                                       "ci95": list(bootstrap_ci(list(s.values())))}
-                              for a, s in sorted(alphas.items())}
+        per_task = cells(tasks)
         selected = None
         if {task_number(t) for t in per_task} >= set(TUNING_TASKS):
             # each (task, α) as the report's per-task record of an `--set alpha=...` sweep, so the
@@ -53,25 +59,34 @@ def summarise(root: Path) -> dict:
             sel = select_hyperparameters(recs)[0]
             selected = {"alpha": sel["selected"]["alpha"],
                         "tuning_means": {c["values"]["alpha"]: c["tuning_mean"] for c in sel["candidates"]}}
-        out.append({"agent": agent, "domain": domain, "tasks": per_task, "selected": selected})
+        out.append({"agent": agent, "domain": domain, "tasks": per_task, "selected": selected,
+                    **({"best_of_n": cells(best_of[(agent, domain)])} if (agent, domain) in best_of else {})})
     return {"sources": sources, "agents": out}
+
+
+def _table(title: str, by_task: dict, column: str) -> list[str]:
+    values = sorted({v for t in by_task.values() for v in t}, key=float)
+    lines = [title, "", "| task | seeds | " + " | ".join(f"{column}={v}" for v in values) + " |",
+             "|---|---|" + "---|" * len(values)]
+    for task, by_value in by_task.items():
+        seeds = sorted({s for cell in by_value.values() for s in cell["seeds"]})
+        row = []
+        for v in values:
+            c = by_value.get(v)
+            row.append("" if c is None else f"{100 * c['mean']:.0f}" + (
+                f" [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}]" if len(c["seeds"]) > 1 else ""))
+        lines.append(f"| {task} | {','.join(map(str, seeds))} | " + " | ".join(row) + " |")
+    return lines
 
 
 def markdown(summary: dict) -> str:
     lines = []
     for entry in summary["agents"]:
-        alphas = sorted({a for t in entry["tasks"].values() for a in t}, key=float)
-        lines += [f"{entry['agent']} ({entry['domain']}), success % by α (α = 0: the frozen base)", "",
-                  "| task | seeds | " + " | ".join(f"α={a}" for a in alphas) + " |",
-                  "|---|---|" + "---|" * len(alphas)]
-        for task, by_alpha in entry["tasks"].items():
-            seeds = sorted({s for cell in by_alpha.values() for s in cell["seeds"]})
-            cells = []
-            for a in alphas:
-                c = by_alpha.get(a)
-                cells.append("" if c is None else f"{100 * c['mean']:.0f}" + (
-                    f" [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}]" if len(c["seeds"]) > 1 else ""))
-            lines.append(f"| {task} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        lines += _table(f"{entry['agent']} ({entry['domain']}), success % by α (α = 0: the frozen base)",
+                        entry["tasks"], "α")
+        if "best_of_n" in entry:
+            lines += [""] + _table(f"{entry['agent']} ({entry['domain']}): best-of-N unsteered base samples "
+                                   "ranked by the same critic, success %", entry["best_of_n"], "N")
         sel = entry["selected"]
         lines += ["", f"selected α (best mean over tasks {', '.join(map(str, TUNING_TASKS))}): "
                   + (f"{sel['alpha']} (tuning means: " + ", ".join(f"{a}: {100 * m:.1f}" for a, m in

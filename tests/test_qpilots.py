@@ -362,3 +362,48 @@ def test_the_qpilots_summary_selects_alpha_by_the_tuning_mean(tmp_path):
     record("t4s1", "cube-single-task4", 1, {0.0: 0.0, 0.1: 0.25, 0.3: 0.75})
     assert summary_mod.summarise(tmp_path)["agents"][0]["selected"]["alpha"] == "0.3"
     assert "selected α" in summary_mod.markdown(summary_mod.summarise(tmp_path))
+
+
+def _benchmark_module(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_best_of_n_on_the_qpilots_critic_picks_the_best_unsteered_base_sample():
+    """benchmarks/qpilots_alpha_eval.py --best-of: N = 1 is the base's own sample (α = 0) from the
+    same key, bit for bit; N = 8 returns the candidate the online critic's aggregate ranks first."""
+    policy = _benchmark_module("qpilots_alpha_eval").best_of_n_policy
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u, alpha=0.0))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, SPEC.obs_dim))
+    key = jax.random.PRNGKey(2)
+    np.testing.assert_array_equal(policy(1)(state, obs, key), jax.jit(qpilots_u.act)(state, obs, key))
+
+    n, config = 8, state.config
+    chosen = policy(n)(state, obs, key)
+    rep_obs = jnp.repeat(obs, n, axis=0)
+    noise = latent.sample_prior(key, (4 * n, SPEC.chunk_dim), "normal")
+    cands = jnp.clip(flow.sample(flow.make_net(config.flow, SPEC.chunk_dim).apply, state.params["base"], rep_obs,
+                                 noise, config.flow.steps), -1, 1).reshape(4, n, -1)
+    q = qc.aggregate(qc.make_critic(config.critic).apply(state.params["critic"], rep_obs, cands.reshape(4 * n, -1)),
+                     config.critic).reshape(4, n)
+    assert not np.allclose(q, q[:, :1])  # the candidates differ in value, so the choice is a real one
+    np.testing.assert_allclose(chosen, cands[jnp.arange(4), jnp.argmax(q, axis=1)], rtol=1e-6)
+
+
+def test_the_qpilots_summary_tabulates_best_of_n_beside_the_alpha_grid(tmp_path):
+    summary_mod = _benchmark_module("qpilots_summary")
+    for name, seed, bon in (("a", 0, 0.5), ("b", 1, 0.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "alpha_eval.json").write_text(json.dumps(
+            {"agent": "qpilots-u", "task": "cube-single-task2", "seeds": [seed],
+             "results": [{"alpha": 0.0, "success": [0.0], "mean": 0.0}],
+             "best_of_n": [{"n": 8, "success": [bon], "mean": bon}]}))
+    entry = summary_mod.summarise(tmp_path)["agents"][0]
+    assert entry["best_of_n"]["cube-single-task2"]["8"]["mean"] == pytest.approx(0.375)
+    assert "N=8" in summary_mod.markdown(summary_mod.summarise(tmp_path))
