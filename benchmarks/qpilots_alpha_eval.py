@@ -33,18 +33,12 @@ def best_of_n_policy(n: int):
     import jax
     import jax.numpy as jnp
 
-    from steerflow import critic as qc
-    from steerflow.generative import flow, latent
+    from steerflow.agents import qc_bon, qpilots_u
 
     def act(state, obs, key):
-        config, d = state.config, state.spec.chunk_dim
-        rep_obs = jnp.repeat(obs, n, axis=0)
-        noise = latent.sample_prior(key, (rep_obs.shape[0], d), "normal")
-        cands = jnp.clip(flow.sample(flow.make_net(config.flow, d).apply, state.params["base"], rep_obs, noise,
-                                     config.flow.steps), -1.0, 1.0)
-        q = qc.aggregate(qc.make_critic(config.critic).apply(state.params["critic"], rep_obs, cands), config.critic)
-        best = jnp.argmax(q.reshape(obs.shape[0], n), axis=1)
-        return jnp.take_along_axis(cands.reshape(obs.shape[0], n, d), best[:, None, None], axis=1)[:, 0]
+        cands = qpilots_u.base_sample(state, jnp.repeat(obs, n, axis=0), key, state.params["base"])
+        return qc_bon.best_candidate(state.config.critic, state.params["critic"], obs,
+                                     cands.reshape(obs.shape[0], n, -1))
 
     return jax.jit(act)
 

@@ -41,6 +41,7 @@ def summarise(root: Path) -> dict:
         for row in rec.get("best_of_n", []):
             for seed, success in zip(rec["seeds"], row["success"]):
                 best_of[(rec["agent"], task_domain(rec["task"]))][rec["task"]][row["n"]][seed] = success
+
     def cells(tasks: dict) -> dict:  # task -> value -> {seeds, mean, ci95}
         return {task: {str(v): {"seeds": dict(sorted(s.items())), "mean": sum(s.values()) / len(s),
                                 "ci95": list(bootstrap_ci(list(s.values())))} for v, s in sorted(by_value.items())}

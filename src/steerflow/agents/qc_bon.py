@@ -75,12 +75,16 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
 
 def act_noise(state: AgentState, obs: jnp.ndarray, noise: jnp.ndarray) -> jnp.ndarray:
     """The best of the N candidates decoded from `noise` (B, N, d)."""
-    config = state.config
     cands = decode_candidates(state, obs, noise.reshape(-1, noise.shape[-1]))
+    return best_candidate(state.config.critic, state.params["critic"], obs, cands)
+
+
+def best_candidate(critic_config: qc.CriticConfig, critic_params: dict, obs: jnp.ndarray,
+                   cands: jnp.ndarray) -> jnp.ndarray:
+    """The candidate (B, N, d) → (B, d) that the critic's aggregate scores highest per state."""
     batch, n, d = cands.shape
-    q = qc.make_critic(config.critic).apply(state.params["critic"], jnp.repeat(obs, n, axis=0),
-                                            cands.reshape(batch * n, d))
-    best = jnp.argmax(qc.aggregate(q, config.critic).reshape(batch, n), axis=1)
+    q = qc.make_critic(critic_config).apply(critic_params, jnp.repeat(obs, n, axis=0), cands.reshape(batch * n, d))
+    best = jnp.argmax(qc.aggregate(q, critic_config).reshape(batch, n), axis=1)
     return jnp.take_along_axis(cands, best[:, None, None], axis=1)[:, 0]
 
 

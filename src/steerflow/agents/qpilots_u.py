@@ -114,6 +114,14 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     return steered_sample(state, obs, key, state.params["base"])
 
 
+def base_sample(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict) -> jnp.ndarray:
+    """clip(unsteered Euler sample) per state: the base policy's own sampler (α = 0), (B, d)."""
+    config, spec = state.config, state.spec
+    noise = latent.sample_prior(key, (obs.shape[0], spec.chunk_dim), "normal")
+    x = flow.sample(flow.make_net(config.flow, spec.chunk_dim).apply, base_params, obs, noise, config.flow.steps)
+    return jnp.clip(x, -1.0, 1.0)
+
+
 def next_actions(state: AgentState, next_obs: jnp.ndarray, key: jax.Array, gradient_fn=steering_gradient):
     """a' ~ the steered policy at s_{t+H} (critic_steered_targets), without gradient; with
     `steered_targets=False` the base's own sample instead (the critic then values the base
@@ -121,9 +129,7 @@ def next_actions(state: AgentState, next_obs: jnp.ndarray, key: jax.Array, gradi
     config, spec = state.config, state.spec
     base_params = target_base(state) if config.next_action_base == "target" else state.params["base"]
     if not config.steered_targets:
-        noise = latent.sample_prior(key, (next_obs.shape[0], spec.chunk_dim), "normal")
-        x = flow.sample(flow.make_net(config.flow, spec.chunk_dim).apply, base_params, next_obs, noise, config.flow.steps)
-        return jax.lax.stop_gradient(jnp.clip(x, -1.0, 1.0))
+        return jax.lax.stop_gradient(base_sample(state, next_obs, key, base_params))
     return jax.lax.stop_gradient(steered_sample(state, next_obs, key, base_params, gradient_fn))
 
 
