@@ -49,6 +49,7 @@ def test_every_study_unit_resolves_and_initialises():
 
 
 def test_tier1_is_what_the_issue_requires():
+    assert {u.agent for u in study.units() if u.impl == "reference"} == set(parity.IMPLS)
     tier1 = [u for u in study.units() if u.tier == "tier1"]
     have = {(u.impl, u.agent, u.task, u.seed) for u in tier1}
     for seed in (0, 1, 2):
@@ -73,10 +74,15 @@ def test_reference_flags_mirror_the_protocol():
     assert f"--agent.batch_size={train['batch_size']}" in argv and f"--eval_episodes={train['eval_episodes']}" in argv
     assert "--env_name=cube-single-play-singletask-task4-v0" in argv and "--task_num=4" in argv
     assert "--agent.critic_hidden_dims=(256,256)" in argv and "--seed=2" in argv
+    assert "--agent=agents/lps.py" in argv
+    dsrl = parity.reference_argv(parity.parse_args(["--impl", "dsrl-na", "--reference-dir", "/x", "--task",
+                                                    "cube-single-task4", "--seed", "2", "--dataset-dir", "/d",
+                                                    "--out", "/o"]), Path("/save"))
+    assert dsrl == [a if a != "--agent=agents/lps.py" else "--agent=agents/dsrl.py" for a in argv]
     qc = parity.reference_argv(parity.parse_args(["--impl", "qc-fql", "--reference-dir", "/x", "--task",
                                                   "puzzle-3x3-task2-sparse", "--seed", "0", "--dataset-dir", "/d",
                                                   "--out", "/o"]), Path("/save"))
-    assert "--sparse=True" in qc and "--agent.alpha=300.0" in qc and "--agent.value_hidden_dims=(256,256)" in qc
+    assert "--agent=agents/acfql.py" in qc and "--sparse=True" in qc and "--agent.alpha=300.0" in qc and "--agent.value_hidden_dims=(256,256)" in qc
     with pytest.raises(SystemExit, match="--task"):
         parity.task_names("cube-single")
 

@@ -4,7 +4,9 @@
         --task cube-single-task2 --seed 0 --dataset-dir ~/.cache/steerflow/data/<key> --out runs/ref-lps
 
 `--impl lps` runs the authors' LPS code (github.com/jellyho/LPS, `main.py --agent agents/lps.py`),
-`--impl qc-fql` the Q-chunking code's QC-FQL (github.com/ColinQiyangLi/qc, `agents/acfql.py`).
+`--impl dsrl-na` the same repository's DSRL-NA re-implementation (`agents/dsrl.py`, the paper's
+DSRL baseline), `--impl qc-fql` the Q-chunking code's QC-FQL (github.com/ColinQiyangLi/qc,
+`agents/acfql.py`).
 Neither is vendored: the user points `--reference-dir` at a clone. This script runs in the
 reference venv (`make reference-env`), imports nothing of steerflow but its stdlib-only
 provenance helpers (`steerflow.runinfo`), and changes nothing in the checkout.
@@ -48,6 +50,7 @@ from steerflow.runinfo import device_description, library_versions  # noqa: E402
 
 IMPLS = {
     "lps": {"repo": "jellyho/LPS", "agent": "lps", "agent_file": "agents/lps.py"},
+    "dsrl-na": {"repo": "jellyho/LPS", "agent": "dsrl-na", "agent_file": "agents/dsrl.py"},
     "qc-fql": {"repo": "ColinQiyangLi/qc", "agent": "qc-fql", "agent_file": "agents/acfql.py"},
 }
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -92,12 +95,13 @@ def reference_argv(args: argparse.Namespace, save_dir: Path) -> list[str]:
               f"--offline_steps={args.steps}", f"--eval_interval={args.eval_every}",
               f"--eval_episodes={args.eval_episodes}", f"--log_interval={args.log_every}",
               f"--seed={args.seed}", f"--save_dir={save_dir}"]
-    if args.impl == "lps":
-        # the LPS code makes scene and puzzle-3x3 sparse by task name (its main.py), as the paper does
-        return ["--agent=agents/lps.py", f"--task_name={domain}-play", f"--task_num={n}", "--agent.num_critic=2",
-                f"--agent.actor_hidden_dims={hidden}", f"--agent.critic_hidden_dims={hidden}",
+    if IMPLS[args.impl]["repo"] == "jellyho/LPS":
+        # the LPS code makes scene and puzzle-3x3 sparse by task name (its main.py), as the paper does;
+        # its DSRL-NA takes the same network flags (actor = the FM base, latent actor, critics)
+        return [f"--agent={IMPLS[args.impl]['agent_file']}", f"--task_name={domain}-play", f"--task_num={n}",
+                "--agent.num_critic=2", f"--agent.actor_hidden_dims={hidden}", f"--agent.critic_hidden_dims={hidden}",
                 f"--agent.latent_actor_hidden_dims={hidden}", *common]
-    return ["--agent=agents/acfql.py", f"--sparse={sparse}", f"--agent.alpha={args.alpha}", "--online_steps=0",
+    return [f"--agent={IMPLS[args.impl]['agent_file']}", f"--sparse={sparse}", f"--agent.alpha={args.alpha}", "--online_steps=0",
             f"--agent.actor_hidden_dims={hidden}", f"--agent.value_hidden_dims={hidden}", *common]
 
 
@@ -200,7 +204,7 @@ def run_reference(args: argparse.Namespace, work: Path, capture: WandbCapture) -
     sys.path[:0] = [str(ref), str(stub)]
     os.chdir(ref)  # their config files and imports are relative to the checkout
     capture.install()
-    if args.impl == "lps":
+    if IMPLS[args.impl]["repo"] == "jellyho/LPS":
         patch_jnp_clip()
     sys.argv = [str(main_py), *argv]
     try:

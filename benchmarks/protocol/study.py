@@ -84,6 +84,9 @@ def units() -> list[Unit]:
         for t in (1, 3, 5):
             out += [sf("tier1", agent, CUBE.format(t), seed) for agent in ("lps", "bc-mf", "qc-fql")]
     out += [sf("tier1", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
+    # DSRL-NA sat near BC-MF (10% at 100K on task 2 s0): the authors' re-implementation (in the
+    # LPS code) on the same data and budget tells the implementation from the method at this budget
+    out += [Unit("dsrl-parity", "reference", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
     # choice gaps with the authors' LPS code (reference/lps_reference_diff.md), together and apart,
     # on the tuning tasks with tuning seeds
     gaps = {
@@ -266,7 +269,7 @@ def harvest_finished(commit: bool) -> None:
 def run(args) -> int:
     from steerflow.train import free_core, pinned_to, single_thread_env
 
-    refs = {"lps": args.lps_dir, "qc-fql": args.qc_dir}
+    refs = {"lps": args.lps_dir, "dsrl-na": args.lps_dir, "qc-fql": args.qc_dir}
     harvest_finished(args.commit)
     todo = []
     for unit in select(units(), args.only):
