@@ -82,7 +82,8 @@ def test_reference_flags_mirror_the_protocol():
     qc = parity.reference_argv(parity.parse_args(["--impl", "qc-fql", "--reference-dir", "/x", "--task",
                                                   "puzzle-3x3-task2-sparse", "--seed", "0", "--dataset-dir", "/d",
                                                   "--out", "/o"]), Path("/save"))
-    assert "--agent=agents/acfql.py" in qc and "--sparse=True" in qc and "--agent.alpha=300.0" in qc and "--agent.value_hidden_dims=(256,256)" in qc
+    assert "--agent=agents/acfql.py" in qc and "--sparse=True" in qc and "--agent.alpha=300.0" in qc
+    assert "--agent.value_hidden_dims=(256,256)" in qc
     with pytest.raises(SystemExit, match="--task"):
         parity.task_names("cube-single")
 

@@ -101,8 +101,8 @@ def reference_argv(args: argparse.Namespace, save_dir: Path) -> list[str]:
         return [f"--agent={IMPLS[args.impl]['agent_file']}", f"--task_name={domain}-play", f"--task_num={n}",
                 "--agent.num_critic=2", f"--agent.actor_hidden_dims={hidden}", f"--agent.critic_hidden_dims={hidden}",
                 f"--agent.latent_actor_hidden_dims={hidden}", *common]
-    return [f"--agent={IMPLS[args.impl]['agent_file']}", f"--sparse={sparse}", f"--agent.alpha={args.alpha}", "--online_steps=0",
-            f"--agent.actor_hidden_dims={hidden}", f"--agent.value_hidden_dims={hidden}", *common]
+    return [f"--agent={IMPLS[args.impl]['agent_file']}", f"--sparse={sparse}", f"--agent.alpha={args.alpha}",
+            "--online_steps=0", f"--agent.actor_hidden_dims={hidden}", f"--agent.value_hidden_dims={hidden}", *common]
 
 
 def reference_commit(ref_dir: Path) -> str:
