@@ -99,8 +99,11 @@ def units() -> list[Unit]:
         "min-clip": {"critic.aggregate": "min", "clip_actor_chunk": True},
         "zero_r": {"base.rt_sampler": "zero_r"},
     }
+    # min-clip last: the pair the probe did not isolate, so the others finish first if a session ends
     out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=o, name=n)
-            for seed in TUNING_SEEDS for t in (2, 4) for n, o in gaps.items()]
+            for seed in TUNING_SEEDS for t in (2, 4) for n, o in gaps.items() if n != "min-clip"]
+    out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=gaps["min-clip"], name="min-clip")
+            for seed in TUNING_SEEDS for t in (2, 4)]
     # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight)
     for alpha in (3, 30, 300, 3000):
         out += [sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
