@@ -104,6 +104,9 @@ def units() -> list[Unit]:
             for seed in TUNING_SEEDS for t in (2, 4) for n, o in gaps.items() if n != "min-clip"]
     out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=gaps["min-clip"], name="min-clip")
             for seed in TUNING_SEEDS for t in (2, 4)]
+    # the authors' default critic depth (4x256 with their 2x256 latent actor) at the protocol's budget
+    out += [sf("gaps", "lps", CUBE.format(t), seed, overrides={"critic.hidden": (256, 256, 256, 256)}, name="critic4x256")
+            for seed in TUNING_SEEDS for t in (2, 4)]
     # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight)
     for alpha in (3, 30, 300, 3000):
         out += [sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
