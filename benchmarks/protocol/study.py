@@ -108,7 +108,8 @@ def units() -> list[Unit]:
     out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=gaps[n], name=n)
             for n, seed in sorted(late, key=lambda k: (k[0] != "min-clip", k[1])) for t in (2, 4)]
     # the authors' default critic depth (4x256 with their 2x256 latent actor) at the protocol's budget
-    out += [sf("gaps", "lps", CUBE.format(t), seed, overrides={"critic.hidden": (256, 256, 256, 256)}, name="critic4x256")
+    critic4 = {"critic.hidden": (256, 256, 256, 256)}
+    out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=critic4, name="critic4x256")
             for seed in TUNING_SEEDS for t in (2, 4)]
     # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight)
     for alpha in (3, 30, 300, 3000):
