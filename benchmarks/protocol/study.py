@@ -111,13 +111,19 @@ def units() -> list[Unit]:
     critic4 = {"critic.hidden": (256, 256, 256, 256)}
     out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=critic4, name="critic4x256")
             for seed in TUNING_SEEDS for t in (2, 4)]
-    # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight)
-    for alpha in (3, 30, 300, 3000):
-        out += [sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
-                for seed in (0, 1) for t in (2, 4) for agent in ("qc-mfql", "qc-fql") if not (agent == "qc-fql" and alpha == 300)]
+    # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight), seed 0
+    # over the whole grid first so that a session cut short still leaves a full curve. α = 300 is
+    # both agents' default: QC-FQL's point is tier 1's run, QC-MFQL's is its tier-2 run (below),
+    # run here under the plain id so that one run serves both studies.
+    for seed in (0, 1):
+        for alpha in (3, 30, 300, 3000):
+            out += [sf("alpha", agent, CUBE.format(t), seed) if alpha == 300 else
+                    sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
+                    for t in (2, 4) for agent in ("qc-mfql", "qc-fql") if not (agent == "qc-fql" and alpha == 300)]
     # tier 2: the other baselines and the ablations of paper §VII on the tuning tasks
-    out += [sf("tier2", agent, CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)
-            for agent in ("lpsd", "qc-mfql", "cfgrl", "bc-fm", "qc-bon")]
+    out += [u for u in (sf("tier2", agent, CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)
+                        for agent in ("lpsd", "qc-mfql", "cfgrl", "bc-fm", "qc-bon"))
+            if u.id not in {v.id for v in out}]
     ablations = {"normal": {"geometry": "normal"}, "truncated": {"geometry": "truncated"},
                  "fm-bptt": {"decoder": "fm-bptt"}, "fm-1step": {"decoder": "fm-1step"},
                  "displacement": {"base.parameterisation": "displacement"}}
