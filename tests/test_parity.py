@@ -172,3 +172,20 @@ def test_a_runner_counts_only_the_units_running_on_its_own_cores(tmp_path, monke
         proc.kill()
         proc.wait()
     assert study.running_on({core_a, core_b}) == []
+
+
+def test_alpha_table_groups_runs_by_their_resolved_alpha(tmp_path, monkeypatch, capsys):
+    """The α study's table reads α from the resolved config, so a default run (tier 1's QC-FQL,
+    no override) lands at α = 300 beside the swept points, and LPS gets one α-less row."""
+    monkeypatch.setattr(study, "RESULTS", tmp_path)
+    finished = {"steerflow-qc-fql-cube-single-task2-s0": 0.58, "steerflow-qc-fql-alpha3-cube-single-task2-s0": 0.10,
+                "steerflow-qc-fql-alpha3-cube-single-task4-s1": 0.30, "steerflow-lps-cube-single-task4-s0": 0.60,
+                "steerflow-lps-cube-single-task1-s0": 0.99}  # task 1 is not a tuning task: left out
+    for unit_id, success in finished.items():
+        (tmp_path / "units" / unit_id).mkdir(parents=True)
+        (tmp_path / "units" / unit_id / "final.json").write_text(json.dumps({"mean": success}))
+    study.main(["alpha", "--plot", str(tmp_path / "alpha.png")])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| qc") or line.startswith("| lps")]
+    assert rows == ["| qc-fql | 3 | 10 | – | – | 30 | 20.0 (2) |", "| qc-fql | 300 | 58 | – | – | – | 58.0 (1) |",
+                    "| lps | – | – | – | 60 | – | 60.0 (1) |"]
+    assert (tmp_path / "alpha.png").stat().st_size > 0

@@ -384,6 +384,56 @@ def table(args) -> int:
     return 0
 
 
+def alpha_table(args) -> int:
+    """Markdown: final success of QC-MFQL / QC-FQL at each α of tier `alpha` (with the α = 300
+    runs of tier 1 and tier 2), beside LPS's single run on the same tasks and seeds, and a plot."""
+    from steerflow.train import RunSpec, resolve
+
+    cells: dict[tuple[str, float | None], dict[tuple[str, int], float]] = {}
+    for unit in units():
+        if unit.impl != "steerflow" or not committed(unit) or unit.seed not in (0, 1) \
+                or unit.task not in (CUBE.format(2), CUBE.format(4)):
+            continue
+        if unit.agent in ("qc-mfql", "qc-fql") and set(unit.overrides) <= {"alpha"}:
+            _, config, _ = resolve(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
+                                           overrides=dict(unit.overrides)))
+            key = (unit.agent, float(config.alpha))
+        elif unit.agent == "lps" and unit.tier == "tier1":
+            key = ("lps", None)  # no α to tune: its base-loss weight is inert under Adam (README, "α")
+        else:
+            continue
+        rec = json.loads((RESULTS / "units" / unit.id / "final.json").read_text())
+        cells.setdefault(key, {})[(unit.task, unit.seed)] = 100 * rec["mean"]
+    cols = [(CUBE.format(t), s) for t in (2, 4) for s in (0, 1)]
+    print("| agent | α | " + " | ".join(f"task {c[0][-1]}, s{c[1]}" for c in cols) + " | mean |")
+    print("|---|---|" + "---|" * (len(cols) + 1))
+    for (agent, alpha), row in sorted(cells.items(), key=lambda kv: (kv[0][0] == "lps", kv[0][0], kv[0][1] or 0)):
+        values = [row[c] for c in cols if c in row]
+        shown = "–" if alpha is None else f"{alpha:g}"
+        print(f"| {agent} | {shown} | " + " | ".join(f"{row[c]:.0f}" if c in row else "–" for c in cols)
+              + f" | {sum(values) / len(values):.1f} ({len(values)}) |")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for agent in ("qc-fql", "qc-mfql"):
+            pts = sorted((a, sum(r.values()) / len(r)) for (g, a), r in cells.items() if g == agent and a is not None)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=agent)
+        if ("lps", None) in cells:
+            lps = cells[("lps", None)]
+            ax.axhline(sum(lps.values()) / len(lps), color="k", ls="--", label="lps (no α to tune)")
+        ax.set(xscale="log", xlabel="α (distillation weight)", ylabel="final success (%)",
+               title="cube-single tasks 2 and 4, seeds 0-1, 100K steps")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
 def compare(args) -> int:
     """A finished run's success next to the committed protocol results on its task (`make run`)."""
     import numpy as np
@@ -429,6 +479,8 @@ def main(argv=None) -> int:
     c.add_argument("run", type=Path)
     t = sub.add_parser("table", help="markdown table of the committed units' curves")
     t.add_argument("--tiers", nargs="*", default=["tier1"])
+    a = sub.add_parser("alpha", help="markdown table (and plot) of the α study")
+    a.add_argument("--plot", type=Path, help="write success against α to this PNG")
     g = sub.add_parser("report")
     g.add_argument("--tiers", nargs="*", default=["tier1"])
     g.add_argument("--out", type=Path, default=RESULTS / "report")
@@ -438,7 +490,8 @@ def main(argv=None) -> int:
     if args.cmd == "harvest":
         harvest_finished(args.commit)
         return 0
-    return {"status": show_status, "run": run, "report": report, "compare": compare, "table": table}[args.cmd](args)
+    return {"status": show_status, "run": run, "report": report, "compare": compare, "table": table,
+            "alpha": alpha_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
