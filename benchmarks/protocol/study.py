@@ -112,11 +112,12 @@ def units() -> list[Unit]:
     out += [sf("gaps", "lps", CUBE.format(t), seed, overrides=critic4, name="critic4x256")
             for seed in TUNING_SEEDS for t in (2, 4)]
     # tier 2: alpha study (the one that can move: QC-MFQL / QC-FQL's distillation weight), seed 0
-    # over the whole grid first so that a session cut short still leaves a full curve. α = 300 is
+    # over the whole grid first, the ends and the default before the interior point, so that a
+    # session cut short still leaves a curve from weak to strong regularisation. α = 300 is
     # both agents' default: QC-FQL's point is tier 1's run, QC-MFQL's is its tier-2 run (below),
     # run here under the plain id so that one run serves both studies.
     for seed in (0, 1):
-        for alpha in (3, 30, 300, 3000):
+        for alpha in (3, 3000, 300, 30):
             out += [sf("alpha", agent, CUBE.format(t), seed) if alpha == 300 else
                     sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
                     for t in (2, 4) for agent in ("qc-mfql", "qc-fql") if not (agent == "qc-fql" and alpha == 300)]
