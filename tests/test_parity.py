@@ -176,7 +176,8 @@ def test_a_runner_counts_only_the_units_running_on_its_own_cores(tmp_path, monke
 
 def test_alpha_table_groups_runs_by_their_resolved_alpha(tmp_path, monkeypatch, capsys):
     """The α study's table reads α from the resolved config, so a default run (tier 1's QC-FQL,
-    no override) lands at α = 300 beside the swept points, and LPS gets one α-less row."""
+    no override) lands at α = 300 beside the swept points, and LPS gets one α-less row; Q and the
+    distillation loss are means of each run's last logged row."""
     monkeypatch.setattr(study, "RESULTS", tmp_path)
     finished = {"steerflow-qc-fql-cube-single-task2-s0": 0.58, "steerflow-qc-fql-alpha3-cube-single-task2-s0": 0.10,
                 "steerflow-qc-fql-alpha3-cube-single-task4-s1": 0.30, "steerflow-lps-cube-single-task4-s0": 0.60,
@@ -184,8 +185,11 @@ def test_alpha_table_groups_runs_by_their_resolved_alpha(tmp_path, monkeypatch, 
     for unit_id, success in finished.items():
         (tmp_path / "units" / unit_id).mkdir(parents=True)
         (tmp_path / "units" / unit_id / "final.json").write_text(json.dumps({"mean": success}))
+    for unit_id, q in (("steerflow-qc-fql-alpha3-cube-single-task2-s0", -10.0), ("steerflow-qc-fql-alpha3-cube-single-task4-s1", -5.0)):
+        (tmp_path / "units" / unit_id / "metrics.csv").write_text(
+            f"step,q_mean,distill_loss\n50,-99,9\n100,{q},0.5\n")  # the last row counts
     study.main(["alpha", "--plot", str(tmp_path / "alpha.png")])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| qc") or line.startswith("| lps")]
-    assert rows == ["| qc-fql | 3 | 10 | – | – | 30 | 20.0 (2) |", "| qc-fql | 300 | 58 | – | – | – | 58.0 (1) |",
-                    "| lps | – | – | – | 60 | – | 60.0 (1) |"]
+    assert rows == ["| qc-fql | 3 | 10 | – | – | 30 | 20.0 (2) | -7.5 | 0.5 |", "| qc-fql | 300 | 58 | – | – | – | 58.0 (1) | – | – |",
+                    "| lps | – | – | – | 60 | – | 60.0 (1) | – | – |"]
     assert (tmp_path / "alpha.png").stat().st_size > 0

@@ -387,10 +387,14 @@ def table(args) -> int:
 
 def alpha_table(args) -> int:
     """Markdown: final success of QC-MFQL / QC-FQL at each α of tier `alpha` (with the α = 300
-    runs of tier 1 and tier 2), beside LPS's single run on the same tasks and seeds, and a plot."""
+    runs of tier 1 and tier 2), beside LPS's single run on the same tasks and seeds, and a plot.
+    The critic's mean Q and the distillation loss at the last log step say why a point is low."""
+    import csv
+
     from steerflow.train import RunSpec, resolve
 
     cells: dict[tuple[str, float | None], dict[tuple[str, int], float]] = {}
+    last_logs: dict[tuple[str, float | None], list[dict]] = {}
     for unit in units():
         if unit.impl != "steerflow" or not committed(unit) or unit.seed not in (0, 1) \
                 or unit.task not in (CUBE.format(2), CUBE.format(4)):
@@ -405,14 +409,23 @@ def alpha_table(args) -> int:
             continue
         rec = json.loads((RESULTS / "units" / unit.id / "final.json").read_text())
         cells.setdefault(key, {})[(unit.task, unit.seed)] = 100 * rec["mean"]
+        if (metrics := RESULTS / "units" / unit.id / "metrics.csv").is_file():
+            with open(metrics) as f:
+                last_logs.setdefault(key, []).append(list(csv.DictReader(f))[-1])
     cols = [(CUBE.format(t), s) for t in (2, 4) for s in (0, 1)]
-    print("| agent | α | " + " | ".join(f"task {c[0][-1]}, s{c[1]}" for c in cols) + " | mean |")
-    print("|---|---|" + "---|" * (len(cols) + 1))
+    print("| agent | α | " + " | ".join(f"task {c[0][-1]}, s{c[1]}" for c in cols) + " | mean | Q | distill loss |")
+    print("|---|---|" + "---|" * (len(cols) + 3))
+
+    def mean_logged(key, name):
+        values = [float(r[name]) for r in last_logs.get(key, []) if r.get(name)]
+        return f"{sum(values) / len(values):.3g}" if values else "–"
+
     for (agent, alpha), row in sorted(cells.items(), key=lambda kv: (kv[0][0] == "lps", kv[0][0], kv[0][1] or 0)):
         values = [row[c] for c in cols if c in row]
         shown = "–" if alpha is None else f"{alpha:g}"
         print(f"| {agent} | {shown} | " + " | ".join(f"{row[c]:.0f}" if c in row else "–" for c in cols)
-              + f" | {sum(values) / len(values):.1f} ({len(values)}) |")
+              + f" | {sum(values) / len(values):.1f} ({len(values)}) | {mean_logged((agent, alpha), 'q_mean')}"
+              f" | {mean_logged((agent, alpha), 'distill_loss')} |")
     if args.plot:
         import matplotlib
         matplotlib.use("Agg")
