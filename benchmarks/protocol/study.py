@@ -396,7 +396,7 @@ def alpha_table(args) -> int:
     cells: dict[tuple[str, float | None], dict[tuple[str, int], float]] = {}
     last_logs: dict[tuple[str, float | None], list[dict]] = {}
     for unit in units():
-        if unit.impl != "steerflow" or not committed(unit) or unit.seed not in (0, 1) \
+        if unit.impl != "steerflow" or not committed(unit) or unit.seed not in args.seeds \
                 or unit.task not in (CUBE.format(2), CUBE.format(4)):
             continue
         if unit.agent in ("qc-mfql", "qc-fql") and set(unit.overrides) <= {"alpha"}:
@@ -412,7 +412,7 @@ def alpha_table(args) -> int:
         if (metrics := RESULTS / "units" / unit.id / "metrics.csv").is_file():
             with open(metrics) as f:
                 last_logs.setdefault(key, []).append(list(csv.DictReader(f))[-1])
-    cols = [(CUBE.format(t), s) for t in (2, 4) for s in (0, 1)]
+    cols = [(CUBE.format(t), s) for t in (2, 4) for s in args.seeds]
     print("| agent | α | " + " | ".join(f"task {c[0][-1]}, s{c[1]}" for c in cols) + " | mean | Q | distill loss |")
     print("|---|---|" + "---|" * (len(cols) + 3))
 
@@ -440,8 +440,9 @@ def alpha_table(args) -> int:
             lps = cells[("lps", None)]
             ax.axhline(sum(lps.values()) / len(lps), color="k", ls="--", label="lps (no α to tune)")
         ax.set(xscale="log", xlabel="α (distillation weight)", ylabel="final success (%)",
-               title="cube-single tasks 2 and 4, seeds 0-1, 100K steps")
-        ax.legend()
+               title=f"cube-single tasks 2 and 4, seed(s) {','.join(map(str, args.seeds))}, 100K steps")
+        ax.set_ylim(-2, 105)
+        ax.legend(loc="upper center", ncol=3, fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
         print(f"\nplot: {args.plot}")
@@ -495,6 +496,7 @@ def main(argv=None) -> int:
     t.add_argument("--tiers", nargs="*", default=["tier1"])
     a = sub.add_parser("alpha", help="markdown table (and plot) of the α study")
     a.add_argument("--plot", type=Path, help="write success against α to this PNG")
+    a.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="the study's seeds to show (0 1)")
     g = sub.add_parser("report")
     g.add_argument("--tiers", nargs="*", default=["tier1"])
     g.add_argument("--out", type=Path, default=RESULTS / "report")
