@@ -68,14 +68,11 @@ def test_tier1_is_what_the_issue_requires():
 def test_alpha_grid_is_complete_with_each_run_once():
     """Every (agent, α, task, seed) of the α study has exactly one unit; α = 300 is the agents'
     default, so those points are the plain runs (QC-FQL's in tier 1) rather than copies."""
-    by_id = {u.id: u for u in study.units()}
     grid = {}
-    for u in by_id.values():
+    for u in study.units():
         if u.impl == "steerflow" and u.agent in ("qc-fql", "qc-mfql") and u.task in ("cube-single-task2", "cube-single-task4") \
                 and u.seed in (0, 1) and set(u.overrides) <= {"alpha"}:
-            _, config, _ = resolve(RunSpec(agent=u.agent, task=u.task, seeds=[u.seed], preset=study.PRESET,
-                                           overrides=dict(u.overrides)))
-            grid.setdefault((u.agent, config.alpha, u.task, u.seed), []).append(u.id)
+            grid.setdefault((u.agent, study.resolved_alpha(u), u.task, u.seed), []).append(u.id)
     want = {(a, float(alpha), f"cube-single-task{t}", s) for a in ("qc-fql", "qc-mfql")
             for alpha in (3, 30, 300, 3000) for t in (2, 4) for s in (0, 1)}
     assert set(grid) == want and all(len(ids) == 1 for ids in grid.values())

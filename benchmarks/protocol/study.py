@@ -122,9 +122,10 @@ def units() -> list[Unit]:
                     sf("alpha", agent, CUBE.format(t), seed, overrides={"alpha": alpha}, name=f"alpha{alpha}")
                     for t in (2, 4) for agent in ("qc-mfql", "qc-fql") if not (agent == "qc-fql" and alpha == 300)]
     # tier 2: the other baselines and the ablations of paper §VII on the tuning tasks
+    have = {u.id for u in out}
     out += [u for u in (sf("tier2", agent, CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)
                         for agent in ("lpsd", "qc-mfql", "cfgrl", "bc-fm", "qc-bon"))
-            if u.id not in {v.id for v in out}]
+            if u.id not in have]
     ablations = {"normal": {"geometry": "normal"}, "truncated": {"geometry": "truncated"},
                  "fm-bptt": {"decoder": "fm-bptt"}, "fm-1step": {"decoder": "fm-1step"},
                  "displacement": {"base.parameterisation": "displacement"}}
@@ -385,13 +386,20 @@ def table(args) -> int:
     return 0
 
 
+def resolved_alpha(unit: Unit) -> float:
+    """The α a QC-FQL / QC-MFQL unit trains with: its override, else the agent's default."""
+    from steerflow.train import RunSpec, resolve
+
+    _, config, _ = resolve(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
+                                   overrides=dict(unit.overrides)))
+    return float(config.alpha)
+
+
 def alpha_table(args) -> int:
     """Markdown: final success of QC-MFQL / QC-FQL at each α of tier `alpha` (with the α = 300
     runs of tier 1 and tier 2), beside LPS's single run on the same tasks and seeds, and a plot.
     The critic's mean Q and the distillation loss at the last log step say why a point is low."""
     import csv
-
-    from steerflow.train import RunSpec, resolve
 
     cells: dict[tuple[str, float | None], dict[tuple[str, int], float]] = {}
     last_logs: dict[tuple[str, float | None], list[dict]] = {}
@@ -400,9 +408,7 @@ def alpha_table(args) -> int:
                 or unit.task not in (CUBE.format(2), CUBE.format(4)):
             continue
         if unit.agent in ("qc-mfql", "qc-fql") and set(unit.overrides) <= {"alpha"}:
-            _, config, _ = resolve(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
-                                           overrides=dict(unit.overrides)))
-            key = (unit.agent, float(config.alpha))
+            key = (unit.agent, resolved_alpha(unit))
         elif unit.agent == "lps" and unit.tier == "tier1":
             key = ("lps", None)  # no α to tune: its base-loss weight is inert under Adam (README, "α")
         else:
