@@ -42,9 +42,13 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=50)
     ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--eval-episodes", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps too (0: at the end only); "
+                    "the row's `curve` holds every evaluation")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", default="bc-mf,lps,dsrl-na", help=f"comma-separated, of {', '.join(ROWS)}")
     ap.add_argument("--out", type=Path, default=Path("runs/practitioner"))
+    ap.add_argument("--results", type=Path, default=None,
+                    help="the JSON its rows go to (default benchmarks/results/practitioner_<cpu|gpu>.json)")
     ap.add_argument("--note", default="", help="e.g. the machine's load while it ran")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -75,21 +79,24 @@ def main() -> None:
         agent, overrides = ROWS[row]
         run = RunSpec(agent=agent, task="cube-single-task2", seeds=seeds, preset="cpu", dataset=name,
                       reward="sparse-success", overrides=overrides,
-                      train_overrides={"steps": str(args.steps), "eval_every": str(args.steps),
+                      train_overrides={"steps": str(args.steps), "eval_every": str(args.eval_every or args.steps),
                                        "eval_episodes": str(args.eval_episodes), "checkpoint_every": str(args.steps)})
         start = time.perf_counter()
-        final = train(run, args.out / row, resume=True)
+        run_dir = args.out / f"{row}-{args.steps}"
+        final = train(run, run_dir, resume=True)
         wall = time.perf_counter() - start
         success = np.asarray(final["final_success"], float)
-        metrics = list(csv_rows(args.out / row / "metrics.csv"))
-        results[row] = {"agent": agent, "overrides": overrides, "steps": args.steps, "seeds": seeds,
+        metrics = list(csv_rows(run_dir / "metrics.csv"))
+        curve = {int(f.stem.split("_")[1]): json.loads(f.read_text())["success"]
+                 for f in sorted((run_dir / "evals").glob("step_*.json"))}
+        results[row_key(row, args.steps)] = {"curve": curve, "agent": agent, "overrides": overrides, "steps": args.steps, "seeds": seeds,
                         "eval_episodes": args.eval_episodes, "success": success.tolist(),
                         "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)),
                         "wall_s": round(wall, 1),
                         "steps_per_s_last": float(metrics[-1]["steps_per_s"]) if metrics else None,
                         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                         "commit": git_commit(), "note": args.note}
-        print(f"{row:8s} success {success.mean():.3f} 95% CI {results[row]['ci95']} per seed "
+        print(f"{row:8s} success {success.mean():.3f} 95% CI {results[row_key(row, args.steps)]['ci95']} per seed "
               f"{np.round(success, 3).tolist()}  ({wall:.0f} s)", flush=True)
     record = {"benchmark": "practitioner", "task": "cube-single-task2", "demos": args.demos,
               "demo_lengths": [len(d["actions"]) for d in demos], "demo_generation_s": round(demo_s, 1),
@@ -97,12 +104,17 @@ def main() -> None:
               "device": device_description(), "machine": platform.node(),
               "cpu_affinity": sorted(os.sched_getaffinity(0)), "results": results}
     kind = "gpu" if "gpu" in device_description().lower() or "cuda" in device_description().lower() else "cpu"
-    path = HERE / "results" / f"practitioner_{kind}.json"
+    path = args.results or HERE / "results" / f"practitioner_{kind}.json"
     if path.exists():  # keep the rows this invocation did not run
         kept = json.loads(path.read_text()).get("results", {})
         record["results"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
     atomic_write_json(path, record)
     print(json.dumps(record, indent=1))
+
+
+def row_key(row: str, steps: int) -> str:
+    """A row's key in the JSON: the row name at the original 20K budget, `row@STEPS` otherwise."""
+    return row if steps == 20000 else f"{row}@{steps}"
 
 
 def csv_rows(path: Path):

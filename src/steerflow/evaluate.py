@@ -18,14 +18,14 @@ from typing import Callable
 
 import numpy as np
 
-from steerflow.data.tasks import TaskSpec, make_env
+from steerflow.data.tasks import TaskSpec
 
 
 class _LocalEnvs:
     """A list of single-task envs stepped in this process."""
 
     def __init__(self, spec: TaskSpec, count: int):
-        self.envs = [make_env(spec) for _ in range(count)]
+        self.envs = [spec.make() for _ in range(count)]
 
     def reset(self, seeds: list[int]) -> np.ndarray:
         return np.stack([env.reset(seed=int(s))[0] for env, s in zip(self.envs, seeds)])

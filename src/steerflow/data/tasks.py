@@ -76,6 +76,10 @@ class TaskSpec:
     def action_dim(self) -> int:
         return ACTION_DIM
 
+    def make(self, render_mode: str | None = None):
+        """The task's single-task env (`steerflow.envs`' contract); `render_mode="rgb_array"` for frames."""
+        return make_env(self, **({"render_mode": render_mode} if render_mode else {}))
+
 
 def _expected_form() -> str:
     return (
