@@ -233,14 +233,23 @@ class Train:
     dataset: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None  # train on an imported dataset (`steerflow data import`) instead of --task
     reward: Annotated[str | None, tyro.conf.arg(metavar="MODE")] = None  # imported data: given | sparse-success (needed when it has no rewards)
     eval_task: Annotated[str | None, tyro.conf.arg(metavar="TASK")] = None  # imported data: evaluate in this OGBench env (default: held-out action MSE)
+    env: Annotated[str | None, tyro.conf.arg(metavar="MODULE:FACTORY")] = None  # imported data: evaluate and fine-tune in your own Gymnasium env (a factory or a registered id)
+    env_set: Repeatable = field(default_factory=list)  # keyword arguments of the --env factory, KEY=VALUE (JSON values)
+    max_episode_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # --env: time limit (default: the env's own)
+    success: Annotated[str | None, tyro.conf.arg(metavar="KEY|MODULE:FN")] = None  # --env: success from this info key or fn(obs, info) (default: info success / is_success)
 
     @property
     def task_name(self) -> str:
         """The run's task: --task, --eval-task for an imported dataset, or its offline placeholder."""
         from steerflow.data.imports import DATASET_PREFIX, REWARD_MODES
 
+        if self.env is None:
+            for flag, value in (("--env-set", self.env_set), ("--max-episode-steps", self.max_episode_steps),
+                                ("--success", self.success)):
+                if value:
+                    raise ValueError(f"{flag}: only with --env MODULE:FACTORY")
         if self.dataset is None:
-            for flag, value in (("--reward", self.reward), ("--eval-task", self.eval_task)):
+            for flag, value in (("--reward", self.reward), ("--eval-task", self.eval_task), ("--env", self.env)):
                 if value is not None:
                     raise ValueError(f"{flag} {value}: only for imported data (--dataset NAME)")
             return self.task or "cube-single-task2"
@@ -249,7 +258,24 @@ class Train:
                              "name the env to evaluate in with --eval-task")
         if self.reward is not None and self.reward not in REWARD_MODES:
             raise ValueError(f"--reward {self.reward}: expected one of {', '.join(REWARD_MODES)}")
+        if self.env is not None:
+            from steerflow.envs.gym_env import ENV_PREFIX
+
+            if self.eval_task is not None:
+                raise ValueError(f"--env {self.env} with --eval-task {self.eval_task}: name one env to evaluate in")
+            if self.max_episode_steps is not None and self.max_episode_steps < 1:
+                raise ValueError(f"--max-episode-steps {self.max_episode_steps}: expected a positive number of steps")
+            return ENV_PREFIX + self.env
         return self.eval_task or f"{DATASET_PREFIX}{self.dataset}"
+
+    def env_json(self) -> dict | None:
+        """The run's `env` record (`GymEnvSpec.to_json` without the dataset-derived fields)."""
+        if self.env is None:
+            return None
+        from steerflow.envs.gym_env import parse_env_kwargs
+
+        return {"factory": self.env, "kwargs": parse_env_kwargs(flatten(self.env_set)),
+                "max_episode_steps": self.max_episode_steps, "success": self.success}
     from_run: Annotated[Path | None, tyro.conf.arg(name="from", metavar="RUN_DIR")] = None  # continue this finished offline run's last checkpoint online, in --out
     online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
     online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
@@ -282,7 +308,7 @@ class Train:
         return RunSpec(agent=self.agent, task=self.task_name, seeds=seeds, preset=self.preset, overrides=overrides,
                        train_overrides=train_overrides,
                        base_from=None if self.base_from is None else str(self.base_from),
-                       dataset=self.dataset, reward=self.reward,
+                       dataset=self.dataset, reward=self.reward, env=self.env_json(),
                        from_run=None if self.from_run is None else str(self.from_run))
 
     @property

@@ -3,7 +3,8 @@
 All environments step in lock-step; whenever the chunk queue runs out, the policy is called
 once for every environment at the same time (`policy(obs (n, obs_dim)) -> (n, H·A)`), and the
 H actions are executed open-loop. An episode ends on the env's own termination or TimeLimit;
-success is `info['success']` at that last step. Environments live in worker processes
+success is `info['success']` at that last step. Envs are built by their spec's `make()`
+(`steerflow.envs`: an OGBench task or a user's Gymnasium env). Environments live in worker processes
 (`workers > 0`, 'spawn' so the JAX parent is never forked) or in this process (`workers = 0`).
 Workers ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and only the parent
 decides what to do with it (the trainer checkpoints and closes the pool).
@@ -36,7 +37,8 @@ class _LocalEnvs:
             if not live:  # finished episodes are not stepped again
                 obs.append(None), done.append(True), success.append(False), reward.append(0.0)
                 continue
-            o, r, terminated, truncated, info = env.step(np.clip(action, -1.0, 1.0))
+            space = env.action_space  # OGBench's is [-1, 1]; a user's env its own units
+            o, r, terminated, truncated, info = env.step(np.clip(action, space.low, space.high))
             obs.append(o), done.append(terminated or truncated), success.append(bool(info.get("success", False)))
             reward.append(float(r))
         return obs, np.array(done), np.array(success), np.array(reward, np.float32)

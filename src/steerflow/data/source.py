@@ -20,9 +20,17 @@ OFFLINE_EVAL_STARTS = 512
 
 
 def eval_task(run):
-    """The TaskSpec a run is evaluated in, or None (an imported dataset without --eval-task)."""
+    """The env spec a run is evaluated (and fine-tuned) in: an OGBench TaskSpec, a user's env
+    (`--env`: a probed `GymEnvSpec`, dict observations flattened in the dataset's key order, the
+    run's reward mode), or None (an imported dataset scored offline on its held-out demos)."""
     from .tasks import parse_task
 
+    if getattr(run, "env", None):
+        from steerflow.envs.gym_env import GymEnvSpec
+
+        meta = imported_meta(run.dataset)
+        mode = run.reward or ("given" if meta["has_rewards"] else "sparse-success")
+        return GymEnvSpec.from_json(run.env, reward=mode, obs_keys=meta.get("options", {}).get("obs_keys")).probe()
     return None if run.task.startswith(DATASET_PREFIX) else parse_task(run.task)
 
 
@@ -51,11 +59,12 @@ def run_dims(run) -> tuple[int, int]:
         raise ValueError(f"--reward given: dataset {run.dataset} has no rewards; use --reward sparse-success")
     layout = run_layout(run)
     if layout is not None and task is not None:  # an env of state observations cannot score a frame policy
-        raise ValueError(f"--eval-task {task.name}: its env gives {task.obs_dim}-D state observations, dataset "
+        raise ValueError(f"--eval-task/--env {task.name}: its env gives {task.obs_dim}-D state observations, dataset "
                          f"{run.dataset} camera frames {layout.keys}; image runs are scored offline on their "
                          "held-out demos (leave out --eval-task): in-env evaluation of image runs is not built")
     if task is not None and (task.obs_dim, task.action_dim) != (meta["obs_dim"], meta["action_dim"]):
-        raise ValueError(f"--eval-task {task.name}: its env has observations of {task.obs_dim} and actions of "
+        flag = "--env" if getattr(run, "env", None) else "--eval-task"
+        raise ValueError(f"{flag} {task.name}: its env has observations of {task.obs_dim} and actions of "
                          f"{task.action_dim} dimensions, dataset {run.dataset} {meta['obs_dim']} and {meta['action_dim']}")
     return (meta["obs_dim"] if layout is None else layout.packed_dim), meta["action_dim"]
 

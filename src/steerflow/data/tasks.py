@@ -76,6 +76,11 @@ class TaskSpec:
     def action_dim(self) -> int:
         return ACTION_DIM
 
+    def rewards_masks(self, env_rewards: np.ndarray, success: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Online transitions' rewards and masks (`online_rewards_masks`; OGBench's pre-action
+        reward already says whether the task is solved, so `success` is not needed)."""
+        return online_rewards_masks(self, env_rewards)
+
     def make(self, render_mode: str | None = None):
         """The task's single-task env (`steerflow.envs`' contract); `render_mode="rgb_array"` for frames."""
         return make_env(self, **({"render_mode": render_mode} if render_mode else {}))

@@ -85,9 +85,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                               "another --out")
     agent, config, tc = check_run(run)  # before the data load: a bad value fails at once
     task = source.eval_task(run)  # None: an imported dataset scored offline on its held-out demos
-    if run.dataset and tc.online_steps:
-        raise ValueError(f"--online-steps with --dataset {run.dataset}: online fine-tuning runs in an OGBench "
-                         "task's env on its own data (--task); imported datasets train offline only")
+    if tc.online_steps and task is None:
+        raise ValueError(f"--online-steps with --dataset {run.dataset}: online fine-tuning needs an env to act in; "
+                         "name yours with --env MODULE:FACTORY (or an OGBench one with --eval-task)")
 
     train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
     stored_norm = normalization.load(out) if resume else None
@@ -137,7 +137,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         offline = val_data if val_data is not None else train_data
         offline_ds = build_chunk_dataset(offline, tc.horizon, discount)
         offline_starts = source.offline_eval_starts(offline, tc.horizon)
-    online = OnlinePhase(agent, task, tc, spec, seeds, discount) if tc.online_steps else None
+    online = OnlinePhase(agent, task, tc, spec, seeds, discount, norm) if tc.online_steps else None
     if online and resume and has_ckpt:
         restored = load_online(out, online.state_dict())
         if restored is not None:

@@ -3,8 +3,12 @@
 S seeds × E environments (`online_envs`) step together in the evaluator's `EnvPool`; the acting
 policy is the agent's `act`, called once per chunk for all S·E environments (vmapped over seeds),
 its H actions executed open-loop as in evaluation. Each seed has its own replay buffer with one
-lane per environment (`data.replay`); rewards and masks are the offline relabelling's
-(`data.tasks.online_rewards_masks`), actions are clipped to ±(1 − 1e-5) as the dataset's are.
+lane per environment (`data.replay`); rewards and masks are the offline data's
+(the env spec's `rewards_masks`: `data.tasks.online_rewards_masks` for an OGBench task,
+`envs.gym_env.GymEnvSpec.rewards_masks` for a user's env under the run's `--reward` mode).
+The buffers hold what the agent sees, in the run's normalised units (`data.normalization`:
+observations standardised, actions in [-1, 1], clipped to ±(1 − 1e-5) as the dataset's are); the
+env receives the chunk mapped back into its own action units.
 
 Episodes run in rounds: every environment plays one episode per round, one that ends early waits
 for the others (OGBench envs end on success), and the next round resets them all with seeds
@@ -29,7 +33,7 @@ ACT_STREAM = 0x0411
 
 
 class OnlinePhase:
-    def __init__(self, agent, task, tc, spec, seeds: list[int], discount: float):
+    def __init__(self, agent, task, tc, spec, seeds: list[int], discount: float, norm=None):
         import jax
         import jax.numpy as jnp
 
@@ -37,6 +41,7 @@ class OnlinePhase:
         from steerflow.evaluate import EnvPool
 
         self.task, self.tc, self.spec, self.seeds = task, tc, spec, list(seeds)
+        self.norm = None if norm is None or norm.is_identity() else norm  # None: env units are the agent's
         self.S, self.E = len(seeds), tc.online_envs
         capacity = tc.replay_capacity or tc.online_steps
         # lanes fill unevenly when episodes end early; one episode of slack per lane
@@ -85,10 +90,10 @@ class OnlinePhase:
         import jax
         import jax.numpy as jnp
 
-        from steerflow.data.tasks import ACTION_CLIP, online_rewards_masks
+        from steerflow.data.tasks import ACTION_CLIP
 
         if not self.in_round:
-            self.obs = np.asarray(self.pool.reset(self._reset_seeds()), np.float32)
+            self.obs = self._agent_obs(self.pool.reset(self._reset_seeds()))
             self.finished = np.zeros(self.S * self.E, bool)
         n, H, A = self.S * self.E, self.spec.horizon, self.spec.action_dim
         split = jax.vmap(jax.random.split)(self.act_keys)
@@ -99,23 +104,28 @@ class OnlinePhase:
         chunks = np.clip(chunks.reshape(n, H, A), -ACTION_CLIP, ACTION_CLIP)
         obs = np.zeros((n, H, self.spec.obs_dim), np.float32)
         next_obs, env_rewards = np.zeros_like(obs), np.zeros((n, H), np.float32)
+        successes = np.zeros((n, H), bool)
+        env_chunks = chunks if self.norm is None else np.asarray(self.norm.denormalize_action(chunks), np.float32)
         lengths = np.zeros(n, np.int32)
         for k in range(H):
             live = ~self.finished
             if not live.any():
                 break
             start = time.perf_counter()
-            new_obs, done, success, reward = self.pool.step(chunks[:, k], live)
+            new_obs, done, success, reward = self.pool.step(env_chunks[:, k], live)
             self.timing["env_s"] += time.perf_counter() - start
-            for i in np.flatnonzero(live):
-                obs[i, k], next_obs[i, k], env_rewards[i, k] = self.obs[i], new_obs[i], reward[i]
-                self.obs[i] = new_obs[i]
+            live_ids = np.flatnonzero(live)
+            new_obs = self._agent_obs([new_obs[i] for i in live_ids])
+            for j, i in enumerate(live_ids):
+                obs[i, k], next_obs[i, k], env_rewards[i, k] = self.obs[i], new_obs[j], reward[i]
+                successes[i, k] = success[i]
+                self.obs[i] = new_obs[j]
             lengths[live] += 1
             ended = live & done
             self.counters["episodes"] += int(ended.sum())
             self.counters["successes"] += int(success[ended].sum())
             self.finished |= ended
-        rewards, masks = online_rewards_masks(self.task, env_rewards)
+        rewards, masks = self.task.rewards_masks(env_rewards, successes)
         chunk = {"observations": obs, "actions": chunks, "rewards": rewards, "masks": masks,
                  "next_observations": next_obs}
         shaped = {k: jnp.asarray(v.reshape((self.S, self.E) + v.shape[1:])) for k, v in chunk.items()}
@@ -127,6 +137,11 @@ class OnlinePhase:
         if self.finished.all():  # the round is over: the next chunk resets every environment
             self.obs, self.finished = None, None
             self.counters["round"] += 1
+
+    def _agent_obs(self, env_obs) -> np.ndarray:
+        """(n, obs_dim) float32 observations in the agent's units."""
+        obs = np.asarray(env_obs, np.float32)
+        return obs if self.norm is None else np.asarray(self.norm.normalize_obs(obs), np.float32)
 
     def close(self) -> None:
         self.pool.close()

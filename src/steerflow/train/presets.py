@@ -73,6 +73,7 @@ class RunSpec:
     from_run: str | None = None  # finished offline run whose last checkpoint the online phase continues (`--from`)
     dataset: str | None = None  # an imported dataset (`steerflow data import`); `task` is then its eval
     reward: str | None = None  # reward mode of an imported dataset: given | sparse-success (data.imports)
+    env: dict | None = None  # a user's Gymnasium env (`--env`, `steerflow.envs.gym_env.GymEnvSpec.to_json`); `task` is then env:FACTORY
 
 
 def resolve(run: RunSpec):
@@ -187,7 +188,7 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         return {str(k): _fmt(v) for k, v in (d or {}).items()}
 
     diffs = []
-    for name in ("agent", "task", "preset", "dataset", "reward"):
+    for name in ("agent", "task", "preset", "dataset", "reward", "env"):
         if getattr(stored, name) != getattr(run, name):
             diffs.append(f"--{name}: stored {getattr(stored, name)}, now {getattr(run, name)}")
     if list(map(int, stored.seeds)) != list(map(int, run.seeds)):
@@ -254,7 +255,7 @@ def from_spec(run: RunSpec) -> RunSpec:
     def norm(d):
         return {str(k): _fmt(v) for k, v in (d or {}).items() if k not in ONLINE_FIELDS + CADENCE_FIELDS + ("steps",)}
 
-    diffs = [f"--{n}: there {getattr(stored, n)}, here {getattr(run, n)}" for n in ("agent", "task", "preset")
+    diffs = [f"--{n}: there {getattr(stored, n)}, here {getattr(run, n)}" for n in ("agent", "task", "preset", "env")
              if getattr(stored, n) != getattr(run, n)]
     if list(map(int, stored.seeds)) != list(map(int, run.seeds)):
         diffs.append(f"--seeds: there {','.join(map(str, stored.seeds))}, here {','.join(map(str, run.seeds))}")

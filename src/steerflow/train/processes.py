@@ -28,13 +28,24 @@ def single_thread_env() -> dict[str, str]:
     return env
 
 
-def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
-    """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
+def _env_flags(run: RunSpec) -> list[str]:
+    """`--env ...` or `--eval-task TASK` (or nothing: scored offline) of an imported-dataset run."""
     from steerflow.data.imports import DATASET_PREFIX
 
+    if run.env:
+        env = run.env
+        return ["--env", env["factory"], *(["--env-set", *(f"{k}={json.dumps(v)}" for k, v in env["kwargs"].items())]
+                                             if env.get("kwargs") else []),
+                *(["--max-episode-steps", str(env["max_episode_steps"])] if env.get("max_episode_steps") else []),
+                *(["--success", env["success"]] if env.get("success") else [])]
+    return [] if run.task.startswith(DATASET_PREFIX) else ["--eval-task", run.task]
+
+
+def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
+    """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
     if run.dataset:  # `task` is the evaluation env (`--eval-task`), or the offline metric's placeholder
         where = ["--dataset", run.dataset, *(["--reward", run.reward] if run.reward else []),
-                 *([] if run.task.startswith(DATASET_PREFIX) else ["--eval-task", run.task])]
+                 *_env_flags(run)]
     else:
         where = ["--task", run.task]
     cmd = [sys.executable, "-m", "steerflow.cli", "train", "--agent", run.agent, *where,
