@@ -73,7 +73,8 @@ def scripted_demos(num_demos: int, seed: int = 0, noise: float = 0.3) -> list[di
             obs, _, _, _, info = env.step(action.astype(np.float32))
             rows.append(flat), actions.append(action), nexts.append(np.concatenate([obs["observation"], obs["desired_goal"]]))
             if info["is_success"]:
-                demos.append({"observations": np.array(rows, np.float32), "actions": np.array(actions, np.float32),
-                              "next_observations": np.array(nexts, np.float32)})
+                if len(actions) >= 2:  # an import needs two steps; a start on the goal is no demo
+                    demos.append({"observations": np.array(rows, np.float32), "actions": np.array(actions, np.float32),
+                                  "next_observations": np.array(nexts, np.float32)})
                 break
     return demos

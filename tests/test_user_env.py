@@ -1,0 +1,153 @@
+"""A user's own Gymnasium env (`--env MODULE:FACTORY`, `steerflow.envs.gym_env`): dict observations
+flattened in the dataset's key order, success read from info, the run's normalisation applied to
+observations and inverted on actions, the online transitions' rewards and masks equal to the
+dataset's relabelling, and a killed online phase in that env resuming to the same end.
+
+The env is `steerflow.envs.toy:point_reach` (actions in [-2, 2], so normalisation matters); its
+demos are a noisy controller's, imported like a user's file."""
+
+import json
+
+import numpy as np
+import pytest
+
+from steerflow import cli
+from steerflow.data.imports import apply_reward_mode, import_episodes, load_imported
+from steerflow.envs import toy
+from steerflow.envs.gym_env import GymEnvSpec, flatten_obs
+
+TOY = "steerflow.envs.toy:point_reach"
+KEYS = ["observation", "desired_goal"]
+
+
+@pytest.fixture(scope="module")
+def toy_data(data_root):
+    demos = toy.scripted_demos(20, seed=0)
+    import_episodes(demos, "toy", "robomimic", "toy demos", options={"obs_keys": KEYS})
+    return demos
+
+
+def test_dict_observations_are_flattened_in_the_recorded_key_order_and_success_is_read_from_info():
+    obs = {"observation": np.array([1.0, 2.0]), "desired_goal": np.array([[3.0], [4.0]])}
+    assert flatten_obs(obs, ("observation", "desired_goal")).tolist() == [1, 2, 3, 4]
+    assert flatten_obs(obs, ("desired_goal", "observation")).tolist() == [3, 4, 1, 2]
+    with pytest.raises(ValueError, match="no key.*'achieved_goal'"):
+        flatten_obs(obs, ("achieved_goal",))
+    with pytest.raises(ValueError, match="dict with keys.*--obs-keys"):
+        flatten_obs(obs, None)
+
+    spec = GymEnvSpec(TOY, obs_keys=tuple(KEYS)).probe()
+    assert (spec.obs_dim, spec.action_dim, spec.episode_length) == (4, 2, 40)
+    env = spec.make()
+    flat, info = env.reset(seed=3)
+    inner = env.unwrapped
+    assert flat.tolist() == [*inner.pos.tolist(), *inner.goal.tolist()] and info["success"] is False
+    inner.pos = inner.goal.copy()  # on the goal: the next step succeeds and ends the episode
+    _, _, terminated, truncated, info = env.step(np.zeros(2))
+    assert info["success"] is True and terminated and not truncated
+    with pytest.raises(ValueError, match="--success .*not callable"):
+        GymEnvSpec(TOY, obs_keys=tuple(KEYS), success="steerflow.envs.toy:SUCCESS_RADIUS").make()
+    by_fn = GymEnvSpec(TOY, obs_keys=tuple(KEYS), success="operator:is_").make()  # is_(obs, info): never
+    by_fn.reset(seed=3)
+    by_fn.unwrapped.pos = by_fn.unwrapped.goal.copy()
+    assert by_fn.step(np.zeros(2))[4]["success"] is False
+    limited = GymEnvSpec(TOY, obs_keys=tuple(KEYS), max_episode_steps=3).make()
+    limited.reset(seed=0)
+    assert [limited.step(np.zeros(2))[3] for _ in range(3)] == [False, False, True]  # the time limit
+
+
+def test_sparse_success_rewards_and_masks_are_the_datasets_on_both_sides_of_the_switch(toy_data):
+    """Offline: a demo's last transition (the one reaching success) is r = 0, mask = 0, the others
+    r = -1, mask = 1. Online: the transition whose next state is a success gets the same."""
+    train, _, _, _ = load_imported("toy")
+    relabelled, _ = apply_reward_mode(train, "sparse-success", "toy")
+    pos, goal = train["next_observations"][:, :2], train["next_observations"][:, 2:]
+    reached = np.linalg.norm(pos - goal, axis=1) < toy.SUCCESS_RADIUS
+    assert np.array_equal(relabelled["rewards"] == 0, reached) and np.array_equal(relabelled["masks"] == 0, reached)
+    spec = GymEnvSpec(TOY, obs_keys=tuple(KEYS), reward="sparse-success")
+    rewards, masks = spec.rewards_masks(np.array([-0.5, -0.05]), np.array([False, True]))
+    assert rewards.tolist() == [-1, 0] and masks.tolist() == [1, 0]
+    rewards, masks = GymEnvSpec(TOY, reward="given").rewards_masks(np.array([-0.5, -0.05]), np.array([False, True]))
+    assert rewards.tolist() == pytest.approx([-0.5, -0.05]) and masks.tolist() == [1, 0]
+
+
+ONLINE = ["--train-set", "steps=400", "eval_every=1000", "eval_episodes=2", "online_envs=2",
+          "--online-steps", "120", "--online-ratio", "0.5"]
+
+
+def _train(out, *extra):
+    cli.main(["train", "--agent", "bc-mf", "--dataset", "toy", "--reward", "sparse-success", "--env", TOY,
+              "--preset", "smoke", *ONLINE, "--out", str(out), *extra])
+
+
+def test_online_phase_acts_in_env_units_and_stores_normalised_transitions_with_the_datasets_rewards(toy_data, tmp_path):
+    from steerflow.data import normalization
+    from steerflow.train.checkpoint import _read
+
+    _train(tmp_path / "run")
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["online_env_steps"][0] >= 120 and final["task"] == f"env:{TOY}"
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())["run"]["env"]
+    assert stored["factory"] == TOY
+    norm = normalization.load(tmp_path / "run")
+    assert not norm.is_identity()
+    buf = {k: np.asarray(v)[0] for k, v in _read(tmp_path / "run")["online"]["buffers"].items()}
+    rows = buf["time"] >= 0
+    obs, nxt = (buf[k][rows] * np.asarray(norm.obs_std) + np.asarray(norm.obs_mean)
+                for k in ("observations", "next_observations"))
+    env_actions = np.clip(np.asarray(norm.denormalize_action(buf["actions"][rows])), -2, 2)
+    # the env moved by the denormalised action: stored observations and actions are in the agent's units
+    np.testing.assert_allclose(nxt[:, :2], np.clip(obs[:, :2] + toy.SPEED * env_actions, -1, 1), atol=1e-4)
+    assert np.abs(buf["actions"][rows]).max() <= 1.0
+    reached = np.linalg.norm(nxt[:, :2] - nxt[:, 2:], axis=1) < toy.SUCCESS_RADIUS
+    assert np.array_equal(buf["rewards"][rows] == 0, reached) and np.array_equal(buf["masks"][rows] == 0, reached)
+    assert set(np.unique(buf["rewards"][rows])) <= {0.0, -1.0} and reached.sum() >= 1  # not vacuous
+
+
+def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(toy_data, tmp_path, monkeypatch):
+    from steerflow.train import loop
+
+    _train(tmp_path / "straight")
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, states, keys, step, online=None):
+        real_save(run_dir, states, keys, step, online=online)
+        if online is not None and int(online["round"]) >= 1:
+            raise KeyboardInterrupt  # killed right after an online checkpoint between rounds
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit) as exit_:  # the CLI's exit on an interrupt
+        _train(tmp_path / "killed")
+    assert exit_.value.code == 130
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    _train(tmp_path / "killed", "--resume")
+    for name in ("checkpoints/latest.msgpack", "eval.csv"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "cube-single-task2", "--env", TOY], "--env .*only for imported data"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env-set", "a=1"], "--env-set: only with --env"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env", TOY, "--eval-task", "cube-single-task2"],
+     "name one env"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env", "steerflow.envs.toy:nothing"], "no attribute"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env", "cube-single-task2-v9"], "registered Gymnasium id"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env", "steerflow.envs.toy:point_reach",
+      "--env-set", "max_episode_steps=0", "--max-episode-steps", "0"], "--max-episode-steps 0"),
+])
+def test_bad_env_flags_are_refused_before_any_work(toy_data, tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--agent", "bc-mf", "--preset", "smoke", "--out", str(tmp_path / "r"), *argv])
+    assert exit_.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_env_whose_observations_do_not_match_the_dataset_is_named(toy_data, tmp_path, capsys):
+    demos = toy_data[:4]
+    import_episodes([{**d, "observations": d["observations"][:, :3], "next_observations": d["next_observations"][:, :3]}
+                     for d in demos], "toy3", "robomimic", "toy demos", options={"obs_keys": KEYS})
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--agent", "bc-mf", "--preset", "smoke", "--dataset", "toy3", "--reward", "sparse-success",
+                  "--env", TOY, "--out", str(tmp_path / "r")])
+    assert "--env env:steerflow.envs.toy:point_reach: its env has observations of 4" in capsys.readouterr().err
