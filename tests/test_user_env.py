@@ -151,3 +151,17 @@ def test_an_env_whose_observations_do_not_match_the_dataset_is_named(toy_data, t
         cli.main(["train", "--agent", "bc-mf", "--preset", "smoke", "--dataset", "toy3", "--reward", "sparse-success",
                   "--env", TOY, "--out", str(tmp_path / "r")])
     assert "--env env:steerflow.envs.toy:point_reach: its env has observations of 4" in capsys.readouterr().err
+
+
+def test_python_api_trains_on_imported_demos_in_a_user_env_then_finetunes_it_online(toy_data, tmp_path):
+    import steerflow
+
+    run = steerflow.train_agent("bc-mf", dataset="toy", reward="sparse-success", env=TOY, env_kwargs={"max_episode_steps": 30},
+                                preset="smoke", out=tmp_path / "offline", quiet=True,
+                                train_overrides={"eval_episodes": 2, "online_envs": 1})
+    stored = json.loads((run / "config.json").read_text())["run"]
+    assert stored["env"] == {"factory": TOY, "kwargs": {"max_episode_steps": 30}, "max_episode_steps": None, "success": None}
+    online = steerflow.finetune(run, online_steps=40, quiet=True)
+    final = json.loads((online / "final.json").read_text())
+    assert online == tmp_path / "offline-online" and final["online_env_steps"] == [40] and final["online_ratio"] == 0.5
+    assert final["offline_steps"] == 40 and final["task"] == f"env:{TOY}"

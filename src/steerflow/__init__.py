@@ -8,4 +8,4 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*Box (low|high)'s precision lowered.*")
 
 # the few-line API; named apart from the modules `steerflow.train` and `steerflow.export`
-from steerflow.api import export_run, load_policy, make_env, task, train_agent  # noqa: E402
+from steerflow.api import export_run, finetune, load_policy, make_env, task, train_agent  # noqa: E402

@@ -6,12 +6,21 @@
     env = steerflow.make_env("cube-single-task2")
     chunk = policy.act(env.reset(seed=0)[0])  # (H, A) actions for the next H steps
 
+On your own demonstrations and env (`steerflow data import`, then):
+
+    run = steerflow.train_agent("lps", dataset="my-demos", reward="sparse-success",
+                                env="my_robot.envs:make_env", out="runs/lps-mine")
+    online = steerflow.finetune(run, online_steps=20_000)  # in the same env, balanced 0.5 batches
+
 `train_agent` is `steerflow train` (same RunSpec, preset resolution, checks and run directory);
+`finetune` is `steerflow train --from RUN --online-steps N`;
 `export_run` is `steerflow export`; `load_policy` is `steerflow.policy.load`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 
@@ -29,23 +38,46 @@ def make_env(name: str, **env_kwargs):
     return make(task(name), **env_kwargs)
 
 
-def train_agent(agent: str, task: str, preset: str = "cpu", seeds=(0,), out=None, steps: int | None = None,
-          overrides: dict | None = None, train_overrides: dict | None = None, resume: bool = False,
-          quiet: bool = False) -> Path:
-    """Train `agent` on `task` (all seeds vmapped in this process) into `out` (default
-    runs/AGENT-TASK-PRESET) and return the run directory. `overrides` are agent-config
-    `--set KEY=VALUE`s, `train_overrides` training-config `--train-set`s, `steps` `--steps`."""
-    from steerflow.cli import parse_seed_list
-    from steerflow.train import RunSpec, check_run, train as run_training
+def train_agent(agent: str, task: str | None = None, preset: str = "cpu", seeds=(0,), out=None,
+                steps: int | None = None, overrides: dict | None = None, train_overrides: dict | None = None,
+                resume: bool = False, quiet: bool = False, dataset: str | None = None, reward: str | None = None,
+                env: str | None = None, env_kwargs: dict | None = None, max_episode_steps: int | None = None,
+                success: str | None = None) -> Path:
+    """Train `agent` on `task`, or on an imported `dataset` evaluated in your `env` ("module:factory",
+    its `env_kwargs`, time limit and success as `--env`, `--env-set`, `--max-episode-steps`,
+    `--success`), all seeds vmapped in this process, into `out` (default runs/AGENT-TASK-PRESET);
+    returns the run directory. `overrides` are agent-config `--set KEY=VALUE`s, `train_overrides`
+    training-config `--train-set`s, `steps` `--steps`."""
+    from steerflow.cli import Train
+    from steerflow.train import check_run, train as run_training
 
-    seeds = parse_seed_list(",".join(map(str, seeds)) if not isinstance(seeds, str) else seeds)
-    train_overrides = {k: _text(v) for k, v in (train_overrides or {}).items()}
-    if steps is not None:
-        train_overrides["steps"] = str(steps)
-    run = RunSpec(agent=agent, task=task, seeds=seeds, preset=preset,
-                  overrides={k: _text(v) for k, v in (overrides or {}).items()}, train_overrides=train_overrides)
-    out = Path(out) if out is not None else Path("runs") / f"{agent}-{task}-{preset}"
+    flags = Train(agent=agent, task=task, seeds=seeds if isinstance(seeds, str) else ",".join(map(str, seeds)),
+                  steps=steps, preset=preset, out=None if out is None else Path(out), dataset=dataset, reward=reward,
+                  env=env, env_set=[[f"{k}={json.dumps(v)}" for k, v in (env_kwargs or {}).items()]],
+                  max_episode_steps=max_episode_steps, success=success,
+                  set=[[f"{k}={_text(v)}" for k, v in (overrides or {}).items()]],
+                  train_set=[[f"{k}={_text(v)}" for k, v in (train_overrides or {}).items()]])
+    run, out = flags.spec(), flags.out_dir
     check_run(run)
+    run_training(run, out, resume=resume, quiet=quiet)
+    return out
+
+
+def finetune(run_dir, online_steps: int, online_ratio: float = 0.5, updates_per_env_step: float = 1.0,
+             out=None, resume: bool = False, quiet: bool = False) -> Path:
+    """Continue a finished offline run online, in the env it was evaluated in (its `--env` or OGBench
+    task), with `online_ratio` of each batch from the online replay (LPS: 0.5): `steerflow train
+    --from RUN_DIR --online-steps N` into `out` (default RUN_DIR-online); returns that directory."""
+    from steerflow.train import RunSpec, check_run, train as run_training
+    from steerflow.train.presets import from_spec
+
+    run_dir = Path(run_dir)
+    stored = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
+    run = dataclasses.replace(stored, from_run=str(run_dir), train_overrides={
+        **stored.train_overrides, "online_steps": str(online_steps), "online_ratio": str(online_ratio),
+        "updates_per_env_step": str(updates_per_env_step)})
+    check_run(from_spec(run))
+    out = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-online")
     run_training(run, out, resume=resume, quiet=quiet)
     return out
 
