@@ -184,6 +184,20 @@ def test_lps_clip_actor_chunk_scores_the_clipped_chunk():
     assert _sq_norm(g_clip) < _sq_norm(g_raw)
 
 
+def test_lps_actor_climbs_the_critics_pessimistic_aggregate_when_asked():
+    """With `critic.aggregate=pessimistic` (e.g. `--set critic=qpilots`) the actor loss is
+    −λ·mean_B(mean_j Q_j − ρ·std_j Q_j), not the plain mean the paper's LPS climbs (the default)."""
+    state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps, **{"critic.num_critics": 4,
+                                                                 "critic.aggregate": "pessimistic"}))
+    obs = _batch(jax.random.PRNGKey(1))["observations"]
+    _, chunk = lps.steer(state, state.params, obs)
+    q = qc.make_critic(state.config.critic).apply(state.params["critic"], obs, chunk)  # (J, B)
+    loss, _ = lps.actor_loss(state, state.params, obs)
+    pessimistic = jnp.mean(q, 0) - 0.5 * jnp.std(q, 0)
+    np.testing.assert_allclose(loss, -jnp.mean(pessimistic) / jnp.mean(jnp.abs(q)), rtol=1e-5)
+    assert abs(float(loss) + float(jnp.mean(q) / jnp.mean(jnp.abs(q)))) > 1e-4  # not the mean's loss
+
+
 def test_meanflow_error_reduce_mean_is_the_sum_over_d():
     """`error_reduce="mean"` (the authors' weighting) reports the chunk-averaged error, 1/d of the
     summed one, on the same draw."""

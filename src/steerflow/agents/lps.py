@@ -5,7 +5,10 @@ behaviour cloning; a deterministic latent actor h_φ(s), projected onto the prio
 (sphere of radius √d by default), is trained by back-propagating the Q-chunking critic through
 the base policy, whose parameters — like the critic's — are frozen inside that loss:
 
-    L_actor  = − λ · mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)),   λ = 1 / sg(mean|Q|)
+    L_actor  = − λ · agg_j Q_j(s, π_β(s, l_φ(s), 0, 1)),    λ = 1 / sg(mean|Q|)
+               (agg = the critic's aggregate, `critic.aggregate`: the mean by default, as the paper;
+               `--set critic=qpilots` makes it a 10-critic pessimistic mean − 0.5·std, which the
+               actor then climbs too)
                (`clip_actor_chunk`: Q_j(s, clip(π_β(...))), as the authors' code)
     L_total  = α · L_MF(β) + L_actor(φ) + L_critic(θ)        (α = 1 except in the α study)
     a'       = clip(π_β(s', l_φ(s'), 0, 1))                  (critic target action)
@@ -80,7 +83,7 @@ def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jn
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
-    """−λ·mean_j Q_j(s, π_β(s, l_φ(s), 0, 1)); β and θ are frozen *inside* this loss, so its
+    """−λ·agg_j Q_j(s, π_β(s, l_φ(s), 0, 1)); β and θ are frozen *inside* this loss, so its
     gradient reaches only the latent actor φ (through π_β and Q)."""
     critic = critic_net(state.config, state.spec)
     frozen = {"actor": params["actor"], "base": jax.lax.stop_gradient(params["base"])}
@@ -88,7 +91,8 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.n
     scored = jnp.clip(steered, -1.0, 1.0) if state.config.clip_actor_chunk else steered
     q = critic.apply(jax.lax.stop_gradient(params["critic"]), obs, scored)  # (J, B)
     scale = 1.0 / jax.lax.stop_gradient(jnp.mean(jnp.abs(q)) + 1e-6) if state.config.normalize_q else 1.0
-    loss = -scale * jnp.mean(q)
+    climbed = q if state.config.critic.aggregate == "mean" else qc.aggregate(q, state.config.critic)
+    loss = -scale * jnp.mean(climbed)
     return loss, {"actor_loss": loss, "actor_q": jnp.mean(q),
                   "latent_norm": jnp.mean(jnp.linalg.norm(latents, axis=-1)),
                   "steered_abs_max": jnp.mean(jnp.max(jnp.abs(steered), -1))}
