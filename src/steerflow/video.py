@@ -18,6 +18,7 @@ frame size hardly matters), so `max_steps` cuts episodes short.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import warnings
@@ -83,6 +84,14 @@ def mark(frame: np.ndarray, episode: int, t: int, reached: bool, failed: bool) -
     return frame
 
 
+@contextlib.contextmanager
+def _ffmpeg_forks():
+    """JAX warns of any fork in its process; imageio-ffmpeg's ffmpeg is a fork-exec, which is safe."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        yield
+
+
 def video_name(step: int, episode: int, success: bool) -> str:
     return f"step_{step:08d}_ep{episode}_{'success' if success else 'failure'}.mp4"
 
@@ -104,9 +113,7 @@ class _Filmed(gymnasium.Wrapper):
         self._discard()  # an episode left unfinished
         self.episode, self.t, self.reached = self.episode + 1, 0, False
         self.tmp = self.out_dir / f".{video_name(self.step_id, self.episode, False)}.{os.getpid()}-{secrets.token_hex(4)}.mp4"
-        with warnings.catch_warnings():  # JAX warns of any fork; ffmpeg's is a fork-exec
-            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-            self.writer = imageio.get_writer(self.tmp, format="FFMPEG", fps=self.fps, macro_block_size=2)
+        self.writer = imageio.get_writer(self.tmp, format="FFMPEG", fps=self.fps, macro_block_size=2)
         self._frame(failed=False, done=False)
         return obs, info
 
@@ -126,7 +133,9 @@ class _Filmed(gymnasium.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def _frame(self, failed: bool, done: bool) -> None:
-        self.writer.append_data(mark(self.env.render(), self.episode, self.t, self.reached, failed))
+        frame = mark(self.env.render(), self.episode, self.t, self.reached, failed)
+        with _ffmpeg_forks():  # the first frame starts ffmpeg
+            self.writer.append_data(frame)
         self.on_frame(done)
 
     def _discard(self) -> None:
@@ -265,5 +274,5 @@ def read_frames(path: Path) -> np.ndarray:
     """An MP4's frames (T, h, w, 3) uint8."""
     import imageio
 
-    with imageio.get_reader(path, format="FFMPEG") as reader:
+    with _ffmpeg_forks(), imageio.get_reader(path, format="FFMPEG") as reader:
         return np.stack([frame for frame in reader.iter_data()])  # (len(reader) is inf)
