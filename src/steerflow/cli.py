@@ -8,7 +8,7 @@
     steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
                     [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
-    steerflow eval RUN_DIR [--episodes N]
+    steerflow eval RUN_DIR [--episodes N] [--video N [--video-dir DIR] [--video-steps K]]
     steerflow export RUN_DIR --format onnx|stablehlo --out DIR [--seed-index I]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
     steerflow toy [--out DIR] [--seeds 0,1,2] [--steps N] [--workers W]
@@ -356,20 +356,44 @@ def check_out_dir(flag: str, path: Path) -> None:
 
 @dataclass
 class Eval:
-    """Evaluate a run's last checkpoint."""
+    """Evaluate a run's last checkpoint, or record videos of its episodes (--video N)."""
 
     run_dir: Annotated[tyro.conf.Positional[Path], tyro.conf.arg(metavar="RUN_DIR")]
     episodes: int = 50
     workers: int = 2  # env worker processes (0: step the envs in this process)
+    video: Annotated[int | None, tyro.conf.arg(metavar="N")] = None  # instead: record N episodes of the first seed's policy as MP4s
+    video_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # where the MP4s go (default RUN_DIR/video)
+    video_steps: Annotated[int | None, tyro.conf.arg(metavar="K")] = None  # end each recorded episode after K steps (default: the env's limit)
 
     def validate(self):
         _positive("--episodes", self.episodes)
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: expected 0 or more")
+        if self.video is None:
+            for flag, value in (("--video-dir", self.video_dir), ("--video-steps", self.video_steps)):
+                if value is not None:
+                    raise ValueError(f"{flag} {value}: only with --video N")
+            return
+        from steerflow.video import require_video
+
+        _positive("--video", self.video)
+        if self.video_steps is not None:
+            _positive("--video-steps", self.video_steps)
+        if self.video_dir is not None:
+            check_out_dir("--video-dir", self.video_dir)
+        require_video("--video")
 
     def __call__(self):
         from steerflow.train import evaluate_run
 
+        if self.video is not None:
+            from steerflow.video import record_run
+
+            step, paths = record_run(self.run_dir, self.video, self.video_dir, self.video_steps)
+            solved = sum(p.stem.endswith("_success") for p in paths)
+            print(f"{len(paths)} video(s) of {self.run_dir} at step {step}, {solved} success(es):")
+            print("\n".join(str(p) for p in paths))
+            return
         for record in evaluate_run(self.run_dir, self.episodes, self.workers):
             print(json.dumps(record))
 

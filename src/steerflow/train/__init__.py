@@ -13,6 +13,7 @@ one process (`parallel="vmap"`, the GPU lever) or run as one single-threaded pro
     normalization.json  observation/action statistics the policy acts in (identity for OGBench;
                      `data.normalization`)
     final.json       the last evaluation: agent, task, preset, steps, seeds, final_success, mean
+    video/           step_XXXXXXXX_ep{i}_{success|failure}.mp4 (`video_every`, `steerflow eval --video`)
     failed.json      only when the losses became non-finite: step, losses (`report` lists the run
                      as failed and leaves it out); the last good checkpoint stays
 

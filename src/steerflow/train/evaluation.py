@@ -168,9 +168,30 @@ def restore_run(run_dir: Path):
     return run, agent, config, tc, spec, states, step, norm
 
 
+EVAL_SEED = 10_000_019  # `steerflow eval`'s episodes (and its videos') reset seeds: EVAL_SEED·100003 + i
+
+
+def restore_for_env(run_dir: Path):
+    """(env spec, `restore_run(run_dir)`) of a run evaluated in an env, with its stored
+    normalisation checked against the env's dims; ValueError for a run scored offline."""
+    from steerflow.data import normalization, source
+
+    run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
+    task = source.eval_task(run)
+    if task is None:
+        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
+                         f"action MSE is in {run_dir}/evals/")
+    restored = restore_run(run_dir)
+    norm = restored[-1]
+    if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
+        raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
+                         f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
+    return task, restored
+
+
 def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
     """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
-    from steerflow.data import normalization, source
+    from steerflow.data import source
     from steerflow.runinfo import atomic_write_json
 
     run_dir = Path(run_dir)
@@ -179,17 +200,9 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         if not children:
             raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it or in seed_*/")
         return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
-    run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
-    task = source.eval_task(run)
-    if task is None:
-        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
-                         f"action MSE is in {run_dir}/evals/")
-    run, agent, config, tc, spec, states, step, norm = restore_run(run_dir)
-    if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
-        raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
-                         f"{norm.action_dim}-D actions; {task.name} has {task.obs_dim} and {task.action_dim}")
+    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir)
     success, final_reward = evaluate_states(
-        agent, states, spec, task, episodes, workers, seed=10_000_019, policy=source.normalized_policy(make_policy(agent), norm),
+        agent, states, spec, task, episodes, workers, seed=EVAL_SEED, policy=source.normalized_policy(make_policy(agent), norm),
         max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}", with_final_reward=True)
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,

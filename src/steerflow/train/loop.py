@@ -176,6 +176,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                            env_steps=online.counters["env_steps"].tolist() if online_active else None,
                            final_reward=final_reward)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
+        from steerflow.video import during_training  # at multiples of video_every (0: never)
+        during_training(out, tc, step, task, source.normalized_policy(policy, norm), states, quiet, lambda: bool(received))
         if online_active:
             online.timing["eval_s"] += time.perf_counter() - eval_start
         return rec

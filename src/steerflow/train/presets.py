@@ -57,6 +57,10 @@ class TrainConfig:
     updates_per_env_step: float = 1.0  # gradient updates per env step
     online_envs: int = 2  # environments per seed stepped together (workers: eval_workers)
     replay_capacity: int = 0  # online transitions kept per seed (0: all online_steps of them)
+    # videos (steerflow.video, the `video` extra): at evaluation steps that are multiples of video_every
+    video_every: int = 0  # 0: off; else MP4s of the first seed's policy into OUT/video
+    video_episodes: int = 1
+    video_steps: int = 0  # steps per recorded episode (0: the env's limit; rendering runs ~3 frames/s on a CPU)
 
 
 @dataclass
@@ -119,11 +123,11 @@ def _apply_one(config, key: str, value, flag: str, agent_name: str, other, other
 def check_train_config(tc: "TrainConfig") -> None:
     """Values a run cannot start with, named before any work."""
     positive = ("steps", "batch_size", "horizon", "updates_per_call", "log_every", "eval_every",
-                "checkpoint_every", "eval_episodes", "eval_envs", "dataset_episodes")
+                "checkpoint_every", "eval_episodes", "eval_envs", "dataset_episodes", "video_episodes")
     for name in positive:
         if getattr(tc, name) < 1:
             raise ValueError(f"training config {name}={getattr(tc, name)}: expected a positive integer")
-    for name in ("online_steps", "replay_capacity"):
+    for name in ("online_steps", "replay_capacity", "video_every", "video_steps"):
         if getattr(tc, name) < 0:
             raise ValueError(f"training config {name}={getattr(tc, name)}: expected 0 or more")
     if tc.online_ratio > 1:
@@ -149,7 +153,7 @@ def check_run(run: RunSpec):
     import jax
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.data.source import run_dims, run_layout
+    from steerflow.data.source import eval_task, run_dims, run_layout
     from steerflow.encoders import check_images
 
     obs_dim, action_dim = run_dims(run)  # the task name, or the imported dataset's meta and --reward
@@ -159,6 +163,13 @@ def check_run(run: RunSpec):
     if len(set(run.seeds)) != len(run.seeds):
         raise ValueError(f"--seeds {','.join(map(str, run.seeds))}: a seed is repeated")
     agent, config, tc = resolve(run)
+    if tc.video_every:  # (checked here, not in `resolve`: a run's records stay readable without the extra)
+        from steerflow.video import require_video
+
+        require_video(f"training config video_every={tc.video_every}")
+        if eval_task(run) is None:
+            raise ValueError(f"training config video_every={tc.video_every}: {run.dataset} is scored offline, "
+                             "there is no env to film (name one with --eval-task)")
     check_images(run.agent, config, layout)
     spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon, obs_layout=layout)
     try:
