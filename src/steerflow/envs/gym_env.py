@@ -29,6 +29,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 
+import gymnasium as gym
 import numpy as np
 
 REWARD_MODES = ("sparse-success", "given")
@@ -90,8 +91,6 @@ class GymEnvSpec:
 
     def make(self, render_mode: str | None = None):
         """The env wrapped by `_Adapter` (flat float32 observations, info["success"], time limit)."""
-        import gymnasium as gym
-
         kwargs = dict(self.kwargs)
         if render_mode:
             kwargs["render_mode"] = render_mode
@@ -117,8 +116,6 @@ class GymEnvSpec:
         """This spec with obs_dim, action_dim and episode_length read off one reset env (errors name
         the flag: a factory that fails, a non-Box action space, no time limit)."""
         import dataclasses
-
-        import gymnasium as gym
 
         env = self.make()
         try:
@@ -159,23 +156,22 @@ def parse_env_kwargs(pairs: list[str]) -> dict:
     return out
 
 
-class _Adapter:
-    """The gymnasium API the evaluator and the online phase use, over the user's env."""
+class _Adapter(gym.Wrapper):
+    """The user's env with flat float32 observations, `info["success"]` and the time limit."""
 
     def __init__(self, env, spec: GymEnvSpec):
-        self.env, self.spec_ = env, spec
-        self.action_space = env.action_space
+        super().__init__(env)
+        self.spec_ = spec
+        space = env.observation_space
+        parts = [space[k] for k in spec.obs_keys or ()] if isinstance(space, gym.spaces.Dict) else [space]
+        if all(isinstance(p, gym.spaces.Box) for p in parts):
+            dim = sum(int(np.prod(p.shape)) for p in parts)
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         self._success_fn = _resolve(spec.success, "--success") if spec.success and ":" in spec.success else None
         self._t = 0
 
     @property
-    def unwrapped(self):
-        return self.env.unwrapped
-
-    @property
     def time_limit(self) -> int:
-        import gymnasium as gym
-
         limit, env = self.spec_.max_episode_steps, self.env
         while not limit and isinstance(env, gym.Wrapper):  # a TimeLimit the factory applied
             limit = getattr(env, "_max_episode_steps", None) if isinstance(env, gym.wrappers.TimeLimit) else None
@@ -185,7 +181,7 @@ class _Adapter:
             raise ValueError(f"--env {self.spec_.factory}: the env has no time limit; pass --max-episode-steps N")
         return int(limit)
 
-    def reset(self, seed: int | None = None, options=None):
+    def reset(self, *, seed: int | None = None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         self._t = 0
         return flatten_obs(obs, self.spec_.obs_keys), self._with_success(obs, info)
@@ -209,10 +205,4 @@ class _Adapter:
             success = info[self.spec_.success]
         else:
             success = info.get("success", info.get("is_success", False))
-        return {**info, "success": bool(np.asarray(success).item() if np.ndim(success) == 0 else np.any(success))}
-
-    def render(self):
-        return self.env.render()
-
-    def close(self):
-        self.env.close()
+        return {**info, "success": bool(np.any(success))}
