@@ -1,21 +1,25 @@
-"""The practitioner scenario of issue 12: a few tens of successful, noisy demos without rewards.
+"""The robot practitioner's loop, measured: a few tens of teleoperation-like demos without rewards
+→ offline policy → online fine-tuning in the env, LPS against behaviour cloning.
 
-50 successful demos of cube-single task 2 from OGBench's CubePlanOracle with its noise (0.1,
-smoothing 0.5: suboptimal like teleoperation; `export_formats.oracle_task_demos`) are written to a
-robomimic HDF5 file without rewards, imported like a user's file (`steerflow data import`), and
-trained on with `--reward sparse-success` by BC-MF, LPS and DSRL-NA (every seed vmapped in one
-process, the CPU protocol's nets: 2x256, batch 128), then evaluated in the cube-single-task2 env
-through the stored normalisation. Prints success per seed with 95% bootstrap CIs and writes
-benchmarks/results/practitioner_<cpu|gpu>.json naming the machine, the budget and the wall times.
+Test beds (`--testbed`): `fetch-pick-and-place` (Gymnasium-Robotics' FetchPickAndPlace, a scripted
+operator, evaluated and fine-tuned through `--env steerflow.envs.fetch:pick_and_place`) and
+`cube-single-task2` (OGBench's oracle, evaluated in its env). The demos (`steerflow.demos`, with the
+`--artifacts` of teleoperation: pauses, hesitation, micro-corrections, jitter, premature release)
+are written to robomimic HDF5 without rewards and imported like a user's file, then every row is
+trained with `--reward sparse-success` (the CPU protocol's nets: 2x256, batch 128; every seed
+vmapped in one process), evaluated every `--eval-every` steps in the env through the stored
+normalisation, and — with `--online-steps N` — continued online from its last checkpoint
+(`--from`) with balanced batches (`online_ratio` 0.5, one update per env step). Prints success per
+seed with 95% bootstrap CIs and writes the rows into `--results` (default
+benchmarks/results/practitioner_loop_<cpu|gpu>.json), keyed `TESTBED/DEMOS/ARTIFACTS/ROW@STEPS[+onN]`,
+each with its whole evaluation curve, the machine and the wall time.
 
-    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --steps 20000 --eval-episodes 50
-    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --rows lps-dit --steps 5000
+    MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/practitioner.py --testbed fetch-pick-and-place \\
+        --rows bc-mf,lps --steps 20000 --eval-every 5000 --online-steps 10000
+    .venv/bin/python benchmarks/practitioner.py --testbed cube-single-task2 --rows lps --steps 100000 --eval-every 10000
 
-The budget is a flag because the CPU protocol's 100K steps per agent do not fit a shared core;
-each row of the JSON says which budget it ran. Rows accumulate: an invocation replaces the rows it
-runs and keeps the others (so the slow DiT row can run at its own budget). `peak_rss_mb` is the
-process's peak resident memory after the row (rows run in order in one process, so it is the
-row's own peak only for the first row of an invocation).
+Rows accumulate: an invocation replaces the rows it runs and keeps the others. Runs go to
+`--out/<key>` and resume when re-invoked.
 """
 
 from __future__ import annotations
@@ -33,22 +37,26 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 # row name -> (agent, agent-config overrides)
-ROWS = {"bc-mf": ("bc-mf", {}), "lps": ("lps", {}), "dsrl-na": ("dsrl-na", {}),
+ROWS = {"bc-mf": ("bc-mf", {}), "bc-fm": ("bc-fm", {}), "lps": ("lps", {}), "lpsd": ("lpsd", {}),
+        "dsrl-na": ("dsrl-na", {}), "qc-fql": ("qc-fql", {}),
+        "lps-pessimistic": ("lps", {"critic": "qpilots"}),  # 10 critics, mean − 0.5·std, climbed by the actor
         "lps-dit": ("lps", {"base.arch": "dit"})}  # the DiT base (src/steerflow/dit.py)
+FETCH_ENV = {"factory": "steerflow.envs.fetch:pick_and_place", "kwargs": {}, "max_episode_steps": None, "success": None}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--testbed", default="cube-single-task2", help="fetch-pick-and-place or cube-single-taskN")
     ap.add_argument("--demos", type=int, default=50)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--eval-episodes", type=int, default=20)
-    ap.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps too (0: at the end only); "
-                    "the row's `curve` holds every evaluation")
+    ap.add_argument("--artifacts", default="none", help="teleoperation artifacts: all, none or a list (pause,jitter,...)")
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps too (0: at the end only)")
+    ap.add_argument("--eval-episodes", type=int, default=50)
+    ap.add_argument("--online-steps", type=int, default=0, help="then fine-tune online for N env steps per seed")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rows", default="bc-mf,lps,dsrl-na", help=f"comma-separated, of {', '.join(ROWS)}")
+    ap.add_argument("--rows", default="bc-mf,lps", help=f"comma-separated, of {', '.join(ROWS)}")
     ap.add_argument("--out", type=Path, default=Path("runs/practitioner"))
-    ap.add_argument("--results", type=Path, default=None,
-                    help="the JSON its rows go to (default benchmarks/results/practitioner_<cpu|gpu>.json)")
+    ap.add_argument("--results", type=Path, default=None)
     ap.add_argument("--note", default="", help="e.g. the machine's load while it ran")
     args = ap.parse_args()
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -56,73 +64,90 @@ def main() -> None:
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         ap.error(f"--rows {','.join(unknown)}: unknown; expected some of {', '.join(ROWS)}")
+    from steerflow.demos import Artifacts, check_source
 
-    from tqdm import tqdm
+    try:
+        check_source(args.testbed)
+        artifacts = Artifacts.parse(args.artifacts)
+    except ValueError as err:
+        ap.error(str(err))
 
-    from steerflow.data import export_formats as ex
-    from steerflow.data.imports import import_path
-    from steerflow.report import bootstrap_ci
-    from steerflow.runinfo import atomic_write_json, device_description, git_commit
-    from steerflow.train import RunSpec, train
+    from steerflow.runinfo import atomic_write_json, device_description
 
-    name = f"practitioner-cube-single-task2-{args.demos}"
-    t0 = time.perf_counter()
-    with tqdm(total=args.demos, desc="successful oracle demos", unit="demo") as bar:
-        demos = ex.oracle_task_demos("cube-single-task2", args.demos, seed=0, progress=bar.update)
-    demo_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        path = ex.write_robomimic(Path(tmp) / "demos.hdf5", demos)  # no rewards, no dones
-        import_path("robomimic", path, name, obs_keys=list(ex.ROBOMIMIC_KEYS), replace=True)
+    name, demo_info = import_demos(args.testbed, args.demos, artifacts)
     seeds = [int(s) for s in args.seeds.split(",")]
+    prefix = f"{args.testbed}/{args.demos}/{args.artifacts}"
     results = {}
     for row in rows:
-        agent, overrides = ROWS[row]
-        run = RunSpec(agent=agent, task="cube-single-task2", seeds=seeds, preset="cpu", dataset=name,
-                      reward="sparse-success", overrides=overrides,
-                      train_overrides={"steps": str(args.steps), "eval_every": str(args.eval_every or args.steps),
-                                       "eval_episodes": str(args.eval_episodes), "checkpoint_every": str(args.steps)})
-        start = time.perf_counter()
-        run_dir = args.out / f"{row}-{args.steps}"
-        final = train(run, run_dir, resume=True)
-        wall = time.perf_counter() - start
-        success = np.asarray(final["final_success"], float)
-        metrics = list(csv_rows(run_dir / "metrics.csv"))
-        curve = {int(f.stem.split("_")[1]): json.loads(f.read_text())["success"]
-                 for f in sorted((run_dir / "evals").glob("step_*.json"))}
-        results[row_key(row, args.steps)] = {"curve": curve, "agent": agent, "overrides": overrides, "steps": args.steps, "seeds": seeds,
-                        "eval_episodes": args.eval_episodes, "success": success.tolist(),
-                        "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)),
-                        "wall_s": round(wall, 1),
-                        "steps_per_s_last": float(metrics[-1]["steps_per_s"]) if metrics else None,
-                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                        "commit": git_commit(), "note": args.note}
-        print(f"{row:8s} success {success.mean():.3f} 95% CI {results[row_key(row, args.steps)]['ci95']} per seed "
-              f"{np.round(success, 3).tolist()}  ({wall:.0f} s)", flush=True)
-    record = {"benchmark": "practitioner", "task": "cube-single-task2", "demos": args.demos,
-              "demo_lengths": [len(d["actions"]) for d in demos], "demo_generation_s": round(demo_s, 1),
-              "reward": "sparse-success", "preset": "cpu (2x256 nets, batch 128), seeds vmapped in one process",
-              "device": device_description(), "machine": platform.node(),
-              "cpu_affinity": sorted(os.sched_getaffinity(0)), "results": results}
-    kind = "gpu" if "gpu" in device_description().lower() or "cuda" in device_description().lower() else "cpu"
-    path = args.results or HERE / "results" / f"practitioner_{kind}.json"
-    if path.exists():  # keep the rows this invocation did not run
-        kept = json.loads(path.read_text()).get("results", {})
-        record["results"] = {**{k: v for k, v in kept.items() if k not in results}, **results}
+        key = f"{prefix}/{row}@{args.steps}"
+        offline_dir = args.out / key.replace("/", "_")
+        results[key] = train_row(row, args, name, seeds, offline_dir)
+        if args.online_steps:
+            results[f"{key}+on{args.online_steps}"] = train_row(row, args, name, seeds,
+                                                                Path(f"{offline_dir}-on{args.online_steps}"), offline_dir)
+    kind = "gpu" if any(w in device_description().lower() for w in ("gpu", "cuda")) else "cpu"
+    path = args.results or HERE / "results" / f"practitioner_loop_{kind}.json"
+    record = json.loads(path.read_text()) if path.exists() else {"benchmark": "practitioner-loop", "demos": {}, "results": {}}
+    record["demos"][prefix] = demo_info
+    record["results"].update(results)
     atomic_write_json(path, record)
-    print(json.dumps(record, indent=1))
+    print(f"rows written to {path}")
 
 
-def row_key(row: str, steps: int) -> str:
-    """A row's key in the JSON: the row name at the original 20K budget, `row@STEPS` otherwise."""
-    return row if steps == 20000 else f"{row}@{steps}"
+def import_demos(testbed: str, num: int, artifacts) -> tuple[str, dict]:
+    """Make the demos, write them to robomimic HDF5 and import that file like a user's; returns the
+    dataset name and what the demos were (lengths, artifact counts, discarded attempts, seconds)."""
+    from tqdm import tqdm
+
+    from steerflow.data.imports import import_path
+    from steerflow.demos import import_keys, make_demos, write_demos
+
+    name = f"practitioner-{testbed}-{num}-{'-'.join(artifacts.active()) or 'clean'}"
+    start = time.perf_counter()
+    with tqdm(total=num, desc=f"{testbed} demos", unit="demo") as bar:
+        demos, stats = make_demos(testbed, num, seed=0, artifacts=artifacts, progress=bar.update)
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_demos(Path(tmp) / "demos.hdf5", testbed, demos, artifacts, seed=0)
+        import_path("robomimic", path, name, obs_keys=import_keys(testbed), replace=True)
+    lengths = [len(d["actions"]) for d in demos]
+    return name, {"dataset": name, "lengths_mean": float(np.mean(lengths)), "lengths_min": int(min(lengths)),
+                  "lengths_max": int(max(lengths)), "transitions": int(sum(lengths)), "generation_s": round(seconds, 1),
+                  "stats": json.loads(json.dumps(stats, default=float))}
 
 
-def csv_rows(path: Path):
-    import csv
+def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, from_dir: Path | None = None) -> dict:
+    """Train (or, with `from_dir`, fine-tune online) one row; returns its result record."""
+    from steerflow.report import bootstrap_ci
+    from steerflow.runinfo import device_description, git_commit
+    from steerflow.train import RunSpec, train
 
-    if path.exists():
-        with open(path) as f:
-            yield from csv.DictReader(f)
+    agent, overrides = ROWS[row]
+    env = FETCH_ENV if args.testbed == "fetch-pick-and-place" else None
+    task = f"env:{FETCH_ENV['factory']}" if env else args.testbed
+    every = args.eval_every or args.steps
+    train_overrides = {"steps": str(args.steps), "eval_every": str(every), "eval_episodes": str(args.eval_episodes),
+                       "checkpoint_every": str(every)}
+    if from_dir is not None:
+        train_overrides.update(online_steps=str(args.online_steps), online_ratio="0.5", updates_per_env_step="1",
+                               eval_every=str(max(args.online_steps // 4, 1)))
+    run = RunSpec(agent=agent, task=task, seeds=seeds, preset="cpu", dataset=dataset, reward="sparse-success",
+                  overrides=overrides, train_overrides=train_overrides, env=env,
+                  from_run=None if from_dir is None else str(from_dir))
+    start = time.perf_counter()
+    final = train(run, run_dir, resume=True)
+    success = np.asarray(final["final_success"], float)
+    curve = {int(f.stem.split("_")[1]): json.loads(f.read_text())["success"]
+             for f in sorted((run_dir / "evals").glob("step_*.json"))}
+    print(f"{row:16s} {'online' if from_dir else 'offline'} success {success.mean():.3f} 95% CI "
+          f"{list(bootstrap_ci(success))} per seed {np.round(success, 3).tolist()}", flush=True)
+    return {"agent": agent, "overrides": overrides, "steps": args.steps, "online_steps": args.online_steps if from_dir else 0,
+            "seeds": seeds, "eval_episodes": args.eval_episodes, "success": success.tolist(),
+            "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)), "curve": curve,
+            "online_successes": final.get("online_successes"), "online_episodes": final.get("online_episodes"),
+            "wall_s": round(time.perf_counter() - start, 1), "device": device_description(), "machine": platform.node(),
+            "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": git_commit(), "note": args.note,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 if __name__ == "__main__":

@@ -161,6 +161,11 @@ def test_python_api_trains_on_imported_demos_in_a_user_env_then_finetunes_it_onl
                                 train_overrides={"eval_episodes": 2, "online_envs": 1})
     stored = json.loads((run / "config.json").read_text())["run"]
     assert stored["env"] == {"factory": TOY, "kwargs": {"max_episode_steps": 30}, "max_episode_steps": None, "success": None}
+    from steerflow.train import RunSpec, train_command
+
+    # a `--parallel processes` child gets the same env: its command parses back to the stored run
+    cmd = train_command(RunSpec(**stored), run)
+    assert cmd[cmd.index("--env") + 1] == TOY and cli.parse(cmd[3:]).spec() == RunSpec(**stored)
     online = steerflow.finetune(run, online_steps=40, quiet=True)
     final = json.loads((online / "final.json").read_text())
     assert online == tmp_path / "offline-online" and final["online_env_steps"] == [40] and final["online_ratio"] == 0.5
