@@ -17,7 +17,7 @@ none). The artifacts, each switched on by a nonzero field of `Artifacts`:
     pause        at a change of phase: 2-4 steps of zero motion, the gripper command held
     hesitation   per grasp: the descent at 30% speed, then 2-4 still steps with the gripper still
                  open before it closes
-    correction   at a change of phase after a move: one step further along the last move
+    correction   at the end of a move to a target (MOVES): one more step along the last move
                  (an overshoot of `OVERSHOOT` action units), which the operator then corrects
     jitter       Gaussian noise of this std (action units) on every motion command but still steps
     release      per demo: during transport the gripper opens for `RELEASE_STEPS` steps, motion
@@ -40,7 +40,8 @@ SLOWDOWN = 0.3  # speed of a hesitant descent
 OVERSHOOT = 0.5  # extra displacement of a micro-correction's overshoot step, in action units
 RELEASE_STEPS = 2  # gripper-open steps of a premature release
 RELEASE_AFTER = (2, 4)  # the release comes at this (inclusive range) step of transport
-MIN_MOVE = 0.05  # a phase ending with a smaller motion command was not a move (no overshoot)
+MOVES = ("reach", "descend", "carry", "lower")  # phases that move to a target, which can be overshot
+MIN_MOVE = 0.05  # ... unless their last motion command was smaller than this
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Artifacts:
 
     pause: float = 0.0  # probability of a pause at each change of phase
     hesitation: float = 0.0  # probability of hesitating before each grasp
-    correction: float = 0.0  # probability of an overshoot at each change of phase after a move
+    correction: float = 0.0  # probability of an overshoot at the end of each move to a target
     jitter: float = 0.0  # std of the noise on motion commands, in action units
     release: float = 0.0  # probability per demo of a premature release during transport
 
@@ -121,7 +122,7 @@ class Teleop:
         if phase != "descend":
             self._hesitant = False
         move = self._last_move
-        if move is not None and np.abs(move).max() >= MIN_MOVE and rng.random() < a.correction:
+        if self._prev_phase in MOVES and np.abs(move).max() >= MIN_MOVE and rng.random() < a.correction:
             self._queue.append(("correction", move / np.abs(move).max() * OVERSHOOT, None))
             self.counts["correction"] += 1
 
