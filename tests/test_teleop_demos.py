@@ -193,6 +193,19 @@ def test_all_artifacts_together_and_the_cli_names():
     assert all(stats["counts"][n] > 0 for n in ("pause", "correction", "jitter"))
 
 
+def test_a_demonstrator_that_cannot_succeed_gives_up(monkeypatch, tmp_path, capsys):
+    with pytest.raises(RuntimeError, match="only 0 of 3"):
+        fetch_scripted.fetch_demos(1, max_steps=3, max_tries=3)  # too few steps to reach any goal
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("FetchPickAndPlace: only 0 of 20 scripted episodes succeeded")
+
+    monkeypatch.setattr(fetch_scripted, "fetch_demos", failing)
+    with pytest.raises(SystemExit) as err:
+        _demos_cli(["fetch-pick-and-place", "--out", str(tmp_path / "d.hdf5")], capsys)
+    assert err.value.code == 1 and "only 0 of 20" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
 def test_the_same_seed_makes_the_same_demos():
     (first, s1), (again, s2) = fetch_scripted.fetch_demos(3, 7, Artifacts.default()), fetch_run(Artifacts.default(), 7, 3)
     assert s1 == s2
@@ -223,6 +236,35 @@ def test_the_cube_oracle_hook_changes_nothing_without_artifacts():
     assert stats == {"attempts": 1, "discarded": 0, "trivial": 0, "counts": dict.fromkeys(teleop.ARTIFACTS, 0)}
     for key in ("observations", "actions", "next_observations"):
         np.testing.assert_array_equal(plain[0][key], hooked[0][key])
+
+
+def test_the_cube_hook_holds_the_plan_clock_while_the_operator_is_still():
+    """A stand-in oracle with OGBench's keyframe names: each pause step delays its plan by one step
+    (times exact in binary: 1/16 s steps, 8 per segment)."""
+    keyframes = dict(zip(["initial", *cube_oracle.SEGMENT_PHASE], np.arange(11) * 0.5))
+
+    class Oracle:
+        _t_init = 0.0
+
+        def compute_keyframes(self, plan_input):
+            return keyframes, None, None
+
+    class Env:
+        _control_timestep = 0.0625
+
+    hook, oracle = cube_oracle.TeleopHook(Artifacts(pause=1.0), seed=0), Oracle()
+    hook.reset(Env(), oracle)
+    oracle.compute_keyframes(None)  # what oracle.reset does
+    for step in range(120):
+        before = oracle._t_init
+        action = hook(None, {"time": np.array([step * 0.0625])}, np.full(5, 0.5, np.float32))
+        paused = (action[:4] == 0).all()
+        assert oracle._t_init - before == (0.0625 if paused else 0.0)
+    phases, events = hook.record().values()
+    # the plan advanced only on the steps the operator moved: 8 steps per segment, then "hold"
+    planned = np.concatenate([np.repeat(list(cube_oracle.SEGMENT_PHASE.values()), 8), ["hold"] * 120])
+    moved = phases[events == ""]
+    assert (moved == planned[:len(moved)]).all() and hook.counts["pause"] >= 5
 
 
 def test_cube_oracle_demos_pause_and_release_then_regrasp():

@@ -167,9 +167,14 @@ class Demos:
         from steerflow.demos import import_keys, make_demos, write_demos
         from steerflow.demos.teleop import Artifacts
 
+        from steerflow.errors import RunFailed
+
         artifacts = Artifacts.parse(self.artifacts)
         with tqdm(total=self.episodes, desc=f"{self.source} demos", unit="demo", dynamic_ncols=True) as bar:
-            demos, stats = make_demos(self.source, self.episodes, self.seed, artifacts, progress=bar.update)
+            try:
+                demos, stats = make_demos(self.source, self.episodes, self.seed, artifacts, progress=bar.update)
+            except RuntimeError as err:  # too many failed attempts
+                raise RunFailed(str(err)) from None
         tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             write_demos(tmp, self.source, demos, artifacts, self.seed)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .teleop import Artifacts, Teleop
+from .teleop import Artifacts, Teleop, tries_allowed
 
 # the phase of the plan segment that ends at each keyframe of CubePlanOracle.compute_keyframes
 SEGMENT_PHASE = {"pick": "reach", "pick_start": "descend", "pick_end": "grasp", "postpick": "lift",
@@ -94,6 +94,7 @@ def cube_demos(task: str, num_demos: int, seed: int = 0, artifacts: Artifacts = 
     from steerflow.data.export_formats import oracle_task_demos
 
     hook = TeleopHook(artifacts, seed)
+    max_tries = tries_allowed(num_demos) if max_tries is None else max_tries
     demos = oracle_task_demos(task, num_demos, seed=seed, max_tries=max_tries, progress=progress, hook=hook)
     return demos, {"attempts": hook.attempts, "discarded": hook.attempts - len(demos), "trivial": 0,
                    "counts": hook.counts}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .teleop import Artifacts, Teleop
+from .teleop import Artifacts, Teleop, tries_allowed
 
 OBS_SLICES = {"observation": slice(0, 25), "achieved_goal": slice(25, 28), "desired_goal": slice(28, 31)}
 STEP = 0.05  # metres of gripper displacement per unit of motion command
@@ -74,15 +74,17 @@ def fetch_demos(num_demos: int, seed: int = 0, artifacts: Artifacts = Artifacts.
                 max_tries: int | None = None, progress=None) -> tuple[list[dict], dict]:
     """`num_demos` successful demos and the statistics of making them: attempts, discarded (failed
     attempts), trivial (episodes solved at reset, skipped), counts {artifact: events in kept demos}.
-    `progress(1)` is called per kept demo. Deterministic in `seed`."""
+    `progress(1)` is called per kept demo. Deterministic in `seed`. More than `max_tries` attempts
+    (default `tries_allowed(num_demos)`) raise RuntimeError."""
     from steerflow.envs.fetch import pick_and_place
 
     env = pick_and_place(max_episode_steps=max_steps)
     teleop, operator = Teleop(artifacts, seed, grip_open=1.0), FetchOperator()
     flat = lambda ob: np.concatenate([ob[k] for k in OBS_SLICES]).astype(np.float32)  # noqa: E731
     demos, stats = [], {"attempts": 0, "discarded": 0, "trivial": 0, "counts": dict.fromkeys(teleop.counts, 0)}
+    max_tries = tries_allowed(num_demos) if max_tries is None else max_tries
     while len(demos) < num_demos:
-        if max_tries is not None and stats["attempts"] >= max_tries:
+        if stats["attempts"] >= max_tries:
             raise RuntimeError(f"FetchPickAndPlace: only {len(demos)} of {stats['attempts']} scripted episodes succeeded")
         ob, _ = env.reset(seed=seed * 100_003 + stats["attempts"] + stats["trivial"])
         if np.linalg.norm(ob["achieved_goal"] - ob["desired_goal"]) < SUCCESS_RADIUS:

@@ -44,6 +44,12 @@ MOVES = ("reach", "descend", "carry", "lower")  # phases that move to a target, 
 MIN_MOVE = 0.05  # ... unless their last motion command was smaller than this
 
 
+def tries_allowed(num_demos: int) -> int:
+    """Attempts a demonstrator may make for `num_demos` demos before giving up (a success rate
+    under ~10% means something is broken, not unlucky)."""
+    return 10 * num_demos + 10
+
+
 @dataclass(frozen=True)
 class Artifacts:
     """How strongly each artifact acts; 0 switches it off."""
