@@ -5,6 +5,7 @@ leaves its signature in the actions and none leaves none, demos are a function o
 HDF5 file imports like a user's, and the CLI refuses bad flags before any work."""
 
 import functools
+import json
 from dataclasses import replace
 
 import h5py
@@ -289,6 +290,8 @@ def test_the_hdf5_file_imports_like_a_users(tmp_path, data_root):
     with h5py.File(path) as f:
         assert set(f["data/demo_0/obs"]) == set(fetch.OBS_KEYS) and "rewards" not in f["data/demo_0"]
         assert f["data/demo_0/obs/observation"].shape == (len(demos[0]["actions"]), 25)
+        env_args = json.loads(f["data"].attrs["env_args"])
+        assert env_args["env_name"] == fetch.ENV_ID and env_args["demos"]["artifacts"]["jitter"] == 0.05
     imports.import_path("robomimic", path, "fetch-teleop", obs_keys=list(fetch.OBS_KEYS))
     train, val, info, _ = imports.load_imported("fetch-teleop")
     assert (info["obs_dim"], info["action_dim"], info["episodes"]) == (31, 4, N - 1)

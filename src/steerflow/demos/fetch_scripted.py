@@ -70,6 +70,11 @@ class FetchOperator:
         return phase, np.append(motion, gripper).astype(np.float32)
 
 
+def flatten(ob: dict) -> np.ndarray:
+    """(31,) float32: the observation dict's arrays in `OBS_SLICES` order."""
+    return np.concatenate([ob[k] for k in OBS_SLICES]).astype(np.float32)
+
+
 def fetch_demos(num_demos: int, seed: int = 0, artifacts: Artifacts = Artifacts.none(), max_steps: int = 50,
                 max_tries: int | None = None, progress=None) -> tuple[list[dict], dict]:
     """`num_demos` successful demos and the statistics of making them: attempts, discarded (failed
@@ -80,7 +85,6 @@ def fetch_demos(num_demos: int, seed: int = 0, artifacts: Artifacts = Artifacts.
 
     env = pick_and_place(max_episode_steps=max_steps)
     teleop, operator = Teleop(artifacts, seed, grip_open=1.0), FetchOperator()
-    flat = lambda ob: np.concatenate([ob[k] for k in OBS_SLICES]).astype(np.float32)  # noqa: E731
     demos, stats = [], {"attempts": 0, "discarded": 0, "trivial": 0, "counts": dict.fromkeys(teleop.counts, 0)}
     max_tries = tries_allowed(num_demos) if max_tries is None else max_tries
     while len(demos) < num_demos:
@@ -99,7 +103,7 @@ def fetch_demos(num_demos: int, seed: int = 0, artifacts: Artifacts = Artifacts.
             phase, command = operator(ob)
             action, _, event = teleop.step(phase, command)
             next_ob, _, terminated, truncated, info = env.step(action)
-            for key, value in zip(rec, (flat(ob), action, flat(next_ob), phase, event)):
+            for key, value in zip(rec, (flatten(ob), action, flatten(next_ob), phase, event)):
                 rec[key].append(value)
             ob, success = next_ob, bool(info["is_success"])
             if terminated or truncated:

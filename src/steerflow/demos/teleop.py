@@ -112,19 +112,20 @@ class Teleop:
         self._carry_steps = 0
         self._release_at = int(rng.integers(RELEASE_AFTER[0], RELEASE_AFTER[1] + 1)) if rng.random() < a.release else None
 
-    def _still(self, event: str, steps: int):
-        self._queue += [(event, None, None)] * steps
+    def _still(self, event: str):
+        """Queue 2-4 steps of zero motion with the gripper command held."""
+        self._queue += [(event, None, None)] * int(self.rng.integers(PAUSE_STEPS[0], PAUSE_STEPS[1] + 1))
+        self.counts[event] += 1
 
     def _on_phase_change(self, phase: str):
+        """Queue the artifacts that come with entering `phase` (its first step is the first queued)."""
         a, rng = self.artifacts, self.rng
         if phase == "descend":
             self._hesitant = rng.random() < a.hesitation
         if phase == "grasp" and self._hesitant:
-            self._still("hesitation", int(rng.integers(PAUSE_STEPS[0], PAUSE_STEPS[1] + 1)))
-            self.counts["hesitation"] += 1
+            self._still("hesitation")
         elif rng.random() < a.pause:
-            self._still("pause", int(rng.integers(PAUSE_STEPS[0], PAUSE_STEPS[1] + 1)))
-            self.counts["pause"] += 1
+            self._still("pause")
         if phase != "descend":
             self._hesitant = False
         move = self._last_move
