@@ -3,6 +3,8 @@
     steerflow data generate DOMAIN [--episodes N] [--seed S] [--workers W]
     steerflow data info
     steerflow data import robomimic|lerobot|minari PATH --name NAME [--obs-keys K1,K2] [--split S]
+    steerflow data demos fetch-pick-and-place|cube-single-taskN --out FILE.hdf5 [--episodes N] [--seed S]
+                         [--artifacts all|none|pause,hesitation,correction,jitter,release]
     steerflow data render TASK --name NAME [--episodes N] [--dataset-episodes M] [--episode-steps K]
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
     steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
@@ -128,6 +130,68 @@ class Import:
 
 
 @dataclass
+class Demos:
+    """Make scripted demonstrations with teleoperation artifacts (pauses, hesitation before grasps,
+    micro-corrections, jitter, premature releases) and write them as a robomimic HDF5 file, to be
+    imported like your own: `steerflow data import robomimic FILE --name NAME --obs-keys ...`."""
+
+    source: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SOURCE")]  # fetch-pick-and-place | cube-single-taskN
+    out: Annotated[Path, tyro.conf.arg(metavar="FILE.hdf5")]  # the robomimic file to write
+    episodes: int = 50  # successful demos to keep (failed attempts are discarded and counted)
+    seed: int = 0
+    artifacts: Annotated[str, tyro.conf.arg(metavar="A,B|all|none")] = "all"  # pause,hesitation,correction,jitter,release
+    replace: bool = False  # overwrite an existing --out
+
+    def validate(self):
+        from steerflow.demos import check_source
+        from steerflow.demos.teleop import Artifacts
+
+        check_source(self.source)
+        _positive("--episodes", self.episodes)
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed}: expected a non-negative integer")
+        Artifacts.parse(self.artifacts)
+        self.out = self.out.expanduser()
+        if self.out.suffix not in (".hdf5", ".h5"):
+            raise ValueError(f"--out {self.out}: expected a .hdf5 (or .h5) file name")
+        if not self.out.parent.is_dir():
+            raise FileNotFoundError(f"--out {self.out}: directory {self.out.parent} not found")
+        if self.out.exists() and not self.replace:
+            raise FileExistsError(f"--out {self.out} exists; pass --replace to overwrite it")
+
+    def __call__(self):
+        import uuid
+
+        from tqdm import tqdm
+
+        from steerflow.demos import import_keys, make_demos, write_demos
+        from steerflow.demos.teleop import Artifacts
+
+        from steerflow.errors import RunFailed
+
+        artifacts = Artifacts.parse(self.artifacts)
+        with tqdm(total=self.episodes, desc=f"{self.source} demos", unit="demo", dynamic_ncols=True) as bar:
+            try:
+                demos, stats = make_demos(self.source, self.episodes, self.seed, artifacts, progress=bar.update)
+            except RuntimeError as err:  # too many failed attempts
+                raise RunFailed(str(err)) from None
+        tmp = self.out.with_name(f".{self.out.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            write_demos(tmp, self.source, demos, artifacts, self.seed)
+            os.replace(tmp, self.out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        steps = sum(len(d["actions"]) for d in demos)
+        counts = ", ".join(f"{n} {c}{' steps' if n == 'jitter' else ''}" for n, c in stats["counts"].items())
+        print(f"wrote {len(demos)} demos ({steps} steps, mean length {steps / len(demos):.1f}) to {self.out}\n"
+              f"artifacts ({', '.join(artifacts.active()) or 'none'}): {counts}\n"
+              f"discarded {stats['discarded']} failed attempts of {stats['attempts']}"
+              + (f"; skipped {stats['trivial']} episodes solved at reset" if stats["trivial"] else "") + "\n"
+              f"import: steerflow data import robomimic {shlex.quote(str(self.out))} --name NAME "
+              f"--obs-keys {','.join(import_keys(self.source))}")
+
+
+@dataclass
 class Render:
     """Render a visual OGBench dataset (64x64x3 frames, as visual-DOMAIN-taskN) from a generated state
     dataset's qpos/qvel, cached under NAME for `steerflow train --dataset NAME` (the CNN encoder)."""
@@ -170,11 +234,12 @@ class Render:
 
 @dataclass
 class Data:
-    """Generate, import, render and inspect datasets."""
+    """Generate, import, make demos, render and inspect datasets."""
 
     # flat subcommands and flags: `steerflow data generate DOMAIN --episodes N`
     command: tyro.conf.OmitSubcommandPrefixes[Union[Annotated[Generate, tyro.conf.subcommand("generate")],
                                                     Annotated[Import, tyro.conf.subcommand("import")],
+                                                    Annotated[Demos, tyro.conf.subcommand("demos")],
                                                     Annotated[Render, tyro.conf.subcommand("render")],
                                                     Annotated[Info, tyro.conf.subcommand("info")]]]
 

@@ -41,13 +41,17 @@ def oracle_episodes(num_episodes: int, seed: int = 0, episode_steps: int = 51, r
 
 
 def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0.1, max_tries: int | None = None,
-                      progress=None, record_states: bool = False) -> list[dict]:
+                      progress=None, record_states: bool = False, hook=None) -> list[dict]:
     """`num_demos` successful demos of a single-cube task (e.g. cube-single-task2): OGBench's
     CubePlanOracle with its noise (suboptimal, like teleoperation) steering toward the task's goal
     in the evaluation env, kept only when the env reports success before its time limit. Per demo:
     observations, actions, next_observations (T, .), the last next observation solving the task;
     with `record_states`, also qpos (T+1, nq) and qvel (T+1, nv): the simulator state of every
-    observation and of the last next one (what `data.render` draws frames from)."""
+    observation and of the last next one (what `data.render` draws frames from).
+
+    `hook` (e.g. `steerflow.demos.cube_oracle.TeleopHook`) may change the oracle's actions:
+    `hook.reset(env, oracle)` before each attempt's plan is made, `hook(ob, info, action)` -> the
+    action to take instead, `hook.record()` -> per-step arrays stored with each kept demo."""
     import os
 
     from .ogbench_gen import ORACLE_NOISE_SMOOTHING
@@ -78,11 +82,15 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
             raise RuntimeError(f"{task}: only {len(demos)} of {tries - 1} oracle episodes succeeded")
         ob, info = env.reset(seed=seed * 100_003 + tries)
         info = with_target(info)
+        if hook is not None:
+            hook.reset(raw, oracle)
         oracle.reset(ob, info)
         obs, acts, nxt, success = [], [], [], False
         states = [(info["qpos"].copy(), info["qvel"].copy())]
         while True:
             action = np.clip(np.asarray(oracle.select_action(ob, info), np.float32), -1, 1)
+            if hook is not None:
+                action = hook(ob, info, action)
             next_ob, _, terminated, truncated, info = env.step(action)
             info = with_target(info)
             obs.append(ob), acts.append(action), nxt.append(next_ob)
@@ -94,6 +102,8 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
         if success:
             demos.append({"observations": np.asarray(obs, np.float32), "actions": np.asarray(acts, np.float32),
                           "next_observations": np.asarray(nxt, np.float32)})
+            if hook is not None:
+                demos[-1] |= hook.record()
             if record_states:
                 demos[-1] |= {"qpos": np.asarray([q for q, _ in states]), "qvel": np.asarray([v for _, v in states])}
             if progress is not None:
@@ -103,11 +113,14 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
 
 
 def write_robomimic(path: str | os.PathLike, episodes: list[dict], images: dict | None = None,
-                    splits: dict[str, list[int]] | None = None) -> Path:
-    """robomimic layout; `images` {key: [per-episode (T, H, W, C) uint8]} adds camera keys."""
+                    splits: dict[str, list[int]] | None = None, obs_keys: dict[str, slice] | None = None,
+                    env_args: dict | None = None) -> Path:
+    """robomimic layout; `images` {key: [per-episode (T, H, W, C) uint8]} adds camera keys.
+    `obs_keys` {key: columns of the episodes' observations} (default: cube-single's ROBOMIMIC_KEYS);
+    `env_args` goes to data.attrs["env_args"] as JSON (default: cube-single's)."""
     import h5py
 
-    path = Path(path)
+    path, obs_keys = Path(path), ROBOMIMIC_KEYS if obs_keys is None else obs_keys
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         total = 0
@@ -120,16 +133,16 @@ def write_robomimic(path: str | os.PathLike, episodes: list[dict], images: dict 
                 if key in ep:
                     demo.create_dataset(key, data=ep[key])
             obs = demo.create_group("obs")
-            for key, cols in ROBOMIMIC_KEYS.items():
+            for key, cols in obs_keys.items():
                 obs.create_dataset(key, data=ep["observations"][:, cols])
             if "next_observations" in ep:
                 nxt = demo.create_group("next_obs")
-                for key, cols in ROBOMIMIC_KEYS.items():
+                for key, cols in obs_keys.items():
                     nxt.create_dataset(key, data=ep["next_observations"][:, cols])
             for key, frames in (images or {}).items():
                 obs.create_dataset(key, data=frames[i])
         data.attrs["total"] = total
-        data.attrs["env_args"] = json.dumps({"env_name": "cube-single", "type": "ogbench"})
+        data.attrs["env_args"] = json.dumps(env_args or {"env_name": "cube-single", "type": "ogbench"})
         if splits:
             mask = f.create_group("mask")
             for name, ids in splits.items():
