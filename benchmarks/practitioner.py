@@ -130,7 +130,7 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
                        "checkpoint_every": str(every)}
     if from_dir is not None:
         train_overrides.update(online_steps=str(args.online_steps), online_ratio="0.5", updates_per_env_step="1",
-                               eval_every=str(max(args.online_steps // 4, 1)))
+                               eval_every=str(max(args.online_steps // 4 // 20 * 20, 20)))  # a multiple of a host call
     run = RunSpec(agent=agent, task=task, seeds=seeds, preset="cpu", dataset=dataset, reward="sparse-success",
                   overrides=overrides, train_overrides=train_overrides, env=env,
                   from_run=None if from_dir is None else str(from_dir))
