@@ -105,9 +105,21 @@ def _fake_import(root: Path, argv: list[str], monkeypatch):
         meta.write_text(json.dumps({"kind": "imported", "has_rewards": True, "obs_dim": 0, "action_dim": 5,
                                     "image_keys": {"pixels": [64, 64, 3]}}))
         return root / "_data"
+    obs_dim, action_dim = _demo_dims(shlex.split(line, comments=True)[3])
     meta.write_text(json.dumps({"kind": "imported", "has_rewards": fmt == "minari",  # Minari always stores rewards
-                                "obs_dim": 28, "action_dim": 5, "image_keys": images}))
+                                "obs_dim": obs_dim, "action_dim": action_dim, "image_keys": images,
+                                "options": {"obs_keys": keys}}))
     return root / "_data"
+
+
+def _demo_dims(path: str) -> tuple[int, int]:
+    """(obs_dim, action_dim) of the file a README `data demos SOURCE --out PATH` line writes (its
+    env's: Fetch 25 + 3 + 3 and 4), else of the cube-single files the other lines import (28, 5)."""
+    for c in COMMANDS:
+        argv = shlex.split(c, comments=True)
+        if argv[:2] == ["data", "demos"] and argv[argv.index("--out") + 1] == path:
+            return (31, 4) if argv[2] == "fetch-pick-and-place" else (28, 5)
+    return 28, 5
 
 
 def _fake_base_run(root: Path, argv: list[str]):
