@@ -170,3 +170,59 @@ def test_python_api_trains_on_imported_demos_in_a_user_env_then_finetunes_it_onl
     final = json.loads((online / "final.json").read_text())
     assert online == tmp_path / "offline-online" and final["online_env_steps"] == [40] and final["online_ratio"] == 0.5
     assert final["offline_steps"] == 40 and final["task"] == f"env:{TOY}"
+
+
+FETCH = "steerflow.envs.fetch:pick_and_place"
+
+
+@pytest.fixture(scope="module")
+def fetch_data(data_root, tmp_path_factory):
+    from steerflow.demos import Artifacts, import_keys, make_demos, write_demos
+
+    demos, _ = make_demos("fetch-pick-and-place", 6, seed=0, artifacts=Artifacts.default())
+    path = write_demos(tmp_path_factory.mktemp("fetch") / "demos.hdf5", "fetch-pick-and-place", demos,
+                       Artifacts.default(), seed=0)
+    cli.main(["data", "import", "robomimic", str(path), "--name", "fetch6", "--obs-keys", ",".join(import_keys("fetch-pick-and-place"))])
+    return path
+
+
+@pytest.mark.slow
+def test_fetch_offline_then_online_in_one_run_with_the_datasets_rewards_and_an_exact_resume(fetch_data, tmp_path,
+                                                                                           monkeypatch):
+    """The practitioner's loop on FetchPickAndPlace (Gymnasium-Robotics): imported teleoperation-like
+    demos, an offline phase, then 100 env steps online in the same run directory; the online
+    transitions' rewards are the dataset's (0 and mask 0 exactly where the next state has the
+    object within Fetch's 5 cm of the goal; a smoke policy seldom gets there: the toy env's test
+    above checks successful transitions), killed after its first online checkpoint and resumed,
+    the run ends as the uninterrupted one."""
+    from steerflow.data import normalization
+    from steerflow.train import loop
+    from steerflow.train.checkpoint import _read
+
+    argv = ["train", "--agent", "lps", "--dataset", "fetch6", "--reward", "sparse-success", "--env", FETCH,
+            "--preset", "smoke", "--train-set", "eval_episodes=2", "online_envs=1", "--online-steps", "100",
+            "--online-ratio", "0.5"]
+    cli.main([*argv, "--out", str(tmp_path / "straight")])
+    final = json.loads((tmp_path / "straight" / "final.json").read_text())
+    assert final["online_env_steps"] == [100] and final["task"] == f"env:{FETCH}"
+    norm = normalization.load(tmp_path / "straight")
+    buf = {k: np.asarray(v)[0] for k, v in _read(tmp_path / "straight")["online"]["buffers"].items()}
+    rows = buf["time"] >= 0
+    nxt = buf["next_observations"][rows] * np.asarray(norm.obs_std) + np.asarray(norm.obs_mean)
+    reached = np.linalg.norm(nxt[:, 25:28] - nxt[:, 28:31], axis=1) < 0.05  # achieved_goal, desired_goal
+    assert np.array_equal(buf["rewards"][rows] == 0, reached) and np.array_equal(buf["masks"][rows] == 0, reached)
+    real_save = loop.save_checkpoint
+
+    def save_then_die(run_dir, states, keys, step, online=None):
+        real_save(run_dir, states, keys, step, online=online)
+        if online is not None and int(online["round"]) >= 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--out", str(tmp_path / "killed")])
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert int(_read(tmp_path / "killed")["online"]["round"]) == 1
+    cli.main([*argv, "--out", str(tmp_path / "killed"), "--resume"])
+    for name in ("checkpoints/latest.msgpack", "eval.csv"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
