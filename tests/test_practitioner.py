@@ -1,0 +1,32 @@
+"""The practitioner benchmark's results page is generated from its committed records, never typed:
+regenerating `docs/results/practitioner.md` from `benchmarks/results/practitioner_loop_cpu.json`
+must give the committed page byte for byte (so page and records cannot drift apart)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _practitioner():
+    spec = importlib.util.spec_from_file_location("practitioner", ROOT / "benchmarks" / "practitioner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_results_page_regenerates_from_the_records():
+    module = _practitioner()
+    page = module.report(json.loads(module.RECORDS.read_text()))
+    assert page == (ROOT / "docs" / "results" / "practitioner.md").read_text()
+
+
+def test_the_page_shows_each_budget_of_a_curve_with_its_ci_and_the_online_row():
+    module = _practitioner()
+    row = {"seeds": [0, 1], "device": "cpu", "commit": "abc", "wall_s": 1.0, "note": "",
+           "curve": {"20000": [0.5, 0.7], "50000": [1.0, 1.0]}, "success": [1.0, 1.0], "online_steps": 0}
+    online = {**row, "curve": {}, "success": [0.0, 0.2], "online_steps": 10000}
+    page = module.report({"demos": {"t/50/all": {"transitions": 9, "lengths_mean": 3.0, "lengths_min": 2, "lengths_max": 4}},
+                          "results": {"t/50/all/lps@50000": row, "t/50/all/lps@50000+on10000": online}})
+    assert "| lps@50000 | 60.0 [50, 70] | 100.0 [100, 100] | – | 10.0 [0, 20] (+10K env steps) |" in page
