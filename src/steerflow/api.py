@@ -31,10 +31,11 @@ def make_env(name: str, **env_kwargs):
 
 def train_agent(agent: str, task: str, preset: str = "cpu", seeds=(0,), out=None, steps: int | None = None,
           overrides: dict | None = None, train_overrides: dict | None = None, resume: bool = False,
-          quiet: bool = False) -> Path:
+          quiet: bool = False, log=("csv",)) -> Path:
     """Train `agent` on `task` (all seeds vmapped in this process) into `out` (default
     runs/AGENT-TASK-PRESET) and return the run directory. `overrides` are agent-config
-    `--set KEY=VALUE`s, `train_overrides` training-config `--train-set`s, `steps` `--steps`."""
+    `--set KEY=VALUE`s, `train_overrides` training-config `--train-set`s, `steps` `--steps`, `log`
+    the trackers fed as it trains (`--log`: csv, tensorboard, wandb)."""
     from steerflow.cli import parse_seed_list
     from steerflow.train import RunSpec, check_run, train as run_training
 
@@ -46,7 +47,7 @@ def train_agent(agent: str, task: str, preset: str = "cpu", seeds=(0,), out=None
                   overrides={k: _text(v) for k, v in (overrides or {}).items()}, train_overrides=train_overrides)
     out = Path(out) if out is not None else Path("runs") / f"{agent}-{task}-{preset}"
     check_run(run)
-    run_training(run, out, resume=resume, quiet=quiet)
+    run_training(run, out, resume=resume, quiet=quiet, log=log)
     return out
 
 
