@@ -141,6 +141,7 @@ def test_tensorboard_shows_the_rows_and_evaluations_while_the_run_is_going(env, 
     assert (out / "checkpoints" / "latest.msgpack").exists()
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_receives_the_rows_as_they_are_written(env, tmp_path):
     out = tmp_path / "run"
     proc = start(out, "wandb", env)
@@ -190,6 +191,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_a_resumed_run_holds_each_step_once_in_tensorboard_and_wandb(env, tmp_path):
     """Killed after logging steps 30 and 40 with its checkpoint at step 20, then resumed: TensorBoard
     purges the first event file's steps after 20 (a SessionLog.START at step 21 in the new file);
@@ -211,6 +213,22 @@ def test_a_resumed_run_holds_each_step_once_in_tensorboard_and_wandb(env, tmp_pa
     assert [r["_step"] for r in record["history"]] == [10, 20, 30, 40]
     assert [r["train/mf_loss/seed0"] for r in record["history"]] == [written[s] for s in (10, 20, 30, 40)]
     assert record["history"][-1]["eval/mean"] == final["mean"]
+
+
+@pytest.mark.slow
+def test_the_online_phase_streams_its_rows_evaluations_and_env_steps(env, tmp_path, monkeypatch):
+    """40 offline steps, then 20 env steps online at one update per env step (two host calls, to
+    step 60): one curve across the switch, and the online evaluation with its env steps."""
+    from steerflow import train as trainer
+
+    monkeypatch.setenv("STEERFLOW_DATA", env["STEERFLOW_DATA"])
+    run = trainer.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0], preset="smoke", train_overrides={
+        "online_steps": "20", "updates_per_env_step": "1", "online_envs": "1", "eval_episodes": "1"})
+    trainer.train(run, tmp_path / "run", quiet=True, log=["csv", "tensorboard"])
+    logdir = tmp_path / "run" / "tensorboard"
+    assert [s for s, _ in scalars(logdir, "train/mf_loss/seed0")] == sorted(csv_steps(tmp_path / "run" / "metrics.csv")) == [20, 40, 60]
+    assert [s for s, _ in scalars(logdir, "eval/mean")] == [40, 60]
+    assert scalars(logdir, "online/env_steps/seed0") == [(60, 20.0)]
 
 
 def test_a_tracker_without_the_record_gets_it_replayed_up_to_the_start_step(tmp_path):
