@@ -188,10 +188,14 @@ class Trackers:
         record = read_record(run_dir, up_to=step)
         name = name or run_dir.name
         meta = {**record["config"], "name": name, **({"group": group} if group else {})}
-        if "tensorboard" in kinds:
-            self.sinks.append(_TensorBoard(run_dir / "tensorboard", meta, step, record))
-        if "wandb" in kinds:
-            self.sinks.append(_Wandb(run_dir, meta, step, record, name, group))
+        try:
+            if "tensorboard" in kinds:
+                self.sinks.append(_TensorBoard(run_dir / "tensorboard", meta, step, record))
+            if "wandb" in kinds:
+                self.sinks.append(_Wandb(run_dir, meta, step, record, name, group))
+        except BaseException:
+            self.close()
+            raise
 
     def log(self, step: int, scalars: dict) -> None:
         for sink in self.sinks:

@@ -15,6 +15,9 @@ one process (`parallel="vmap"`, the GPU lever) or run as one single-threaded pro
     final.json       the last evaluation: agent, task, preset, steps, seeds, final_success, mean
     failed.json      only when the losses became non-finite: step, losses (`report` lists the run
                      as failed and leaves it out); the last good checkpoint stays
+    tensorboard/     `--log tensorboard`: event files, each metrics row and evaluation as written
+    wandb/           `--log wandb`: the W&B run (offline by default), its id in wandb/run_id
+                     (`steerflow.tracking`)
 
 `check_run` validates a run (task, preset, overrides, agent config values via an abstract
 `init`) before any data is loaded or anything is written. `--resume` refuses settings that differ

@@ -127,7 +127,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
     atomic_write_json(out / "run_info.json", {
         "commit": git_commit(), "versions": library_versions(), "device": device_description(),
         "dataset": data_info, "command": " ".join(sys.argv)})
-    log = MetricsLog(out / "metrics.csv", step)
+    trackers = Trackers(out, kinds, step)  # `--log`: fed each record below as it is written
+    log = MetricsLog(out / "metrics.csv", step, trackers)
     drop_evals_after(out, step)  # evaluations after the checkpoint are redone, identically
     (out / "failed.json").unlink(missing_ok=True)  # a resumed run starts over from its last good checkpoint
 
@@ -220,7 +221,6 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
             checkpoint()
 
     online_active = bool(online) and step >= tc.steps
-    log.trackers = trackers = Trackers(out, kinds, step)  # `--log`: fed as the records are written
     bar = tqdm(total=tc.steps, initial=min(step, tc.steps), desc=f"{run.agent} {run.task} seeds={seeds}",
                disable=quiet, dynamic_ncols=True, smoothing=0.05)
     try:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 
 class MetricsLog:
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        self.trackers = None  # the run's `steerflow.tracking.Trackers`, set by the loop
+    def __init__(self, path: Path, resume_step: int, trackers=None):
+        self.path, self.trackers = path, trackers  # trackers: `steerflow.tracking.Trackers`
         self.fields: list[str] | None = None
         if resume_step and path.exists():  # drop rows written after the checkpoint we resume from
             with open(path) as f:
