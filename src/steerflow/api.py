@@ -42,12 +42,13 @@ def train_agent(agent: str, task: str | None = None, preset: str = "cpu", seeds=
                 steps: int | None = None, overrides: dict | None = None, train_overrides: dict | None = None,
                 resume: bool = False, quiet: bool = False, dataset: str | None = None, reward: str | None = None,
                 env: str | None = None, env_kwargs: dict | None = None, max_episode_steps: int | None = None,
-                success: str | None = None) -> Path:
+                success: str | None = None, log=("csv",)) -> Path:
     """Train `agent` on `task`, or on an imported `dataset` evaluated in your `env` ("module:factory",
     its `env_kwargs`, time limit and success as `--env`, `--env-set`, `--max-episode-steps`,
     `--success`), all seeds vmapped in this process, into `out` (default runs/AGENT-TASK-PRESET);
     returns the run directory. `overrides` are agent-config `--set KEY=VALUE`s, `train_overrides`
-    training-config `--train-set`s, `steps` `--steps`."""
+    training-config `--train-set`s, `steps` `--steps`, `log` the trackers fed as it trains (`--log`:
+    csv, tensorboard, wandb)."""
     from steerflow.cli import Train
     from steerflow.train import check_run, train as run_training
 
@@ -59,7 +60,7 @@ def train_agent(agent: str, task: str | None = None, preset: str = "cpu", seeds=
                   train_set=[[f"{k}={_text(v)}" for k, v in (train_overrides or {}).items()]])
     run, out = flags.spec(), flags.out_dir
     check_run(run)
-    run_training(run, out, resume=resume, quiet=quiet)
+    run_training(run, out, resume=resume, quiet=quiet, log=log)
     return out
 
 

@@ -8,8 +8,11 @@
     steerflow data render TASK --name NAME [--episodes N] [--dataset-episodes M] [--episode-steps K]
     steerflow train --agent AGENT --task TASK [--seeds 0,1,2] [--steps N]
     steerflow train --agent AGENT --dataset NAME [--reward given|sparse-success] [--eval-task TASK] ...
+    steerflow train --agent AGENT --dataset NAME --env MODULE:FACTORY [--env-set K=V ...]
+                    [--max-episode-steps N] [--success KEY|MODULE:FN] ...
                     [--preset smoke|cpu|default|paper] [--out DIR] [--resume] [--base-from RUN_DIR]
                     [--online-steps N [--online-ratio R] [--updates-per-env-step U]]
+                    [--log csv,tensorboard,wandb]
     steerflow eval RUN_DIR [--episodes N] [--video N [--video-dir DIR] [--video-steps K]]
     steerflow export RUN_DIR --format onnx|stablehlo --out DIR [--seed-index I]
     steerflow report RUN_DIR_OR_SWEEP... [--out report]
@@ -345,6 +348,7 @@ class Train:
     online_steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # then fine-tune online for this many env steps per seed
     online_ratio: Annotated[float | None, tyro.conf.arg(metavar="R")] = None  # online share of each batch (LPS: 0.5); default: offline ∪ online replay
     updates_per_env_step: Annotated[float | None, tyro.conf.arg(metavar="U")] = None  # gradient updates per env step online (default 1)
+    log: str = "csv"  # trackers fed as the run trains: csv (always), tensorboard (RUN_DIR/tensorboard), wandb (RUN_DIR/wandb, offline)
 
     def spec(self):
         from steerflow.config import parse_overrides
@@ -382,9 +386,11 @@ class Train:
 
     def validate(self):
         """Every flag, the task and the agent config, before any data is loaded or written."""
+        from steerflow.tracking import check_available, parse_kinds
         from steerflow.train import check_run
 
         check_out_dir("--out", self.out_dir)
+        check_available(parse_kinds(self.log))
         run = self.spec()
         if run.from_run:
             from steerflow.train.presets import from_spec
@@ -393,13 +399,14 @@ class Train:
         check_run(run)
 
     def __call__(self):
+        from steerflow.tracking import parse_kinds
         from steerflow.train import train, train_processes
 
-        run, out = self.spec(), self.out_dir
+        run, out, log = self.spec(), self.out_dir, parse_kinds(self.log)
         if self.parallel == "processes" and len(run.seeds) > 1:
-            final = train_processes(run, out, resume=self.resume)
+            final = train_processes(run, out, resume=self.resume, log=log)
         else:
-            final = train(run, out, resume=self.resume)
+            final = train(run, out, resume=self.resume, log=log)
         if final.get("metric") == "val_action_mse":
             print(f"final held-out action MSE ({final['agent']} on {final['dataset']}, {final['steps']} steps): "
                   f"mean {final['mean']:.4f}, per seed {final['val_action_mse']}  -> {out}/final.json")

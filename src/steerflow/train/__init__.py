@@ -16,6 +16,9 @@ one process (`parallel="vmap"`, the GPU lever) or run as one single-threaded pro
     video/           step_XXXXXXXX_ep{i}_{success|failure}.mp4 (`video_every`, `steerflow eval --video`)
     failed.json      only when the losses became non-finite: step, losses (`report` lists the run
                      as failed and leaves it out); the last good checkpoint stays
+    tensorboard/     `--log tensorboard`: event files, each metrics row and evaluation as written
+    wandb/           `--log wandb`: the W&B run (offline by default), its id in wandb/run_id
+                     (`steerflow.tracking`)
 
 `check_run` validates a run (task, preset, overrides, agent config values via an abstract
 `init`) before any data is loaded or anything is written. `--resume` refuses settings that differ

@@ -1,5 +1,6 @@
 """Evaluation of every seed's policy in the real env (in training and `steerflow eval`) and the
-evaluation records `evals/step_XXXXXXXX.json`, `eval.csv`."""
+evaluation records `evals/step_XXXXXXXX.json`, `eval.csv` (in training also sent to the run's
+trackers, `steerflow.tracking.Trackers`, as they are written)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
 
 def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
                  eval_s: float | None = None, env_steps: list[int] | None = None,
-                 final_reward: np.ndarray | None = None) -> dict:
+                 final_reward: np.ndarray | None = None, trackers=None) -> dict:
     """`evals/step_XXXXXXXX.json` and rows of `eval.csv`; in the online phase the record also holds
     each seed's env steps so far (`env_steps`), the x-axis where online starts. `final_reward`
     (per seed, mean over episodes) is minus the sub-goals left at the episodes' ends: where success
@@ -95,11 +96,13 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
             writer.writerow(["step", "seed", "success"])
         for s, v in zip(seeds, per_seed):
             writer.writerow([step, s, v])
+    if trackers is not None:
+        trackers.evaluation(record)
     return record
 
 
 def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.ndarray, run: RunSpec,
-                         eval_s: float) -> dict:
+                         eval_s: float, trackers=None) -> dict:
     """An imported dataset's run without an env: `final_success` and `success` hold None."""
     from steerflow.runinfo import atomic_write_json
 
@@ -107,6 +110,8 @@ def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.nda
               "metric": "val_action_mse", "val_action_mse": mse.tolist(), "mean": float(np.mean(mse)),
               "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
+    if trackers is not None:
+        trackers.evaluation(record)
     return record
 
 

@@ -39,10 +39,11 @@ def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: i
     return TrainingDiverged(message)
 
 
-def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) -> dict:
+def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False, log=("csv",)) -> dict:
     """Train every seed of `run` in this process (vmapped) and return the final record. A run
     directory this call created is removed again when it fails before its first checkpoint (a
-    diverged run keeps it: `failed.json` says what happened)."""
+    diverged run keeps it: `failed.json` says what happened). `log`: the trackers (csv,
+    tensorboard, wandb; `steerflow.tracking`) that receive the metrics and evaluations as written."""
     from steerflow.errors import TrainingDiverged
 
     out = Path(out)
@@ -50,7 +51,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
         raise ValueError(f"--out {out}: exists and is not a directory (it must be a directory)")
     created = not out.exists()
     try:
-        return _train(run, out, resume, quiet)
+        return _train(run, out, resume, quiet, log)
     except TrainingDiverged:
         raise
     except BaseException:
@@ -61,7 +62,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False) ->
         raise
 
 
-def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
+def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -> dict:
     import jax
     from tqdm import tqdm
 
@@ -73,6 +74,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     from steerflow.evaluate import EnvPool
     from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
+    from steerflow.tracking import Trackers
 
     config_path = out / "config.json"
     has_ckpt = (out / "checkpoints" / "latest.msgpack").exists()
@@ -125,7 +127,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
     atomic_write_json(out / "run_info.json", {
         "commit": git_commit(), "versions": library_versions(), "device": device_description(),
         "dataset": data_info, "command": " ".join(sys.argv)})
-    log = MetricsLog(out / "metrics.csv", step)
+    trackers = Trackers(out, kinds, step)  # `--log`: fed each record below as it is written
+    log = MetricsLog(out / "metrics.csv", step, trackers)
     drop_evals_after(out, step)  # evaluations after the checkpoint are redone, identically
     (out / "failed.json").unlink(missing_ok=True)  # a resumed run starts over from its last good checkpoint
 
@@ -165,7 +168,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
         eval_start = time.perf_counter()
         if task is None:
             mse = source.offline_action_mse(agent, states, offline_ds, offline_starts, policy, seed=step)
-            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start)
+            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start, trackers)
             bar.write(f"step {step}: held-out action MSE {rec['mean']:.4f} per seed {np.round(mse, 4).tolist()}")
             return rec
         success, final_reward = evaluate_states(
@@ -174,7 +177,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
             with_final_reward=True)
         rec = _record_eval(out, step, seeds, success, run, eval_s=time.perf_counter() - eval_start,
                            env_steps=online.counters["env_steps"].tolist() if online_active else None,
-                           final_reward=final_reward)
+                           final_reward=final_reward, trackers=trackers)
         bar.write(f"step {step}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
         from steerflow.video import during_training  # at multiples of video_every (0: never)
         during_training(out, tc, step, task, source.normalized_policy(policy, norm), states, quiet, lambda: bool(received))
@@ -256,6 +259,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool) -> dict:
                                   total=None if online_active else tc.steps, run_dir=out)
     finally:
         bar.close()  # before any error message: it starts on a line of its own
+        trackers.close()
         if pool is not None:
             pool.close()
         if online:

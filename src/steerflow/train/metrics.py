@@ -1,5 +1,6 @@
 """`metrics.csv`: step, seed, losses, steps/s (one row per seed per log point); a resumed run
-drops the rows written after its checkpoint."""
+drops the rows written after its checkpoint. Each log point's rows go to the run's trackers
+(`steerflow.tracking.Trackers`, `--log`) as they are written."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ import csv
 from pathlib import Path
 
 
-
 class MetricsLog:
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, trackers=None):
+        self.path, self.trackers = path, trackers  # trackers: `steerflow.tracking.Trackers`
         self.fields: list[str] | None = None
         if resume_step and path.exists():  # drop rows written after the checkpoint we resume from
             with open(path) as f:
@@ -36,6 +36,8 @@ class MetricsLog:
             writer = csv.DictWriter(f, self.fields, extrasaction="ignore", lineterminator="\n")
             if f.tell() == 0:
                 writer.writeheader()
-            for i, seed in enumerate(seeds):
-                writer.writerow({"step": step, "seed": seed, "steps_per_s": round(steps_per_s, 2),
-                                 **{k: float(metrics[k][i]) for k in names}})
+            rows = [{"step": step, "seed": seed, "steps_per_s": round(steps_per_s, 2),
+                     **{k: float(metrics[k][i]) for k in names if k in self.fields}} for i, seed in enumerate(seeds)]
+            writer.writerows(rows)
+        if self.trackers is not None:
+            self.trackers.train(step, rows)

@@ -41,8 +41,9 @@ def _env_flags(run: RunSpec) -> list[str]:
     return [] if run.task.startswith(DATASET_PREFIX) else ["--eval-task", run.task]
 
 
-def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
-    """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`."""
+def train_command(run: RunSpec, out: Path, resume: bool = False, log=("csv",)) -> list[str]:
+    """argv of the `steerflow train` process that trains all of `run`'s seeds, vmapped, into `out`
+    (`log`: its trackers, `--log`)."""
     if run.dataset:  # `task` is the evaluation env (`--eval-task`), or the offline metric's placeholder
         where = ["--dataset", run.dataset, *(["--reward", run.reward] if run.reward else []),
                  *_env_flags(run)]
@@ -52,7 +53,8 @@ def train_command(run: RunSpec, out: Path, resume: bool = False) -> list[str]:
            "--seeds", ",".join(map(str, run.seeds)), "--preset", run.preset, "--out", str(out),
            "--parallel", "vmap", *(["--resume"] if resume else []),
            *(["--base-from", run.base_from] if run.base_from else []),
-           *(["--from", run.from_run] if run.from_run else [])]
+           *(["--from", run.from_run] if run.from_run else []),
+           *(["--log", ",".join(log)] if set(log) - {"csv"} else [])]
     # one flag with every value: a repeated `--set` flag would keep only its last value
     if run.overrides:
         cmd += ["--set", *(f"{k}={_fmt(v)}" for k, v in run.overrides.items())]
@@ -145,10 +147,12 @@ def _stop_children(running, grace_s: float) -> None:
         logf.close()
 
 
-def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: int | None = None) -> dict:
-    """One single-threaded process per seed (at most one per core); results gathered afterwards."""
+def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: int | None = None,
+                    log=("csv",)) -> dict:
+    """One single-threaded process per seed (at most one per core), each with the trackers `log`
+    in its `seed_k/` run directory; results gathered afterwards."""
     out = Path(out)
-    jobs = [(seed, train_command(dataclasses.replace(run, seeds=[seed]), out / f"seed_{seed}", resume),
+    jobs = [(seed, train_command(dataclasses.replace(run, seeds=[seed]), out / f"seed_{seed}", resume, log),
              out / f"seed_{seed}.log") for seed in run.seeds]
     codes = run_commands(
         jobs, max_procs or os.cpu_count() or 1, env=single_thread_env(), pin=True,
