@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROWS = {"bc-mf": ("bc-mf", {}), "bc-fm": ("bc-fm", {}), "lps": ("lps", {}), "lpsd": ("lpsd", {}),
         "dsrl-na": ("dsrl-na", {}), "qc-fql": ("qc-fql", {}),
         "lps-pessimistic": ("lps", {"critic": "qpilots"}),  # 10 critics, mean − 0.5·std, climbed by the actor
+        "lps-clip": ("lps", {"clip_actor_chunk": "true"}),  # the critic scores the chunk the env receives
         "lps-dit": ("lps", {"base.arch": "dit"})}  # the DiT base (src/steerflow/dit.py)
 RECORDS = HERE / "results" / "practitioner_loop_cpu.json"
 BUDGETS = (20_000, 50_000, 100_000)  # the offline budgets the page shows, where a row's curve has them
