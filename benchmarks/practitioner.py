@@ -150,15 +150,32 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
     success = np.asarray(final["final_success"], float)
     curve = {int(f.stem.split("_")[1]): json.loads(f.read_text())["success"]
              for f in sorted((run_dir / "evals").glob("step_*.json"))}
+    metrics = metrics_at(run_dir / "metrics.csv", curve)
     print(f"{row:16s} {'online' if from_dir else 'offline'} success {success.mean():.3f} 95% CI "
           f"{list(bootstrap_ci(success))} per seed {np.round(success, 3).tolist()}", flush=True)
     return {"agent": agent, "overrides": overrides, "steps": args.steps, "online_steps": args.online_steps if from_dir else 0,
             "seeds": seeds, "eval_episodes": args.eval_episodes, "success": success.tolist(),
-            "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)), "curve": curve,
+            "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)), "curve": curve, "metrics": metrics,
             "online_successes": final.get("online_successes"), "online_episodes": final.get("online_episodes"),
             "wall_s": round(time.perf_counter() - start, 1), "device": device_description(), "machine": platform.node(),
             "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": git_commit(), "note": args.note,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def metrics_at(path: Path, steps) -> dict:
+    """{step: {metric: mean over seeds}} of `metrics.csv` at the given steps (the evaluation steps)."""
+    import csv
+
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) in set(map(int, steps))]
+    out: dict = {}
+    for r in rows:
+        for k, v in r.items():
+            if k not in ("step", "seed", "steps_per_s") and v:
+                out.setdefault(int(r["step"]), {}).setdefault(k, []).append(float(v))
+    return {step: {k: round(float(np.mean(v)), 4) for k, v in m.items()} for step, m in sorted(out.items())}
 
 
 def report(record: dict) -> str:
