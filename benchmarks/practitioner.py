@@ -46,6 +46,7 @@ ROWS = {"bc-mf": ("bc-mf", {}), "bc-fm": ("bc-fm", {}), "lps": ("lps", {}), "lps
         "lps-clip": ("lps", {"clip_actor_chunk": "true"}),  # the critic scores the chunk the env receives
         "lps-dit": ("lps", {"base.arch": "dit"})}  # the DiT base (src/steerflow/dit.py)
 RECORDS = HERE / "results" / "practitioner_loop_cpu.json"
+DIAGNOSIS = HERE / "results" / "practitioner_diagnosis_cpu.jsonl"  # benchmarks/diagnose_lps.py --out
 BUDGETS = (20_000, 50_000, 100_000)  # the offline budgets the page shows, where a row's curve has them
 FETCH_ENV = {"factory": "steerflow.envs.fetch:pick_and_place", "kwargs": {}, "max_episode_steps": None, "success": None}
 
@@ -67,7 +68,7 @@ def main() -> None:
     ap.add_argument("--report", type=Path, default=None, help="write the results page here from the records and stop")
     args = ap.parse_args()
     if args.report:
-        args.report.write_text(report(json.loads((args.results or RECORDS).read_text())))
+        args.report.write_text(report(json.loads((args.results or RECORDS).read_text()), read_diagnosis()))
         print(f"wrote {args.report}")
         return
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -178,9 +179,32 @@ def metrics_at(path: Path, steps) -> dict:
     return {step: {k: round(float(np.mean(v)), 4) for k, v in m.items()} for step, m in sorted(out.items())}
 
 
-def report(record: dict) -> str:
+def read_diagnosis(path: Path = DIAGNOSIS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+DIAGNOSIS_COLUMNS = (("step", "step", "{:.0f}"), ("steered_success", "steered %", "{:.0%}"),
+                     ("base_success", "base, random latents %", "{:.0%}"), ("critic_bias", "critic bias", "{:+.2f}"),
+                     ("critic_corr", "critic corr.", "{:.3f}"), ("q_demo", "Q demo", "{:.2f}"),
+                     ("q_base", "Q base", "{:.2f}"), ("q_steered", "Q steered", "{:.2f}"),
+                     ("q_std_demo", "σ_Q demo", "{:.3f}"), ("q_std_steered", "σ_Q steered", "{:.3f}"),
+                     ("steered_to_nearest_base_rms", "steered→nearest base", "{:.3f}"),
+                     ("latent_cosine_mean", "latent cos.", "{:.2f}"))
+
+
+def diagnosis_table(rows: list[dict]) -> list[str]:
+    """`benchmarks/diagnose_lps.py` rows, one line per (run step, seed)."""
+    head = "| seed | " + " | ".join(title for _, title, _ in DIAGNOSIS_COLUMNS) + " |"
+    lines = [head, "|---" * (len(DIAGNOSIS_COLUMNS) + 1) + "|"]
+    for r in sorted(rows, key=lambda r: (r["step"], r["seed"])):
+        lines.append(f"| {r['seed']} | " + " | ".join(fmt.format(r[k]) if k in r else "–" for k, _, fmt in DIAGNOSIS_COLUMNS) + " |")
+    return lines
+
+
+def report(record: dict, diagnosis: list[dict] = ()) -> str:
     """The results page (Markdown) of a records file: per test bed, success % mean [95% CI] at each
-    offline budget a row's curve reached and after its online phase, then the provenance."""
+    offline budget a row's curve reached and after its online phase; the LPS diagnosis rows
+    (`diagnose_lps.py`); then the provenance."""
     from steerflow.report import bootstrap_ci
 
     def cell(values) -> str:
@@ -211,9 +235,17 @@ def report(record: dict) -> str:
             online_cell = f"{cell(online['success'])} (+{online['online_steps'] // 1000}K env steps)" if online else "–"
             lines.append(f"| {name} | " + " | ".join(cell(curve.get(b)) for b in BUDGETS) + f" | {online_cell} |")
         lines.append("")
+    if diagnosis:
+        lines += ["## Diagnosis of LPS on the cube-single demos", "",
+                  "`benchmarks/diagnose_lps.py` on the LPS rows' last checkpoints: success of the steered policy and",
+                  "of the run's own base on random sphere latents (same 50 episodes); the critic on the held-out",
+                  "demos against their Monte-Carlo returns; the mean Q and ensemble spread σ_Q of the demo's, the",
+                  "base's and the steered chunk at those states; the steered chunk's RMS distance to the nearest of",
+                  "16 base samples; the mean cosine between the actor's latents at different states.", "",
+                  *diagnosis_table(diagnosis), ""]
     lines += ["## Provenance", "", "| row | seeds | machine | commit | wall s | note |", "|---|---|---|---|---|---|"]
     for key, row in record["results"].items():
-        lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | {row['device']} | {row['commit'][:10]} | "
+        lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | {row['device']} | {row['commit'].split()[0][:10]} | "
                      f"{row['wall_s']:.0f} | {row.get('note', '')} |")
     return "\n".join(lines) + "\n"
 

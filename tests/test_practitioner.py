@@ -18,7 +18,7 @@ def _practitioner():
 
 def test_the_results_page_regenerates_from_the_records():
     module = _practitioner()
-    page = module.report(json.loads(module.RECORDS.read_text()))
+    page = module.report(json.loads(module.RECORDS.read_text()), module.read_diagnosis())
     assert page == (ROOT / "docs" / "results" / "practitioner.md").read_text()
 
 
