@@ -65,7 +65,6 @@ def diagnose(run_dir: Path, episodes: int) -> list[dict]:
     from steerflow.agents.common import base_policy, critic_net
     from steerflow.data import source
     from steerflow.data.chunks import build_chunk_dataset, chunks_at
-    from steerflow.evaluate import EnvPool, run_episodes
     from steerflow.generative import latent
     from steerflow.train.evaluation import restore_run
 

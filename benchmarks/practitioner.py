@@ -201,6 +201,15 @@ def diagnosis_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def trace(curve: dict, online: dict | None) -> str:
+    """`10→29 20→65 ...`: every evaluation's mean success %, offline then (after `|`) online."""
+    def part(c):
+        return " ".join(f"{step / 1000:g}→{100 * np.mean(v):.0f}" for step, v in sorted((int(k), v) for k, v in c.items()))
+
+    extra = {k: v for k, v in (online or {}).get("curve", {}).items() if int(k) > max(map(int, curve))}
+    return part(curve) + (f" \\| {part(extra)}" if extra else "")
+
+
 def report(record: dict, diagnosis: list[dict] = ()) -> str:
     """The results page (Markdown) of a records file: per test bed, success % mean [95% CI] at each
     offline budget a row's curve reached and after its online phase; the LPS diagnosis rows
@@ -226,14 +235,17 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
         lines += [f"## {prefix.replace('/', ' · ')}", "",
                   f"{demos.get('transitions', '?')} transitions, demos of {demos.get('lengths_mean', 0):.1f} steps "
                   f"on average ({demos.get('lengths_min', '?')}–{demos.get('lengths_max', '?')}).", "",
-                  "| row | " + " | ".join(f"{b // 1000}K" for b in BUDGETS) + " | online |", "|---" * (len(BUDGETS) + 2) + "|"]
+                  "| row | " + " | ".join(f"{b // 1000}K" for b in BUDGETS) + " | last evaluation | online | curve: step K → % |",
+                  "|---" * (len(BUDGETS) + 4) + "|"]
         for name, row in rows.items():
             if "+on" in name:
                 continue
             curve = {int(k): v for k, v in row["curve"].items()}
             online = next((r for n, r in rows.items() if n.startswith(name + "+on")), None)
             online_cell = f"{cell(online['success'])} (+{online['online_steps'] // 1000}K env steps)" if online else "–"
-            lines.append(f"| {name} | " + " | ".join(cell(curve.get(b)) for b in BUDGETS) + f" | {online_cell} |")
+            last = max(curve)
+            lines.append(f"| {name} | " + " | ".join(cell(curve.get(b)) for b in BUDGETS)
+                         + f" | {cell(curve[last])} at {last // 1000}K | {online_cell} | {trace(curve, online)} |")
         lines.append("")
     if diagnosis:
         lines += ["## Diagnosis of LPS on the cube-single demos", "",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import wandb_offline
 from steerflow import tracking
 
 # a long smoke run, stopped by the test: a row every 1000 steps (~0.5 s here), an evaluation
@@ -71,42 +72,11 @@ def stop(proc) -> str:
     return err
 
 
-WANDB_READER = r"""
-import json, sys
-from wandb.proto import wandb_internal_pb2
-
-data, pos, pending, out = open(sys.argv[1], "rb").read(), 7, b"", {"config": {}, "history": []}
-assert data[:4] == b":W&B"
-while pos + 7 <= len(data):
-    if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
-        pos += 32768 - pos % 32768
-        continue
-    length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-    if pos + 7 + length > len(data):  # a chunk the writer has not flushed yet
-        break
-    pending += data[pos + 7:pos + 7 + length]
-    pos += 7 + length
-    if kind not in (1, 4):  # not yet the full record, or its last chunk
-        continue
-    record = wandb_internal_pb2.Record()
-    record.ParseFromString(pending)
-    pending, which = b"", record.WhichOneof("record_type")
-    if which == "run":
-        out.update(run_id=record.run.run_id, display_name=record.run.display_name)
-        out["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
-    elif which == "history":
-        out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-print(json.dumps(out))
-"""
-
-
 def wandb_run(run_dir: Path) -> dict:
-    """The run's one offline W&B run, read from its `.wandb` file (W&B's protobuf records in its log
-    format: 32 KiB blocks of chunks with a crc32, length, type header). In a child process:
-    importing wandb patches this process's stdout, which pytest's capture then trips on."""
+    """The run's one offline W&B run (`tests/wandb_offline.py`), its history as a list of rows."""
     (path,) = run_dir.glob("wandb/wandb/offline-run-*/run-*.wandb")
-    proc = subprocess.run([sys.executable, "-c", WANDB_READER, str(path)], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
+    record = wandb_offline.read_run(path)
+    return {**record, "history": [row for _, row in record["history"]]}
 
 
 def start(out: Path, kinds: str, env: dict):

@@ -29,4 +29,5 @@ def test_the_page_shows_each_budget_of_a_curve_with_its_ci_and_the_online_row():
     online = {**row, "curve": {}, "success": [0.0, 0.2], "online_steps": 10000}
     page = module.report({"demos": {"t/50/all": {"transitions": 9, "lengths_mean": 3.0, "lengths_min": 2, "lengths_max": 4}},
                           "results": {"t/50/all/lps@50000": row, "t/50/all/lps@50000+on10000": online}})
-    assert "| lps@50000 | 60.0 [50, 70] | 100.0 [100, 100] | – | 10.0 [0, 20] (+10K env steps) |" in page
+    assert ("| lps@50000 | 60.0 [50, 70] | 100.0 [100, 100] | – | 100.0 [100, 100] at 50K | 10.0 [0, 20] "
+            "(+10K env steps) | 20→60 50→100 |") in page

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+import wandb_offline
 from steerflow import cli, sweep
 
 pytestmark = pytest.mark.slow
@@ -164,44 +165,6 @@ def test_a_killed_worker_is_retried_and_the_unit_resumes(reference, ray_address,
     assert "[done]" in capsys.readouterr().out
 
 
-WANDB_READER = r"""
-import json, sys
-from wandb.proto import wandb_internal_pb2
-
-data, pos, pending, out = open(sys.argv[1], "rb").read(), 7, b"", {"config": {}, "history": {}}
-assert data[:4] == b":W&B"
-while pos + 7 <= len(data):
-    if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
-        pos += 32768 - pos % 32768
-        continue
-    length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-    pending += data[pos + 7:pos + 7 + length]
-    pos += 7 + length
-    if kind not in (1, 4):  # not yet the full record, or its last chunk
-        continue
-    record = wandb_internal_pb2.Record()
-    record.ParseFromString(pending)
-    pending, which = b"", record.WhichOneof("record_type")
-    if which == "run":
-        out.update(run_group=record.run.run_group, display_name=record.run.display_name)
-        out["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
-    elif which == "config":
-        out["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
-    elif which == "history":
-        out["history"][record.history.step.num] = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                                   for i in record.history.item}
-print(json.dumps(out))
-"""
-
-
-def wandb_run(path):
-    """A W&B offline run file (`run-<id>.wandb`) read with W&B's own protobuf records, in its log
-    format (a 7-byte header; 32 KiB blocks of chunks with a crc32, length, type header). In a child
-    process: importing wandb patches this process's stdout, which pytest's capture then trips on."""
-    proc = subprocess.run([sys.executable, "-c", WANDB_READER, str(path)], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout)
-
-
 def test_submitit_job_array_requeues_a_preempted_unit_and_tracks_both(reference, tmp_path, capsys):
     import psutil
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -258,9 +221,9 @@ def test_submitit_job_array_requeues_a_preempted_unit_and_tracks_both(reference,
     assert json.loads(config_text)["train_config"]["steps"] == 40 and commit in config_text
 
     (path,) = run_dir.glob("wandb/wandb/offline-run-*/run-*.wandb")
-    record = wandb_run(path)
+    record = wandb_offline.read_run(path)
     assert record["run_group"] == "sw" and record["display_name"] == unit.id
     config = record["config"]
     assert config["commit"] == commit and config["train_config"]["steps"] == 40
-    history = {int(k): v for k, v in record["history"].items()}
+    history = dict(record["history"])
     assert history[40]["eval/mean"] == final["mean"] and sorted(k for k in history if k) == steps
