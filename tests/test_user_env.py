@@ -80,18 +80,25 @@ def _train(out, *extra):
               "--preset", "smoke", *ONLINE, "--out", str(out), *extra])
 
 
-def test_online_phase_acts_in_env_units_and_stores_normalised_transitions_with_the_datasets_rewards(toy_data, tmp_path):
+@pytest.fixture(scope="module")
+def straight(toy_data, tmp_path_factory):
+    """An offline-then-online toy run, uninterrupted."""
+    out = tmp_path_factory.mktemp("toy") / "straight"
+    _train(out)
+    return out
+
+
+def test_online_phase_acts_in_env_units_and_stores_normalised_transitions_with_the_datasets_rewards(straight):
     from steerflow.data import normalization
     from steerflow.train.checkpoint import _read
 
-    _train(tmp_path / "run")
-    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    final = json.loads((straight / "final.json").read_text())
     assert final["online_env_steps"][0] >= 120 and final["task"] == f"env:{TOY}"
-    stored = json.loads((tmp_path / "run" / "config.json").read_text())["run"]["env"]
+    stored = json.loads((straight / "config.json").read_text())["run"]["env"]
     assert stored["factory"] == TOY
-    norm = normalization.load(tmp_path / "run")
+    norm = normalization.load(straight)
     assert not norm.is_identity()
-    buf = {k: np.asarray(v)[0] for k, v in _read(tmp_path / "run")["online"]["buffers"].items()}
+    buf = {k: np.asarray(v)[0] for k, v in _read(straight)["online"]["buffers"].items()}
     rows = buf["time"] >= 0
     obs, nxt = (buf[k][rows] * np.asarray(norm.obs_std) + np.asarray(norm.obs_mean)
                 for k in ("observations", "next_observations"))
@@ -104,10 +111,9 @@ def test_online_phase_acts_in_env_units_and_stores_normalised_transitions_with_t
     assert set(np.unique(buf["rewards"][rows])) <= {0.0, -1.0} and reached.sum() >= 1  # not vacuous
 
 
-def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(toy_data, tmp_path, monkeypatch):
+def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(straight, tmp_path, monkeypatch):
     from steerflow.train import loop
 
-    _train(tmp_path / "straight")
     real_save = loop.save_checkpoint
 
     def save_then_die(run_dir, states, keys, step, online=None):
@@ -122,7 +128,7 @@ def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(toy_data, t
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     _train(tmp_path / "killed", "--resume")
     for name in ("checkpoints/latest.msgpack", "eval.csv"):
-        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+        assert (tmp_path / "killed" / name).read_bytes() == (straight / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("argv, message", [
