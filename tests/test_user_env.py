@@ -138,6 +138,8 @@ def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(straight, t
      "name one env"),
     (["--dataset", "toy", "--reward", "sparse-success", "--env", "steerflow.envs.toy:nothing"], "no attribute"),
     (["--dataset", "toy", "--reward", "sparse-success", "--env", "cube-single-task2-v9"], "registered Gymnasium id"),
+    (["--dataset", "toy", "--reward", "sparse-success", "--env", TOY, "--env-set", "speed=2"],
+     "the factory failed with speed=2 .*TypeError"),
     (["--dataset", "toy", "--reward", "sparse-success", "--env", "steerflow.envs.toy:point_reach",
       "--env-set", "max_episode_steps=0", "--max-episode-steps", "0"], "--max-episode-steps 0"),
 ])

@@ -337,7 +337,7 @@ class Train:
         return self.eval_task or f"{DATASET_PREFIX}{self.dataset}"
 
     def env_json(self) -> dict | None:
-        """The run's `env` record (`GymEnvSpec.to_json` without the dataset-derived fields)."""
+        """The run's `env` record (read back by `steerflow.envs.gym_env.GymEnvSpec.from_json`)."""
         if self.env is None:
             return None
         from steerflow.envs.gym_env import parse_env_kwargs

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
@@ -83,7 +83,6 @@ class GymEnvSpec:
     obs_dim: int = 0
     action_dim: int = 0
     episode_length: int = 0
-    sparse: bool = field(default=False, repr=False)  # the OGBench TaskSpec's field; unused here
 
     @property
     def name(self) -> str:
@@ -95,13 +94,18 @@ class GymEnvSpec:
         if render_mode:
             kwargs["render_mode"] = render_mode
         if ":" in self.factory:
-            env = _resolve(self.factory, "--env")(**kwargs)
+            factory = _resolve(self.factory, "--env")
         else:
-            try:
-                env = gym.make(self.factory, **kwargs)
-            except gym.error.Error as err:
-                raise ValueError(f"--env {self.factory!r}: not MODULE:FUNCTION and not a registered Gymnasium id "
-                                 f"({err})") from None
+            factory = lambda **kw: gym.make(self.factory, **kw)  # noqa: E731
+        try:
+            env = factory(**kwargs)
+        except gym.error.Error as err:
+            raise ValueError(f"--env {self.factory!r}: not MODULE:FUNCTION and not a registered Gymnasium id "
+                             f"({err})") from None
+        except Exception as err:  # noqa: BLE001 - the user's factory: say which flag made the call
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no --env-set arguments"
+            raise ValueError(f"--env {self.factory}: the factory failed with {shown} "
+                             f"({type(err).__name__}: {err})") from None
         return _Adapter(env, self)
 
     def rewards_masks(self, env_rewards: np.ndarray, success: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +124,7 @@ class GymEnvSpec:
         env = self.make()
         try:
             obs, _ = env.reset(seed=0)
-            space = env.unwrapped.action_space if not isinstance(env.action_space, gym.spaces.Box) else env.action_space
+            space = env.action_space
             if not isinstance(space, gym.spaces.Box):
                 raise ValueError(f"--env {self.factory}: its action space is {space}; a continuous Box is needed")
             limit = env.time_limit
@@ -129,13 +133,10 @@ class GymEnvSpec:
         return dataclasses.replace(self, obs_dim=int(obs.shape[0]), action_dim=int(np.prod(space.shape)),
                                    episode_length=int(limit))
 
-    def to_json(self) -> dict:
-        return {"factory": self.factory, "kwargs": dict(self.kwargs), "obs_keys": list(self.obs_keys or []) or None,
-                "max_episode_steps": self.max_episode_steps, "success": self.success, "reward": self.reward,
-                "end_on_success": self.end_on_success}
-
     @classmethod
     def from_json(cls, d: dict, reward: str | None = None, obs_keys=None) -> "GymEnvSpec":
+        """The spec of a run's `env` record (`config.json`; `cli.Train.env_json`), with the reward mode
+        and the dict-observation key order of the run's dataset."""
         return cls(factory=d["factory"], kwargs=tuple(sorted((d.get("kwargs") or {}).items())),
                    obs_keys=tuple(obs_keys or d.get("obs_keys") or ()) or None,
                    max_episode_steps=d.get("max_episode_steps"), success=d.get("success"),

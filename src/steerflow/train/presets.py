@@ -77,7 +77,7 @@ class RunSpec:
     from_run: str | None = None  # finished offline run whose last checkpoint the online phase continues (`--from`)
     dataset: str | None = None  # an imported dataset (`steerflow data import`); `task` is then its eval
     reward: str | None = None  # reward mode of an imported dataset: given | sparse-success (data.imports)
-    env: dict | None = None  # a user's Gymnasium env (`--env`, `steerflow.envs.gym_env.GymEnvSpec.to_json`); `task` is then env:FACTORY
+    env: dict | None = None  # a user's Gymnasium env (`--env`: factory, kwargs, max_episode_steps, success); `task` is then env:FACTORY
 
 
 def resolve(run: RunSpec):
