@@ -194,10 +194,11 @@ DIAGNOSIS_COLUMNS = (("step", "step", "{:.0f}"), ("steered_success", "steered %"
 
 def diagnosis_table(rows: list[dict]) -> list[str]:
     """`benchmarks/diagnose_lps.py` rows, one line per (run step, seed)."""
-    head = "| seed | " + " | ".join(title for _, title, _ in DIAGNOSIS_COLUMNS) + " |"
-    lines = [head, "|---" * (len(DIAGNOSIS_COLUMNS) + 1) + "|"]
-    for r in sorted(rows, key=lambda r: (r["step"], r["seed"])):
-        lines.append(f"| {r['seed']} | " + " | ".join(fmt.format(r[k]) if k in r else "–" for k, _, fmt in DIAGNOSIS_COLUMNS) + " |")
+    head = "| run | seed | " + " | ".join(title for _, title, _ in DIAGNOSIS_COLUMNS) + " |"
+    lines = [head, "|---" * (len(DIAGNOSIS_COLUMNS) + 2) + "|"]
+    for r in sorted(rows, key=lambda r: (Path(r["run"]).name, r["step"], r["seed"])):
+        lines.append(f"| {Path(r['run']).name} | {r['seed']} | "
+                     + " | ".join(fmt.format(r[k]) if k in r else "–" for k, _, fmt in DIAGNOSIS_COLUMNS) + " |")
     return lines
 
 
@@ -248,7 +249,7 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
                          + f" | {cell(curve[last])} at {last // 1000}K | {online_cell} | {trace(curve, online)} |")
         lines.append("")
     if diagnosis:
-        lines += ["## Diagnosis of LPS on the cube-single demos", "",
+        lines += ["## Diagnosis of LPS", "",
                   "`benchmarks/diagnose_lps.py` on the LPS rows' last checkpoints: success of the steered policy and",
                   "of the run's own base on random sphere latents (same 50 episodes); the critic on the held-out",
                   "demos against their Monte-Carlo returns; the mean Q and ensemble spread σ_Q of the demo's, the",
