@@ -312,7 +312,7 @@ class Train:
         from steerflow.data.imports import DATASET_PREFIX, REWARD_MODES
 
         if self.env is None:
-            for flag, value in (("--env-set", self.env_set), ("--max-episode-steps", self.max_episode_steps),
+            for flag, value in (("--env-set", flatten(self.env_set)), ("--max-episode-steps", self.max_episode_steps),
                                 ("--success", self.success)):
                 if value:
                     raise ValueError(f"{flag}: only with --env MODULE:FACTORY")
