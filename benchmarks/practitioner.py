@@ -28,6 +28,7 @@ alone (nothing is trained; tests/test_practitioner.py checks the committed page 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -99,10 +100,12 @@ def main() -> None:
                                                                 Path(f"{offline_dir}-on{args.online_steps}"), offline_dir)
     kind = "gpu" if any(w in device_description().lower() for w in ("gpu", "cuda")) else "cpu"
     path = args.results or RECORDS.with_name(f"practitioner_loop_{kind}.json")
-    record = json.loads(path.read_text()) if path.exists() else {"benchmark": "practitioner-loop", "demos": {}, "results": {}}
-    record["demos"][prefix] = demo_info
-    record["results"].update(results)
-    atomic_write_json(path, record)
+    with open(path.with_suffix(".lock"), "w") as lock:  # two invocations may finish at once (one per core)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = json.loads(path.read_text()) if path.exists() else {"benchmark": "practitioner-loop", "demos": {}, "results": {}}
+        record["demos"][prefix] = demo_info
+        record["results"].update(results)
+        atomic_write_json(path, record)
     print(f"rows written to {path}")
 
 
