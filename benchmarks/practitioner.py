@@ -85,28 +85,43 @@ def main() -> None:
     except ValueError as err:
         ap.error(str(err))
 
-    from steerflow.runinfo import atomic_write_json, device_description
+    from steerflow.runinfo import device_description
 
     name, demo_info = import_demos(args.testbed, args.demos, artifacts)
     seeds = [int(s) for s in args.seeds.split(",")]
     prefix = f"{args.testbed}/{args.demos}/{args.artifacts}"
-    results = {}
+    kind = "gpu" if any(w in device_description().lower() for w in ("gpu", "cuda")) else "cpu"
+    path = args.results or RECORDS.with_name(f"practitioner_loop_{kind}.json")
     for row in rows:
         key = f"{prefix}/{row}@{args.steps}"
         offline_dir = args.out / key.replace("/", "_")
-        results[key] = train_row(row, args, name, seeds, offline_dir)
+        runs = [(key, offline_dir, None)]
         if args.online_steps:
-            results[f"{key}+on{args.online_steps}"] = train_row(row, args, name, seeds,
-                                                                Path(f"{offline_dir}-on{args.online_steps}"), offline_dir)
-    kind = "gpu" if any(w in device_description().lower() for w in ("gpu", "cuda")) else "cpu"
-    path = args.results or RECORDS.with_name(f"practitioner_loop_{kind}.json")
-    with open(path.with_suffix(".lock"), "w") as lock:  # two invocations may finish at once (one per core)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        record = json.loads(path.read_text()) if path.exists() else {"benchmark": "practitioner-loop", "demos": {}, "results": {}}
-        record["demos"][prefix] = demo_info
-        record["results"].update(results)
-        atomic_write_json(path, record)
+            runs.append((f"{key}+on{args.online_steps}", Path(f"{offline_dir}-on{args.online_steps}"), offline_dir))
+        for key, run_dir, from_dir in runs:
+            stored = read_records(path)["results"].get(key)
+            if stored is not None and (run_dir / "final.json").exists():
+                print(f"{key}: finished and recorded; its record is kept", flush=True)
+                continue  # re-running a finished row must not replace its provenance (wall time, commit)
+            save_row(path, prefix, demo_info, key, train_row(row, args, name, seeds, run_dir, from_dir))
     print(f"rows written to {path}")
+
+
+def read_records(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {"benchmark": "practitioner-loop", "demos": {}, "results": {}}
+
+
+def save_row(path: Path, prefix: str, demo_info: dict, key: str, result: dict) -> None:
+    """Add one row to the records as soon as it is done, under a lock: two invocations (one per
+    core) may finish at once."""
+    from steerflow.runinfo import atomic_write_json
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = read_records(path)
+        record["demos"][prefix] = demo_info
+        record["results"][key] = result
+        atomic_write_json(path, record)
 
 
 def import_demos(testbed: str, num: int, artifacts) -> tuple[str, dict]:
