@@ -244,9 +244,9 @@ def at_budget(rows: dict, method: str, budget: int | None):
     run whose curve has it — or, with `budget=None`, after its online phase; None if not measured."""
     if budget is None:
         online = [r for n, r in rows.items() if n.split("@")[0] == method and "+on" in n]
-        return max(online, key=lambda r: r["steps"])["success"] if online else None
+        return max(online, key=lambda r: r.get("steps", 0))["success"] if online else None
     runs = [r for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n and str(budget) in r["curve"]]
-    return max(runs, key=lambda r: r["steps"])["curve"][str(budget)] if runs else None
+    return max(runs, key=lambda r: r.get("steps", 0))["curve"][str(budget)] if runs else None
 
 
 def glance(groups: dict, lps: str = "lps", bc: str = "bc-mf") -> list[str]:

@@ -31,3 +31,12 @@ def test_the_page_shows_each_budget_of_a_curve_with_its_ci_and_the_online_row():
                           "results": {"t/50/all/lps@50000": row, "t/50/all/lps@50000+on10000": online}})
     assert ("| lps@50000 | 60.0 [50, 70] | 100.0 [100, 100] | – | 100.0 [100, 100] at 50K | 10.0 [0, 20] "
             "(+10K env steps) | 20→60 50→100 |") in page
+
+
+def test_the_glance_table_compares_lps_with_bc_at_each_budget_and_says_where_it_stands():
+    module = _practitioner()
+    lps = {"steps": 50000, "curve": {"20000": [0.9, 0.95, 1.0], "50000": [0.2, 0.3, 0.25]}, "success": [0.2, 0.3, 0.25]}
+    bc = {"steps": 50000, "curve": {"20000": [0.1, 0.15, 0.2], "50000": [0.2, 0.3, 0.3]}, "success": [0.2, 0.3, 0.3]}
+    lines = module.glance({"t/50/all": {"lps@50000": lps, "bc-mf@50000": bc}})
+    assert "| t · 50 · all | 95 vs 15: +80 [+73, +87] | 25 vs 27: -2 [-8, +5] | – | – |" in lines
+    assert "Of 2 comparisons, LPS is above BC-MF in 1, indistinguishable (the CI holds 0) in 1 and below in 0." in lines
