@@ -37,9 +37,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--out", type=Path, default=None, help="append one JSON row per (run, seed) here")
+    ap.add_argument("--latent-noise", default="", help="also evaluate the actor's latent perturbed by σ·N(0, I) and "
+                    "projected back, for each comma-separated σ (latent radius √d, so σ=1 mixes as much noise as signal)")
     args = ap.parse_args()
+    sigmas = [float(s) for s in args.latent_noise.split(",") if s]
     for run_dir in args.runs:
-        for row in diagnose(run_dir, args.episodes):
+        for row in diagnose(run_dir, args.episodes, sigmas):
             print(json.dumps(row), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
@@ -57,7 +60,7 @@ def mc_returns(data: dict, discount: float) -> np.ndarray:
     return out
 
 
-def diagnose(run_dir: Path, episodes: int) -> list[dict]:
+def diagnose(run_dir: Path, episodes: int, sigmas=()) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
@@ -107,13 +110,15 @@ def diagnose(run_dir: Path, episodes: int) -> list[dict]:
                "steered_to_nearest_base_rms": float(rms(samples, steered[None]).min(0).mean()),
                "latent_cosine_mean": float(cos[np.triu_indices(len(cos), 1)].mean())}
         if task is not None:
-            row.update(env_success(task, state, spec, norm, config, base, episodes, seed))
+            row.update(env_success(task, state, spec, norm, config, base, episodes, seed, sigmas))
         rows.append(row)
     return rows
 
 
-def env_success(task, state, spec, norm, config, base, episodes: int, seed: int) -> dict:
-    """Success of the steered policy and of the base on random latents, on the same episodes."""
+def env_success(task, state, spec, norm, config, base, episodes: int, seed: int, sigmas=()) -> dict:
+    """Success of the steered policy, of the base on random latents and (per σ in `sigmas`) of the
+    steered latent perturbed by σ·N(0, I) and projected back onto the prior's support, on the same
+    episodes: is a deterministic steered policy losing what the stochastic base keeps?"""
     import jax
     import jax.numpy as jnp
 
@@ -121,7 +126,11 @@ def env_success(task, state, spec, norm, config, base, episodes: int, seed: int)
     from steerflow.evaluate import EnvPool, run_episodes
     from steerflow.generative import latent
 
-    steered = jax.jit(lambda o: jnp.clip(lps.steer(state, state.params, o)[1], -1, 1))
+    @jax.jit
+    def perturbed(o, key, sigma):  # sigma = 0: the steered policy itself
+        l_phi, _ = lps.steer(state, state.params, o)
+        z = latent.constrain(l_phi + sigma * jax.random.normal(key, l_phi.shape), config.geometry)
+        return jnp.clip(base.decode(state.params["base"], o, z), -1, 1)
 
     @jax.jit
     def random_latent(o, key):
@@ -130,13 +139,17 @@ def env_success(task, state, spec, norm, config, base, episodes: int, seed: int)
 
     key = [jax.random.PRNGKey(seed + 1)]
 
-    def base_only(o):
-        key[0], sub = jax.random.split(key[0])
-        return random_latent(o, sub)
+    def keyed(act):
+        def policy(o):
+            key[0], sub = jax.random.split(key[0])
+            return act(o, sub)
+        return policy
 
+    policies = {"steered_success": keyed(lambda o, k: perturbed(o, k, 0.0)), "base_success": keyed(random_latent)}
+    policies.update({f"steered_noise_{sigma:g}_success": keyed(lambda o, k, s=sigma: perturbed(o, k, s)) for sigma in sigmas})
     out = {}
     with EnvPool(task, min(episodes, 10), workers=0) as pool:
-        for name, act in (("steered_success", steered), ("base_success", base_only)):
+        for name, act in policies.items():
             policy = lambda o, act=act: np.asarray(norm.denormalize_action(np.asarray(  # noqa: E731
                 act(jnp.asarray(norm.normalize_obs(np.asarray(o, np.float32)))))))
             out[name] = float(run_episodes(pool, policy, spec.horizon, episodes, seed=7)["success"].mean())
