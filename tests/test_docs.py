@@ -143,10 +143,31 @@ def test_src_points_to_nothing_outside_the_repository():
         assert not re.search(r"SPEC §|papers/0|reference/\w+\.md", text), path
 
 
+def _python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
 @pytest.mark.parametrize("path", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
-def test_every_python_block_compiles(path):
-    for block in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
-        ast.parse(block)
+def test_every_python_block_compiles_and_calls_the_api_as_it_is(path):
+    """Each block parses, and each `steerflow.NAME(...)` call binds to NAME's signature (the README's
+    block is also run verbatim by tests/test_export.py; the docs' copies must equal it)."""
+    import inspect
+
+    import steerflow
+
+    for block in _python_blocks(path):
+        tree = ast.parse(block)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "steerflow":
+                fn = getattr(steerflow, node.func.attr)  # AttributeError: the API has no such name
+                inspect.signature(fn).bind(*node.args, **{k.arg: k.value for k in node.keywords})
+
+
+def test_the_docs_copies_of_the_tested_python_block_equal_the_readme_s():
+    tested = re.search(r"<!-- python-api:[^>]*-->\s*```python\n(.*?)```", README.read_text(), re.S).group(1)
+    copies = [b for p in PAGES[1:] for b in _python_blocks(p) if "load_policy" in b]
+    assert copies and all(b == tested for b in copies)
 
 
 def test_the_site_builds_strict(tmp_path):
