@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast clean reference-env
+.PHONY: install run test test-fast docs docs-serve clean reference-env
 
 install: $(STAMP)
 
@@ -37,5 +37,12 @@ test: install
 test-fast: install
 	MUJOCO_GL=egl $(BIN)/python -m pytest -q -m "not slow" tests
 
+# the documentation site (mkdocs.yml; the test suite builds it with --strict)
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	$(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

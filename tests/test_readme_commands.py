@@ -1,4 +1,4 @@
-"""Every `steerflow ...` command line of the README parses and validates as written (the CLI's
+"""Every `steerflow ...` command line of the README and of the pages under docs/ parses and validates as written (the CLI's
 own dry parse, `cli.parse`: flags, task, preset, overrides, agent config values; nothing is read
 or written), and the cheap ones run: `data info`, every `--help`. The commands the error messages
 print (a missing dataset) parse too."""
@@ -11,7 +11,9 @@ import pytest
 
 from steerflow import cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 PREFIXES = ("$ steerflow ", ".venv/bin/steerflow ", "steerflow ")
 
 
@@ -50,11 +52,20 @@ def test_the_extractor_finds_continuations_prefixes_and_comments():
     assert readme_commands(text) == ["data info   # a comment", "train --agent lps --seeds 0,1", "eval runs/x"]
 
 
-COMMANDS = readme_commands(README.read_text())
+# every page's command lines, each distinct line once (pages repeat the README's quickstart)
+COMMANDS = list(dict.fromkeys(c for page in PAGES for c in readme_commands(page.read_text())))
 
 
 def test_the_readme_has_commands():
-    assert len(COMMANDS) >= 10 and any(c.startswith("data generate") for c in COMMANDS)
+    readme = readme_commands(README.read_text())
+    assert len(readme) >= 5 and any(c.startswith("data generate") for c in readme)
+    assert len(COMMANDS) >= 40 and any(c.startswith("data import") for c in COMMANDS)
+
+
+def test_every_docs_page_with_commands_is_read():
+    with_commands = {p.name for p in PAGES if readme_commands(p.read_text())}
+    assert {"README.md", "get-started.md", "training.md", "robot-data.md", "online.md", "sweeps.md",
+            "deploy.md"} <= with_commands
 
 
 @pytest.mark.parametrize("command", COMMANDS)

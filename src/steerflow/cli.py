@@ -24,7 +24,7 @@
 
 Every command checks its flags before any work (`validate()`: no data is loaded, nothing is
 compiled or written), so a bad value ends at once with the flag named; `parse(argv)` is that
-check alone (the README test runs it on every command line of the README). Exit codes and
+check alone (tests/test_readme_commands.py runs it on every command line of the README and docs/). Exit codes and
 signals are described in `steerflow.errors`: 2 for bad input, 1 for a failed run or a filesystem
 error, 130/143 for SIGINT/SIGTERM; a user error never prints a traceback.
 """

@@ -1,7 +1,7 @@
-"""Q-chunking value learning shared by every method (SPEC §2).
+"""Q-chunking value learning shared by every method (docs/algorithms.md#q-chunking-critic).
 
 A critic Q_j(s, a) scores a whole flattened chunk a = a_{t:t+H} (shape (B, d)). Batches come
-from the valid-start chunk sampler (SPEC §1.2):
+from the valid-start chunk sampler (docs/algorithms.md#chunk-sampler):
     observations (B, obs_dim) = s_t,  actions (B, d),  rewards (B,) = R = Σ_{k<H} γ^k r_{t+k},
     masks (B,) = m = min_k mask_{t+k},  next_observations (B, obs_dim) = s_{t+H},
     optional valid (B,) for replay buffers that hold partial trajectories.

@@ -1,4 +1,4 @@
-"""Parallel evaluation with open-loop action chunks (SPEC §6).
+"""Parallel evaluation with open-loop action chunks (docs/algorithms.md#evaluation-protocol).
 
 All environments step in lock-step; whenever the chunk queue runs out, the policy is called
 once for every environment at the same time (`policy(obs (n, obs_dim)) -> (n, H·A)`), and the

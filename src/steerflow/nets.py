@@ -3,7 +3,7 @@
 Shapes: observations `(B, obs_dim)`, flattened action chunks `(B, d)` with `d = H·A`,
 scalar times `(B,)` or `(B, 1)`. Every network here is a plain MLP (GELU by default; SiLU for the
 QPILOTS protocol), optionally with LayerNorm after each hidden activation (the Q-chunking critic
-uses it; the flow/MeanFlow policies do not, SPEC §2-§3). Times enter a conditional field as raw
+uses it; the flow/MeanFlow policies do not, docs/algorithms.md#q-chunking-critic and docs/algorithms.md#flow-matching). Times enter a conditional field as raw
 scalars by default, or through a fixed Fourier-feature embedding (`time_features`, QPILOTS: 64).
 """
 

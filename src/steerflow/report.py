@@ -1,5 +1,5 @@
 """Aggregating results over seeds: means with 95% (stratified) bootstrap confidence intervals,
-learning-curve plots with CI bands (SPEC §6: 1000 resamples over seeds), and the
+learning-curve plots with CI bands (docs/algorithms.md#evaluation-protocol: 1000 resamples over seeds), and the
 `steerflow report` summary of finished run directories.
 
     build_report(["runs/cube_single"], "report")   # or: steerflow report runs/cube_single --out report
@@ -10,7 +10,7 @@ directories). Seeds are grouped into methods (agent + its `--set` overrides, + p
 runs mix presets) and tasks; the seeds of one (method, task) may come from several directories.
 A seed counts only once its last evaluation step equals its configured `train_config.steps`.
 
-Hyperparameter selection (`select_hyperparameters`), the one rule every tuned method uses (SPEC §6,
+Hyperparameter selection (`select_hyperparameters`), the one rule every tuned method uses (docs/algorithms.md#evaluation-protocol,
 the QC/QAM/QPILOTS protocol): within an agent, the `--set` keys whose values differ between runs
 are the swept ones; per domain, each of their value combinations is scored by its mean final
 success over the tuning tasks (2 and 4) and the best is selected (ties: the first in value order).
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 RESAMPLES = 1000
-TUNING_TASKS = (2, 4)  # manipulation domains (SPEC §6)
+TUNING_TASKS = (2, 4)  # manipulation domains (docs/algorithms.md#evaluation-protocol)
 
 
 def bootstrap_ci(values, resamples: int = RESAMPLES, level: float = 0.95, seed: int = 0) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""BC-FM: the flow-matching base policy alone (SPEC §3.1, §4.3), no critic.
+"""BC-FM: the flow-matching base policy alone (docs/algorithms.md#flow-matching, docs/algorithms.md#bc), no critic.
 
 Time convention (flow matching): noise at τ=0, data at τ=1; act integrates K=10 Euler steps from
 a fresh N(0, I) sample and clips. Identical to BC-MF except for the decoder, so it reuses that

@@ -1,4 +1,4 @@
-"""BC-MF: the MeanFlow base policy alone, trained by behaviour cloning (SPEC §3.2, §4.3).
+"""BC-MF: the MeanFlow base policy alone, trained by behaviour cloning (docs/algorithms.md#meanflow, docs/algorithms.md#bc).
 
 Time convention (MeanFlow): data at t=0, noise at t=1; act decodes a fresh prior latent in one
 step, a = clip(π_β(s, z, 0, 1)), z ~ prior. No critic. The same code trains BC-FM (`bc_fm`)

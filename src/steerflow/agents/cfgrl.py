@@ -1,4 +1,4 @@
-"""CFGRL (SPEC §4.3): policy improvement by classifier-free guidance of an optimality-conditioned
+"""CFGRL (docs/algorithms.md#cfgrl): policy improvement by classifier-free guidance of an optimality-conditioned
 flow-matching base, with the Q-chunking critic in IQL form.
 
 Value learning (no policy in the TD target, as in IQL/CFGRL):

@@ -1,4 +1,4 @@
-"""DSRL-NA (SPEC §4.3): latent steering through a *distilled* latent critic ("noise aliasing").
+"""DSRL-NA (docs/algorithms.md#dsrl-na): latent steering through a *distilled* latent critic ("noise aliasing").
 
 A flow-matching base v_ω (noise at τ=0, data at τ=1) is trained by BC and read through its EMA
 copy ω̄ as a decoder D(s, w) = clip(Euler_K(v_ω̄, s, w)). Three value functions:

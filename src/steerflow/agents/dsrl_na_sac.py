@@ -1,4 +1,4 @@
-"""DSRL-NA, original variant (SPEC §4.3): `dsrl_na` with a tanh-Gaussian latent actor scaled by
+"""DSRL-NA, original variant (docs/algorithms.md#dsrl-na-sac): `dsrl_na` with a tanh-Gaussian latent actor scaled by
 `noise_scale`, SAC entropy with a learned temperature, and N(0, I) latents (see `dsrl_na` for
 the losses; this module only changes the defaults)."""
 

@@ -1,4 +1,4 @@
-"""Latent Policy Steering (LPS, SPEC §4.1): the flagship method.
+"""Latent Policy Steering (LPS, docs/algorithms.md#lps): the flagship method.
 
 A one-step MeanFlow base π_β (data at t=0, noise at t=1; decode at r=0, t=1) is trained by
 behaviour cloning; a deterministic latent actor h_φ(s), projected onto the prior's support
@@ -46,7 +46,7 @@ class Config:
     actor_hidden: Sequence[int] = (512, 512, 512, 512)  # width/depth not given by the paper
     geometry: str = "sphere"  # latent prior of the base and support of the actor
     normalize_q: bool = True  # λ = 1/sg(mean|Q|), the paper's "unit norm" critic loss
-    alpha: float = 1.0  # weight of the base's BC loss; provably inert under Adam (see README, §V-C)
+    alpha: float = 1.0  # weight of the base's BC loss; provably inert under Adam (docs/algorithms.md#lps, LPS paper §V-C)
     # clip the decoded chunk to [-1, 1] before the critic in the actor loss (the authors' code
     # does; the critic never trained outside the box, and the clip zeroes the gradient there)
     clip_actor_chunk: bool = False

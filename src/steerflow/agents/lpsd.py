@@ -1,4 +1,4 @@
-"""LPSD (SPEC §4.2, LPS paper appendix E): LPS with a stochastic latent actor and an explicit
+"""LPSD (docs/algorithms.md#lpsd, LPS paper appendix E): LPS with a stochastic latent actor and an explicit
 distillation regulariser — the variant that brings a weight α back.
 
 The latent actor l_φ(s, ε) takes the state and a prior sample ε (same geometry as the base's

@@ -1,4 +1,4 @@
-"""QC best-of-N (SPEC §4.3, QC's `best-of-n` actor): no actor network at all.
+"""QC best-of-N (docs/algorithms.md#qc-bon, QC's `best-of-n` actor): no actor network at all.
 
 A flow-matching base (noise at τ=0, data at τ=1) is trained by BC next to the Q-chunking critic.
 To act — and to form the critic's target action a' — draw N noises, decode each by K Euler steps,

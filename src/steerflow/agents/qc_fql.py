@@ -1,4 +1,4 @@
-"""QC-FQL (SPEC §4.3): flow Q-learning with action chunking — the behaviour-regularised baseline.
+"""QC-FQL (docs/algorithms.md#qc-fql): flow Q-learning with action chunking — the behaviour-regularised baseline.
 
 A flow-matching base v_ω (noise at τ=0, data at τ=1) is trained by BC; a one-step actor
 μ_ψ(s, ε) is distilled from the base's K-step Euler sample of the same noise while it climbs the

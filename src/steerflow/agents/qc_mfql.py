@@ -1,4 +1,4 @@
-"""QC-MFQL (LPS paper baseline, SPEC §4.3): QC-FQL with the MeanFlow base.
+"""QC-MFQL (LPS paper baseline, docs/algorithms.md#qc-mfql): QC-FQL with the MeanFlow base.
 
 The BC loss is L_MF instead of L_FM and the distillation teacher is the one-step decode
 clip(π_β(s, ε, 0, 1)); everything else — one-step actor, α-weighted distillation, Q term, critic

@@ -1,5 +1,5 @@
 """QPILOTS-M: inference-time Q-steering of a flow-matching base with a meta flow map posterior
-(SPEC §4.4; paper `papers/004_*` Eq. 16, App. C).
+(docs/algorithms.md#qpilots-m; QPILOTS paper Eq. 16, App. C).
 
 Time convention (flow matching): noise at τ = 0, data at τ = 1. QPILOTS-U's agent (`qpilots_u`:
 critic, base, steered Euler sampler, training loop) with a different steering gradient and one

@@ -1,5 +1,5 @@
 """QPILOTS-U: inference-time Q-steering of a flow-matching base with the Tweedie estimate
-(SPEC §4.4; paper `papers/004_*` Alg. 1, Eq. 15, App. C).
+(docs/algorithms.md#qpilots-u; QPILOTS paper Alg. 1, Eq. 15, App. C).
 
 Time convention (flow matching): noise at τ = 0, data at τ = 1. Nothing trains the base towards
 the critic: the base flow and the critic are learnt by their own objectives,

@@ -1,4 +1,4 @@
-"""Valid-start action-chunk sampler (SPEC §1.2), kept on the device and sampled inside `jit`.
+"""Valid-start action-chunk sampler (docs/algorithms.md#chunk-sampler), kept on the device and sampled inside `jit`.
 
 Input: a flat transition dataset (OGBench "regular" layout) with `observations (N, obs_dim)`,
 `actions (N, A)`, `rewards (N,)`, `masks (N,)`, `next_observations (N, obs_dim)` and

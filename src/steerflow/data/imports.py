@@ -1,4 +1,4 @@
-"""A practitioner's own demonstrations (SPEC §1.3): one episode layout every reader produces, its
+"""A practitioner's own demonstrations (docs/algorithms.md#robot-datasets): one episode layout every reader produces, its
 validation, the cache it is imported into, and the reward modes a run chooses at training time.
 
 Episode layout (what ``robomimic``, ``lerobot`` and ``minari_io`` return, one dict per demo, time

@@ -1,8 +1,8 @@
-"""Local regeneration of OGBench manipulation "play" datasets (SPEC §1.1).
+"""Local regeneration of OGBench manipulation "play" datasets (docs/algorithms.md#ogbench-data).
 
 The benchmark's datasets cannot be downloaded here, so they are regenerated with the scripted
 key-frame ``PlanOracle``s shipped inside the ``ogbench`` package, following the procedure of
-OGBench's own generator (``reference/ogbench.md`` §1.2):
+OGBench's own generator (its ``generate_manipspace.py``):
 
 1. ``gymnasium.make('<domain>-v0', terminate_at_goal=False, mode='data_collection',
    max_episode_steps=1001)``; every reset randomises the scene and draws one sub-target.

@@ -17,7 +17,7 @@ relabelled rewards with dones = 1 where the task is solved (`--reward given`), a
 (already in [-1, 1]: the stated bounds), so `steerflow train --dataset NAME` trains on it through
 the CNN encoder. Rows per episode: T frames, T-1 transitions (the last action has no next frame).
 
-Rendering runs on the CPU's software OpenGL here (EGL on Mesa's llvmpipe); see the README for the
+Rendering runs on the CPU's software OpenGL here (EGL on Mesa's llvmpipe); see docs/results/robot-data.md for the
 measured frames/s. Cube domains only: scene and puzzle frames also depend on button states.
 """
 

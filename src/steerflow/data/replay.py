@@ -7,7 +7,7 @@ Per row the buffer keeps the transition (s_t, a_t, r_t, mask_t, s_{t+1}) with th
 `chunks` (r and mask are those of the pre-action state s_t, relabelled as the offline data), its
 `episode` id and its `time`.
 
-Validity (SPEC §1.2, for partial trajectories): a start row is valid iff the H rows of its chunk
+Validity (docs/algorithms.md#chunk-sampler, for partial trajectories): a start row is valid iff the H rows of its chunk
 hold the lane's consecutive transitions `time, …, time+H−1` of one episode. So a chunk never
 crosses an episode end, never runs past the newest transition of the episode in progress, and
 never mixes a ring's newest rows with the older ones it has not yet overwritten. The flag is kept

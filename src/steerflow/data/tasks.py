@@ -5,7 +5,7 @@ Task names: ``DOMAIN-taskN[-sparse]`` (N in 1..5), e.g. ``cube-single-task2`` or
 (``ogbench_gen``); OGBench relabels it per task (``r = #satisfied - #sub-goals`` on the pre-action
 state, ``mask = 0`` iff the whole task is solved, ``terminals`` = trajectory ends only).
 "Sparse" (from the Q-chunking code) maps ``r <- -1 * (r != 0)``; masks are unchanged.
-Dataset actions are clipped to ``±(1 - 1e-5)`` (SPEC §1.1). Loading validates before use:
+Dataset actions are clipped to ``±(1 - 1e-5)`` (docs/algorithms.md#ogbench-data). Loading validates before use:
 readable npz, required keys, shapes, the sha256 recorded in meta.json, and finite observations,
 actions and rewards (``check_finite`` names the key, the count and the first row).
 """

@@ -1,8 +1,8 @@
 """One interface over the generative base policies, so every method can swap its decoder.
 
 A `BasePolicy` maps (observation, latent) to an action chunk and knows its own BC loss:
-- `meanflow`: the one-step MeanFlow of SPEC §3.2 (decode = π_β(s, z, 0, 1), one evaluation);
-- `fm-bptt`:  flow matching (SPEC §3.1) decoded by K Euler steps; when a loss differentiates
+- `meanflow`: the one-step MeanFlow of docs/algorithms.md#meanflow (decode = π_β(s, z, 0, 1), one evaluation);
+- `fm-bptt`:  flow matching (docs/algorithms.md#flow-matching) decoded by K Euler steps; when a loss differentiates
               through `decode` the gradient is back-propagated through all K steps (FM-LPS);
 - `fm-1step`: the same FM net decoded by a single Euler step (FM-1step-LPS).
 

@@ -1,4 +1,4 @@
-"""Flow-matching base policy (SPEC §3.1): the BC-FM base of QC-FQL, DSRL, CFGRL and best-of-N.
+"""Flow-matching base policy (docs/algorithms.md#flow-matching): the BC-FM base of QC-FQL, DSRL, CFGRL and best-of-N.
 
 Time convention (flow matching, opposite to MeanFlow's): noise at τ = 0, data at τ = 1.
     x_τ = (1 − τ)·x0 + τ·a,   target velocity v = a − x0   (pointing noise → data)

@@ -1,4 +1,4 @@
-"""Latent geometries of the base policy's noise endpoint (SPEC §3.3).
+"""Latent geometries of the base policy's noise endpoint (docs/algorithms.md#latent-geometry).
 
 Latents are flattened chunks `(B, d)`, `d = H·A`.
 - `sphere`: z = √d · ε/‖ε‖, ε ~ N(0, I_d); actor outputs are projected the same way.

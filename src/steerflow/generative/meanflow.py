@@ -1,4 +1,4 @@
-"""MeanFlow base policy in the noise-to-action form (SPEC §3.2).
+"""MeanFlow base policy in the noise-to-action form (docs/algorithms.md#meanflow).
 
 Time convention (MeanFlow): data at t = 0, noise at t = 1.
     z_t = (1 − t)·a + t·z,   v = z − a   (instantaneous velocity, pointing data → noise).
@@ -110,7 +110,7 @@ def meanflow_loss(
     key: jax.Array,
     config: MeanFlowConfig,
 ) -> tuple[jnp.ndarray, dict]:
-    """L_MF for a batch of (s, a) pairs with prior latents z (SPEC §3.2)."""
+    """L_MF for a batch of (s, a) pairs with prior latents z (docs/algorithms.md#meanflow)."""
     r, t = sample_rt(key, actions.shape[0], config)
     tc, rc = t[:, None], r[:, None]
     z_t = (1.0 - tc) * actions + tc * latents

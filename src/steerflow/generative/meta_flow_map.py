@@ -1,4 +1,4 @@
-"""Meta flow map (MFM) of QPILOTS-M (SPEC §4.4, paper §3 Eqs. 8-10, App. C.1-C.2).
+"""Meta flow map (MFM) of QPILOTS-M (docs/algorithms.md#qpilots-m; QPILOTS paper §3 Eqs. 8-10, App. C.1-C.2).
 
 Two clocks. The outer flow time τ is the base policy's (FM convention: noise at 0, data at 1),
 x = I_τ = (1 − τ)·I_0 + τ·a. The MFM's own times u ≤ w ∈ [0, 1] run an auxiliary flow, for each

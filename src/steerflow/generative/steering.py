@@ -1,4 +1,4 @@
-"""Inference-time Q-steering of a flow-matching sampler (QPILOTS, SPEC §4.4, paper Alg. 1, Eq. 17).
+"""Inference-time Q-steering of a flow-matching sampler (QPILOTS, docs/algorithms.md#qpilots; QPILOTS paper Alg. 1, Eq. 17).
 
 Time convention (flow matching): noise at τ = 0, data at τ = 1. With K Euler steps, τ_i = i/K:
 

@@ -1,4 +1,4 @@
-"""The online phase's interaction with the real environments (SPEC §5), generic over the agent contract.
+"""The online phase's interaction with the real environments (docs/algorithms.md#offline-to-online), generic over the agent contract.
 
 S seeds × E environments (`online_envs`) step together in the evaluator's `EnvPool`; the acting
 policy is the agent's `act`, called once per chunk for all S·E environments (vmapped over seeds),

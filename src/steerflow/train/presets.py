@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The CPU protocol (issue 9, benchmarks/protocol/README.md): the budget at which the methods have
+# The CPU protocol (benchmarks/protocol/README.md, docs/results/protocol.md): the budget at which the methods have
 # left the floor on this 2-core CPU (LPS 74-88% on cube-single task 2 at 100K steps, authors' code
 # and steerflow alike), on a 200-episode dataset that generates in ~4 minutes.
 _CPU = {"train": dict(steps=100_000, batch_size=128, updates_per_call=20, log_every=1000, eval_every=25_000,
@@ -29,7 +29,7 @@ PRESETS: dict[str, dict] = {
     "cpu": _CPU,
     # `make run`: sized from the protocol's evidence to finish in 30 minutes from nothing on 2 cores
     "default": {"train": {**_CPU["train"]}, "agent": _CPU["agent"]},
-    # SPEC §6: 1M steps, 4x512 nets (the agent defaults), batch 256, eval every 100K
+    # docs/algorithms.md#evaluation-protocol: 1M steps, 4x512 nets (the agent defaults), batch 256, eval every 100K
     "paper": {"train": dict(steps=1_000_000, batch_size=256, updates_per_call=50, log_every=5_000,
                             eval_every=100_000, checkpoint_every=50_000, eval_episodes=50),
               "agent": {}},
@@ -51,7 +51,7 @@ class TrainConfig:
     dataset_episodes: int = 1000
     dataset_seed: int = 0
     dataset_episode_steps: int = 1001
-    # offline-to-online (SPEC §5, train/online.py): after `steps` offline updates
+    # offline-to-online (docs/algorithms.md#offline-to-online, train/online.py): after `steps` offline updates
     online_steps: int = 0  # env steps per seed of the online phase (0: offline only)
     online_ratio: float = -1.0  # < 0: batches from offline ∪ online (QPILOTS); R in [0, 1]: R online (LPS 0.5)
     updates_per_env_step: float = 1.0  # gradient updates per env step
