@@ -249,36 +249,70 @@ def at_budget(rows: dict, method: str, budget: int | None):
     return max(runs, key=lambda r: r.get("steps", 0))["curve"][str(budget)] if runs else None
 
 
-def glance(groups: dict, lps: str = "lps", bc: str = "bc-mf") -> list[str]:
-    """LPS against BC-MF on every test bed and budget: both means and the difference's 95% CI in
-    points, then one generated sentence of where LPS stands."""
-    lines = ["## LPS against BC-MF at a glance", "",
-             "Success % of LPS and BC-MF (the MeanFlow base LPS steers, trained alone), and LPS − BC-MF in",
-             "points with its 95% CI (seeds resampled within each method).", "",
-             "| test bed | " + " | ".join(f"{b // 1000}K" for b in BUDGETS) + " | online |", "|---" * (len(BUDGETS) + 2) + "|"]
-    verdicts = {"above": 0, "tied": 0, "below": 0}
+def comparisons(groups: dict, lps: str = "lps", bc: str = "bc-mf"):
+    """(test bed, budget or None for online, LPS per seed, BC-MF per seed) wherever both were measured."""
     for prefix, rows in groups.items():
-        cells = []
         for budget in (*BUDGETS, None):
             a, b = at_budget(rows, lps, budget), at_budget(rows, bc, budget)
-            if a is None or b is None:
-                cells.append("–")
+            if a is not None and b is not None:
+                yield prefix, budget, a, b
+
+
+def glance(groups: dict) -> list[str]:
+    """LPS against BC-MF on every test bed and budget: both means and the difference's 95% CI in points."""
+    cells: dict = {}
+    for prefix, budget, a, b in comparisons(groups):
+        lo, hi = difference_ci(a, b)
+        cells[prefix, budget] = (f"{100 * np.mean(a):.0f} vs {100 * np.mean(b):.0f}: "
+                                 f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+    return ["## LPS against BC-MF at a glance", "",
+            "Success % of LPS and BC-MF (the MeanFlow base LPS steers, trained alone), and LPS − BC-MF in",
+            "points with its 95% CI (seeds resampled within each method).", "",
+            "| test bed | " + " | ".join(f"{b // 1000}K" for b in BUDGETS) + " | online |", "|---" * (len(BUDGETS) + 2) + "|",
+            *(f"| {prefix.replace('/', ' · ')} | " + " | ".join(cells.get((prefix, b), "–") for b in (*BUDGETS, None)) + " |"
+              for prefix in groups), ""]
+
+
+def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
+    """Generated sentences: where LPS stands against BC-MF, where each long run peaked, what online
+    fine-tuning added, and what the diagnosis found."""
+    verdicts = {"above": 0, "tied": 0, "below": 0}
+    for _, _, a, b in comparisons(groups):
+        lo, hi = difference_ci(a, b)
+        verdicts["above" if lo > 0 else "below" if hi < 0 else "tied"] += 1
+    lines = ["## Findings", "",
+             f"- Of {sum(verdicts.values())} comparisons, LPS is above BC-MF in {verdicts['above']}, indistinguishable "
+             f"(the CI holds 0) in {verdicts['tied']} and below in {verdicts['below']}."]
+    for prefix, rows in groups.items():
+        peaks = []
+        for name, row in rows.items():
+            curve = {int(k): np.mean(v) for k, v in row["curve"].items()}
+            if "+on" in name or len(curve) < 3:
                 continue
-            lo, hi = difference_ci(a, b)
-            verdicts["above" if lo > 0 else "below" if hi < 0 else "tied"] += 1
-            cells.append(f"{100 * np.mean(a):.0f} vs {100 * np.mean(b):.0f}: "
-                         f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
-        lines.append(f"| {prefix.replace('/', ' · ')} | " + " | ".join(cells) + " |")
-    total = sum(verdicts.values())
-    lines += ["", f"Of {total} comparisons, LPS is above BC-MF in {verdicts['above']}, indistinguishable (the CI "
-              f"holds 0) in {verdicts['tied']} and below in {verdicts['below']}.", ""]
-    return lines
+            best = max(curve, key=curve.get)
+            peaks.append(f"{name} peaks at {100 * curve[best]:.0f}% ({best // 1000}K) and ends at "
+                         f"{100 * curve[max(curve)]:.0f}% ({max(curve) // 1000}K)")
+        online = [f"{name.split('@')[0]} {100 * np.mean(rows[name.split('+on')[0]]['success']):.0f}% → "
+                  f"{100 * np.mean(row['success']):.0f}%" for name, row in rows.items()
+                  if "+on" in name and name.split("+on")[0] in rows]
+        if peaks or online:
+            lines.append(f"- {prefix.replace('/', ' · ')}: " + "; ".join(peaks)
+                         + ("; online: " + ", ".join(online) if online else "") + ".")
+    with_env = [r for r in diagnosis if "base_success" in r]
+    if with_env:
+        worse = sum(r["steered_success"] < r["base_success"] for r in with_env)
+        higher_q = sum(r["q_steered"] > r["q_base"] for r in with_env)
+        lines.append(f"- Diagnosis: in {worse} of {len(with_env)} (run, seed) checkpoints the steered policy succeeds less "
+                     f"often than its own base on random latents, while the critic values the steered chunk above "
+                     f"the base's in {higher_q}.")
+    return lines + [""]
 
 
 def report(record: dict, diagnosis: list[dict] = ()) -> str:
-    """The results page (Markdown) of a records file: per test bed, success % mean [95% CI] at each
-    offline budget a row's curve reached and after its online phase; the LPS diagnosis rows
-    (`diagnose_lps.py`); then the provenance."""
+    """The results page (Markdown) of a records file, in the results pages' template: question,
+    protocol, command; LPS − BC-MF at a glance; per test bed, success % mean [95% CI] at each offline
+    budget a row's curve reached and after its online phase; the LPS diagnosis rows
+    (`diagnose_lps.py`); generated findings; the provenance."""
     from steerflow.report import bootstrap_ci
 
     def cell(values) -> str:
@@ -290,20 +324,22 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
     lines = ["# The practitioner's loop: LPS against behaviour cloning on teleoperation-like demos", "",
              "**Question.** From a few tens of successful but imperfect demos without rewards — the robot",
              "practitioner's data — does LPS match or beat behaviour cloning offline, and improve online?", "",
-             "**Protocol.** Scripted demos with teleoperation artifacts (`steerflow data demos`: pauses,",
-             "hesitation, micro-corrections, jitter, premature release; `none` = the noisy oracle alone) are",
-             "written to robomimic HDF5 and imported like a user's file; every row trains on them with",
+             "## Protocol", "",
+             "Scripted demos with teleoperation artifacts (`steerflow data demos`: pauses, hesitation,",
+             "micro-corrections, jitter, premature release; `none` = the noisy oracle alone) are written to",
+             "robomimic HDF5 and imported like a user's file; every row trains on them with",
              "`--reward sparse-success` (−1 per step, 0 and episode end at success), the CPU preset's nets",
              "(2×256, batch 128), 3 seeds vmapped in one process, evaluated every 10K steps in the env",
              "(50 episodes per seed) through the run's stored normalisation. Online rows continue the",
              "offline run (`--from`) in the same env with balanced batches (half online, half demos), one",
-             "update per env step. Success % is the mean over seeds [95% bootstrap CI].", "",
-             "**Commands.**", "", "```bash",
+             "update per env step. Success % is the mean over seeds [95% bootstrap CI]. Test beds are named",
+             "`TESTBED · DEMOS · ARTIFACTS`; rows `AGENT[-VARIANT]@STEPS`.", "",
+             "## Command", "", "```bash",
              "MUJOCO_GL=egl python benchmarks/practitioner.py --testbed fetch-pick-and-place --artifacts all \\",
              "    --demos 50 --rows bc-mf,lps --steps 50000 --eval-every 10000 --online-steps 20000",
-             "python benchmarks/practitioner.py --report docs/results/practitioner.md  # this page", "```", "",
-             "Generated by `benchmarks/practitioner.py --report` from",
-             "`benchmarks/results/practitioner_loop_cpu.json` and `practitioner_diagnosis_cpu.jsonl`.", ""]
+             "python benchmarks/diagnose_lps.py runs/practitioner/ROW_DIR --out benchmarks/results/practitioner_diagnosis_cpu.jsonl",
+             "python benchmarks/pages.py  # this page, from the records", "```", "",
+             "Records: `benchmarks/results/practitioner_loop_cpu.json` and `practitioner_diagnosis_cpu.jsonl`.", ""]
     groups: dict[str, dict] = {}
     for key, row in record["results"].items():
         prefix, name = key.rsplit("/", 1)
@@ -334,6 +370,7 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
                   "base's and the steered chunk at those states; the steered chunk's RMS distance to the nearest of",
                   "16 base samples; the mean cosine between the actor's latents at different states.", "",
                   *diagnosis_table(diagnosis), ""]
+    lines += findings(groups, diagnosis)
     lines += ["## Provenance", "", "| row | seeds | machine | commit | wall s | note |", "|---|---|---|---|---|---|"]
     for key, row in record["results"].items():
         lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | {row['device']} | {row['commit'].split()[0][:10]} | "

@@ -37,6 +37,7 @@ def test_the_glance_table_compares_lps_with_bc_at_each_budget_and_says_where_it_
     module = _practitioner()
     lps = {"steps": 50000, "curve": {"20000": [0.9, 0.95, 1.0], "50000": [0.2, 0.3, 0.25]}, "success": [0.2, 0.3, 0.25]}
     bc = {"steps": 50000, "curve": {"20000": [0.1, 0.15, 0.2], "50000": [0.2, 0.3, 0.3]}, "success": [0.2, 0.3, 0.3]}
-    lines = module.glance({"t/50/all": {"lps@50000": lps, "bc-mf@50000": bc}})
-    assert "| t · 50 · all | 95 vs 15: +80 [+73, +87] | 25 vs 27: -2 [-8, +5] | – | – |" in lines
-    assert "Of 2 comparisons, LPS is above BC-MF in 1, indistinguishable (the CI holds 0) in 1 and below in 0." in lines
+    groups = {"t/50/all": {"lps@50000": lps, "bc-mf@50000": bc}}
+    assert "| t · 50 · all | 95 vs 15: +80 [+73, +87] | 25 vs 27: -2 [-8, +5] | – | – |" in module.glance(groups)
+    assert ("- Of 2 comparisons, LPS is above BC-MF in 1, indistinguishable (the CI holds 0) in 1 and below in 0."
+            in module.findings(groups, []))
