@@ -273,6 +273,28 @@ def glance(groups: dict) -> list[str]:
               for prefix in groups), ""]
 
 
+def variants(groups: dict, bc: str = "bc-mf") -> list[str]:
+    """Each LPS variant (a row `lps-*`) against BC-MF at every step both curves have: the remedies
+    tried for LPS's gap, in one table."""
+    lines = ["## LPS variants against BC-MF", "",
+             "LPS − BC-MF in points [95% CI] at each evaluation both runs have (variants: `lps-pessimistic` = 10",
+             "critics, the actor climbs mean − 0.5·std; `lps-clip` = the critic scores the clipped chunk;",
+             "`lps-dit` = the DiT base).", "",
+             "| test bed | variant | step K: LPS − BC-MF |", "|---|---|---|"]
+    for prefix, rows in groups.items():
+        for method in sorted({n.split("@")[0] for n in rows if n.startswith("lps")}):
+            cells = []
+            for budget in sorted({int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n
+                                  for k in r["curve"]}):
+                a, b = at_budget(rows, method, budget), at_budget(rows, bc, budget)
+                if a is not None and b is not None:
+                    lo, hi = difference_ci(a, b)
+                    cells.append(f"{budget // 1000}: {100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+            if cells:
+                lines.append(f"| {prefix.replace('/', ' · ')} | {method} | " + " · ".join(cells) + " |")
+    return lines + [""]
+
+
 def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
     """Generated sentences: where LPS stands against BC-MF, where each long run peaked, what online
     fine-tuning added, and what the diagnosis found."""
@@ -344,7 +366,7 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
     for key, row in record["results"].items():
         prefix, name = key.rsplit("/", 1)
         groups.setdefault(prefix, {})[name] = row
-    lines += glance(groups)
+    lines += glance(groups) + variants(groups)
     for prefix, rows in groups.items():
         demos = record["demos"].get(prefix, {})
         lines += [f"## {prefix.replace('/', ' · ')}", "",

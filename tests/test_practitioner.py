@@ -41,3 +41,11 @@ def test_the_glance_table_compares_lps_with_bc_at_each_budget_and_says_where_it_
     assert "| t · 50 · all | 95 vs 15: +80 [+73, +87] | 25 vs 27: -2 [-8, +5] | – | – |" in module.glance(groups)
     assert ("- Of 2 comparisons, LPS is above BC-MF in 1, indistinguishable (the CI holds 0) in 1 and below in 0."
             in module.findings(groups, []))
+
+
+def test_each_lps_variant_is_compared_with_bc_at_every_step_both_curves_have():
+    module = _practitioner()
+    bc = {"steps": 50000, "curve": {"20000": [0.5, 0.5], "50000": [0.5, 0.5]}, "success": [0.5, 0.5]}
+    variant = {"steps": 30000, "curve": {"20000": [0.7, 0.7], "30000": [0.9, 0.9]}, "success": [0.9, 0.9]}
+    lines = module.variants({"t/50/all": {"bc-mf@50000": bc, "lps-pessimistic@30000": variant}})
+    assert "| t · 50 · all | lps-pessimistic | 20: +20 [+20, +20] |" in lines
