@@ -774,8 +774,31 @@ def readme_glance() -> str:
              f"the most on cube-single ({off['lps']:.0f}% → {100 * np.mean(on['lps']):.0f}%, "
              "[online](docs/results/online.md)), while QC-FQL's α works only in a narrow range that LPS does not "
              "need ([α study](docs/results/alpha.md)); every study is in [the results](docs/results/index.md).",
-             "", GLANCE_END]
+             "", practitioner_sentence(), "", GLANCE_END]
     return "\n".join(lines)
+
+
+def practitioner_sentence() -> str:
+    """Where LPS stands against BC-MF on the practitioner's demos, offline and online, every comparison counted."""
+    module = _practitioner_module()
+    record = module.read_records(module.RECORDS)
+    groups: dict = {}
+    for key, row in record["results"].items():
+        prefix, name = key.rsplit("/", 1)
+        groups.setdefault(prefix, {})[name] = row
+    verdict = Counter()
+    online = []
+    for _, budget, a, b in module.comparisons(groups):
+        lo, hi = module.difference_ci(a, b)
+        if budget is None:
+            online.append(f"{100 * (np.mean(a) - np.mean(b)):+.0f}")
+        else:
+            verdict["above" if lo > 0 else "below" if hi < 0 else "level"] += 1
+    return (f"On the [practitioner's loop](docs/results/practitioner.md) — a few tens to 200 teleoperation-like demos "
+            f"without rewards, in Fetch pick-and-place and cube-single — LPS is above BC-MF in {verdict['above']}, "
+            f"level in {verdict['level']} and below in {verdict['below']} of the {sum(verdict.values())} offline "
+            f"comparisons (95% CIs); after online fine-tuning, LPS − BC-MF is {', '.join(online)} points on the "
+            f"{len(online)} test beds fine-tuned.")
 
 
 def readme_text() -> str:
@@ -803,13 +826,18 @@ The papers' own numbers, at 1M steps on a GPU, are in
 """
 
 
-def practitioner_page() -> str:
-    """`benchmarks/practitioner.py --report`: that benchmark owns its records and page layout."""
+def _practitioner_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("practitioner", ROOT / "benchmarks" / "practitioner.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def practitioner_page() -> str:
+    """`benchmarks/practitioner.py --report`: that benchmark owns its records and page layout."""
+    module = _practitioner_module()
     return module.report(module.read_records(module.RECORDS), module.read_diagnosis())
 
 
