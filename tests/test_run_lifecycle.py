@@ -195,6 +195,27 @@ def test_resume_with_more_steps_extends_the_run_and_says_so(data_root, tmp_path,
     cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(out), "--steps", "60", "--resume"])
 
 
+def test_a_wall_clock_budget_stops_evaluates_and_keeps_the_step_reached(data_root, tmp_path):
+    """`--train-set max_wall_s=S`: the loop stops after the first host call past the deadline,
+    evaluates and checkpoints that step and records it in final.json; a `--resume` with another
+    budget (a process's own setting) continues to the bit-identical end of a run without one."""
+    straight = tmp_path / "straight"
+    cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(straight)])
+    out = tmp_path / "run"
+    cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(out), "--train-set", "max_wall_s=1e-9"])
+    final = json.loads((out / "final.json").read_text())
+    assert (final["steps"], final["stopped"], final["target_steps"]) == (10, "max_wall_s", 40)
+    assert _checkpoint_step(out) == 10 and (out / "evals" / "step_00000010.json").exists()
+    cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(out), "--resume"])
+    final = json.loads((out / "final.json").read_text())
+    assert final["steps"] == 40 and "stopped" not in final
+    assert (out / "checkpoints" / "latest.msgpack").read_bytes() == \
+        (straight / "checkpoints" / "latest.msgpack").read_bytes()
+    with pytest.raises(SystemExit) as err:
+        cli.main(["train", "--agent", "bc-mf", *SMOKE, "--out", str(tmp_path / "bad"), "--train-set", "max_wall_s=-1"])
+    assert err.value.code == 2
+
+
 def test_eval_shows_progress_and_files_are_lf_and_follow_the_umask(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     old = os.umask(0o027)

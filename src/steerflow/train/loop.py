@@ -39,6 +39,11 @@ def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: i
     return TrainingDiverged(message)
 
 
+def _short(step: int, tc, online) -> bool:
+    """Whether the run stopped before its budget (only a wall-clock deadline does so without a signal)."""
+    return step < tc.steps or bool(online and online.env_steps < tc.online_steps)
+
+
 def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False, log=("csv",)) -> dict:
     """Train every seed of `run` in this process (vmapped) and return the final record. A run
     directory this call created is removed again when it fails before its first checkpoint (a
@@ -217,6 +222,9 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
         if due(tc.checkpoint_every) and not online_active:  # online: between rounds only
             checkpoint()
 
+    def out_of_time() -> bool:  # `max_wall_s`: this process's wall-clock budget (0: none)
+        return bool(tc.max_wall_s) and time.perf_counter() - run_start >= tc.max_wall_s
+
     def checkpoint_between_rounds():
         if saved_step is None or step // tc.checkpoint_every > saved_step // tc.checkpoint_every:
             check_finite()
@@ -232,7 +240,14 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                     record = evaluate(received)  # an interrupt had cut this step's evaluation short
                 while step < tc.steps and not received:
                     one_call(train_call, ds)
-                if online and not received:
+                    if out_of_time():  # after the call: every process makes progress
+                        break
+                if step < tc.steps and not received:  # out of time: the step reached, evaluated and kept
+                    check_finite()
+                    if record is None or record["step"] != step:
+                        record = evaluate(received)
+                    checkpoint()
+                elif online and not received:
                     online_active = True
                     window["first"] = True  # the online call compiles anew
                     checkpoint()  # the offline phase's end (the online phase may be killed before its first round ends)
@@ -242,7 +257,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                                disable=quiet, dynamic_ncols=True, smoothing=0.05)
                     online_call = make_online_train_call(agent, tc.batch_size, tc.updates_per_call, tc.online_ratio)
                     run_online(online, tc, lambda: one_call(online_call, ds, online.buffers), lambda: states,
-                               checkpoint_between_rounds, received, bar)
+                               checkpoint_between_rounds, received, bar, out_of_time)
                     if not received:  # the end of the online phase: evaluated and checkpointed at its last step
                         if record is None or record["step"] != step:
                             check_finite()
@@ -278,6 +293,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                  "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,
                  "online_timing_this_process": {k: round(v, 2) for k, v in online.timing.items()}}
                 if online else {}),
+             **({"stopped": "max_wall_s", "max_wall_s": tc.max_wall_s, "target_steps": tc.steps,
+                 "target_online_steps": tc.online_steps} if _short(step, tc, online) else {}),
              "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
              "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
     atomic_write_json(out / "final.json", final)

@@ -147,13 +147,15 @@ class OnlinePhase:
         self.pool.close()
 
 
-def run_online(phase: OnlinePhase, tc, one_call, get_states, checkpoint_between_rounds, received, bar) -> None:
-    """Interact and update until `tc.online_steps` env steps (per seed) are collected or a signal
-    arrives: `one_call()` runs one host call of updates and its bookkeeping (log, evaluation);
+def run_online(phase: OnlinePhase, tc, one_call, get_states, checkpoint_between_rounds, received, bar,
+               out_of_time=lambda: False) -> None:
+    """Interact and update until `tc.online_steps` env steps (per seed) are collected, a signal
+    arrives, or `out_of_time()` at a round boundary (where a checkpoint resumes bit-identically):
+    `one_call()` runs one host call of updates and its bookkeeping (log, evaluation);
     `checkpoint_between_rounds()` is offered each round boundary."""
     import jax
 
-    while phase.env_steps < tc.online_steps and not received:
+    while phase.env_steps < tc.online_steps and not received and not (out_of_time() and not phase.in_round):
         before = phase.env_steps
         phase.collect_chunk(get_states())
         bar.update(int(min(phase.env_steps, tc.online_steps)) - int(min(before, tc.online_steps)))

@@ -61,6 +61,9 @@ class TrainConfig:
     video_every: int = 0  # 0: off; else MP4s of the first seed's policy into OUT/video
     video_episodes: int = 1
     video_steps: int = 0  # steps per recorded episode (0: the env's limit; rendering runs ~3 frames/s on a CPU)
+    # a wall-clock budget for this process (0: none): training stops at the first host call (offline) or
+    # round boundary (online) after it, then evaluates, checkpoints and writes final.json at the step reached
+    max_wall_s: float = 0.0
 
 
 @dataclass
@@ -137,6 +140,8 @@ def check_train_config(tc: "TrainConfig") -> None:
         raise ValueError(f"--updates-per-env-step {tc.updates_per_env_step}: expected a positive number")
     if tc.online_envs < 1:
         raise ValueError(f"training config online_envs={tc.online_envs}: expected a positive integer")
+    if not tc.max_wall_s >= 0 or tc.max_wall_s == float("inf"):
+        raise ValueError(f"training config max_wall_s={tc.max_wall_s}: expected seconds >= 0 (0: no budget)")
     if tc.eval_workers < 0:
         raise ValueError(f"training config eval_workers={tc.eval_workers}: expected 0 or more")
     if tc.dataset_episode_steps <= tc.horizon:
@@ -206,8 +211,8 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
         diffs.append(f"--seeds: stored {','.join(map(str, stored.seeds))}, now {','.join(map(str, run.seeds))}")
     for flag, a, b in (("--set", norm(stored.overrides), norm(run.overrides)),
                        ("--train-set", norm(stored.train_overrides), norm(run.train_overrides))):
-        if flag == "--train-set":  # the step counts are compared resolved, below
-            for name in EXTENSIBLE:
+        if flag == "--train-set":  # the step counts are compared resolved, below; a process's own budget is its own
+            for name in (*EXTENSIBLE, *PER_PROCESS):
                 a.pop(name, None), b.pop(name, None)
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
@@ -230,11 +235,15 @@ def resume_spec(config_path: Path, run: RunSpec, quiet: bool = False) -> RunSpec
                 print(f"extending {config_path.parent} from {old_n} to {new_n} {name.replace('_', ' ')} ({flag} "
                       "raised on --resume; everything else as stored)", flush=True)
             stored.train_overrides = {**stored.train_overrides, name: str(new_n)}
+    stored.train_overrides = {**{k: v for k, v in stored.train_overrides.items() if k not in PER_PROCESS},
+                              **{k: v for k, v in run.train_overrides.items() if k in PER_PROCESS}}
     return stored
 
 
 #: step counts `--resume` may raise (it extends the run), with their flags
 EXTENSIBLE = {"steps": "--steps", "online_steps": "--online-steps"}
+#: settings of the process, not of the run: `--resume` takes the new value (a wall budget per process)
+PER_PROCESS = ("max_wall_s",)
 
 
 def _fmt(v) -> str:
