@@ -41,7 +41,9 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from steerflow import gl  # noqa: E402
+
+gl.settle()  # before anything imports MuJoCo: only rendering needs OpenGL
 
 
 @dataclass

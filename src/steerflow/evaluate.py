@@ -13,7 +13,6 @@ decides what to do with it (the trainer checkpoints and closes the pool).
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import signal
 from typing import Callable
 
@@ -50,7 +49,9 @@ class _LocalEnvs:
 
 def _worker(conn, spec: TaskSpec, count: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.settle()
     envs = _LocalEnvs(spec, count)
     while True:
         cmd, payload = conn.recv()

@@ -47,13 +47,20 @@ _FONT = {c: np.array([[p == "#" for p in row] for row in g.split()]) for c, g in
 
 
 def require_video(flag: str) -> None:
-    """ValueError naming `flag` when the `video` extra (imageio, imageio-ffmpeg) is not installed."""
+    """ValueError naming `flag` when the `video` extra (imageio, imageio-ffmpeg) is not installed or
+    this process has no OpenGL to render with (`steerflow.gl`)."""
     import importlib.util
 
     missing = [m for m in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(m) is None]
     if missing:
         raise ValueError(f"{flag}: videos need the video extra ({', '.join(missing)} not installed): "
                          "pip install 'steerflow[video]'")
+    from steerflow import gl
+
+    try:
+        gl.require(f"{flag}: a video")
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
 
 
 def draw_text(frame: np.ndarray, text: str, scale: int = 2, at: int = 0) -> None:

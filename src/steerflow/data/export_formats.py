@@ -57,7 +57,9 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
     from .ogbench_gen import ORACLE_NOISE_SMOOTHING
     from .tasks import make_env, parse_task
 
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.settle()
     from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
     spec = parse_task(task)

@@ -146,7 +146,9 @@ def _make_collection_env(domain: str, episode_steps: int):
     deterministic: mujoco data is reset with mj_resetData and the env RNG is reseeded)."""
     key = (domain, episode_steps)
     if key not in _ENV_CACHE:
-        os.environ.setdefault("MUJOCO_GL", "egl")
+        from steerflow import gl
+
+        gl.settle()
         import gymnasium
         import ogbench  # noqa: F401  (registers the env ids)
 
@@ -291,7 +293,9 @@ def _ignore_sigint() -> None:
 
 def _gen_shard(args: tuple) -> tuple[int, dict[str, np.ndarray]]:
     domain, seed, shard_id, n_eps, episode_steps = args
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.settle()
     data = generate_episodes(domain, n_eps, _shard_seed(seed, shard_id), episode_steps=episode_steps)
     return shard_id, data
 

@@ -23,7 +23,6 @@ measured frames/s. Cube domains only: scene and puzzle frames also depend on but
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,9 @@ CAMERA_KEY = "pixels"
 
 def visual_env(domain: str, task_id: int):
     """The single-task visual OGBench env (64x64x3 frames) of `domain`'s task `task_id`."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.require("a visual (pixel-observation) env")
     import ogbench
 
     return ogbench.make_env_and_datasets(f"visual-{domain}-play-singletask-task{task_id}-v0", env_only=True)

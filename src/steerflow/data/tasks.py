@@ -108,7 +108,9 @@ def parse_task(name: str) -> TaskSpec:
 
 def make_env(spec: TaskSpec, **env_kwargs):
     """The single-task gymnasium env for ``spec`` (offline; no dataset is touched)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.settle()
     import ogbench
 
     return ogbench.make_env_and_datasets(spec.dataset_name, env_only=True, **env_kwargs)
@@ -308,7 +310,9 @@ def load_task_dataset(
     train_fp = _check_fingerprint(train_path, meta)
     _check_fingerprint(val_path, meta)
 
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from steerflow import gl
+
+    gl.settle()
     import ogbench
 
     try:
