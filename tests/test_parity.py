@@ -132,22 +132,30 @@ def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
     assert methods == {"qc-fql", "qc-fql [reference]"}
 
 
-def test_gpu_paper_slice_dry_run_resolves_every_unit(tmp_path):
-    """The GPU script's plan on this CPU: every unit resolved at paper size, nothing trained; a bad
-    agent fails before the lease would be spent."""
+def test_the_gpu_lease_rehearses_on_the_cpu_within_what_a_lease_brings_back(tmp_path):
+    """`benchmarks/gpu/lease.py run --rehearse`: every stage of the lease at smoke size on this CPU,
+    the unit stopped by its wall budget and evaluated there, its records (no checkpoint) packed,
+    and $OUT within the device tool's limits; a bad unit fails in seconds, before any work."""
     import subprocess
+    import tarfile
 
-    script = ROOT / "benchmarks" / "gpu" / "paper_slice.py"
-    out = subprocess.run([sys.executable, str(script), "run", "--dry-run", "--agents", "lps,qc-fql", "--tasks", "2",
-                          "--steps", "50000", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "2 training unit(s)" in out.stdout and "[data]" in out.stdout and "--preset paper" in out.stdout
-    resolved = [json.loads(line.split("resolved: ", 1)[1]) for line in out.stdout.splitlines() if "resolved:" in line]
-    assert resolved == [{"steps": 50000, "batch_size": 256, "seeds": [0, 1, 2], "base_hidden": [512] * 4}] * 2
-    assert not any(tmp_path.iterdir())  # a dry run writes nothing
-    bad = subprocess.run([sys.executable, str(script), "run", "--dry-run", "--agents", "lpz"], capture_output=True,
-                         text=True, timeout=300)
-    assert bad.returncode != 0 and "lpz" in bad.stderr
+    script, out = ROOT / "benchmarks" / "gpu" / "lease.py", tmp_path / "out"
+    bad = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--units",
+                          "lpz:cube-single-task2"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "lpz" in bad.stdout + bad.stderr and not (out / "records.tgz").exists()
+    done = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--units",
+                           "lps:cube-single-task2", "--episodes", "3", "--budget-s", "120"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["log.txt", "records.tgz", "summary.txt"]
+    assert "$OUT within the device tool's limits" in done.stdout
+    summary = (out / "summary.txt").read_text()
+    assert "lps-cube-single-task2: " in summary and "(of 1000000)" in summary and "per seed [" in summary
+    with tarfile.open(out / "records.tgz") as tar:
+        names = tar.getnames()
+        final = json.load(tar.extractfile("lps-cube-single-task2/final.json"))
+    assert not any("checkpoints" in n for n in names) and "lps-cube-single-task2/config.json" in names
+    assert final["stopped"] == "max_wall_s" and 0 < final["steps"] < 1_000_000
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

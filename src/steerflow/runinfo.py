@@ -24,7 +24,8 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit() -> str:
-    """HEAD of the source checkout, with '-dirty' when tracked files have uncommitted changes."""
+    """HEAD of the source checkout, with '-dirty' when tracked files have uncommitted changes
+    (`STEERFLOW_COMMIT` where the tree was copied without its `.git`, as to a GPU machine)."""
     src = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
@@ -32,8 +33,8 @@ def git_commit() -> str:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
                                capture_output=True, text=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # no git or no .git (a copied tree): what the copier noted
+        return os.environ.get("STEERFLOW_COMMIT", "unknown")
 
 
 def device_description() -> str:

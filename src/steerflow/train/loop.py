@@ -20,6 +20,16 @@ from .online import OnlinePhase, run_online
 from .presets import RunSpec, check_run, from_spec, resume_spec
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; elsewhere 0: a budget counts from the loop)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _diverged(out: Path, run: RunSpec, bad_step: int, values: dict, last_good: int | None) -> "Exception":
     from steerflow.errors import TrainingDiverged
     from steerflow.runinfo import atomic_write_json
@@ -222,8 +232,10 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
         if due(tc.checkpoint_every) and not online_active:  # online: between rounds only
             checkpoint()
 
-    def out_of_time() -> bool:  # `max_wall_s`: this process's wall-clock budget (0: none)
-        return bool(tc.max_wall_s) and time.perf_counter() - run_start >= tc.max_wall_s
+    deadline = run_start + tc.max_wall_s - process_age()  # `max_wall_s` counts from the process's start
+
+    def out_of_time() -> bool:
+        return bool(tc.max_wall_s) and time.perf_counter() >= deadline
 
     def checkpoint_between_rounds():
         if saved_step is None or step // tc.checkpoint_every > saved_step // tc.checkpoint_every:

@@ -61,8 +61,8 @@ class TrainConfig:
     video_every: int = 0  # 0: off; else MP4s of the first seed's policy into OUT/video
     video_episodes: int = 1
     video_steps: int = 0  # steps per recorded episode (0: the env's limit; rendering runs ~3 frames/s on a CPU)
-    # a wall-clock budget for this process (0: none): training stops at the first host call (offline) or
-    # round boundary (online) after it, then evaluates, checkpoints and writes final.json at the step reached
+    # a wall-clock budget for this process, from its start (0: none): training stops at the first host call
+    # (offline) or round boundary (online) past it, then evaluates, checkpoints and writes final.json there
     max_wall_s: float = 0.0
 
 
