@@ -131,6 +131,28 @@ def test_a_killed_online_phase_in_a_user_env_resumes_to_the_same_end(straight, t
         assert (tmp_path / "killed" / name).read_bytes() == (straight / name).read_bytes(), name
 
 
+def test_a_wall_budget_in_the_online_phase_stops_at_a_round_boundary_and_resumes_to_the_same_end(
+        straight, tmp_path, monkeypatch):
+    """`max_wall_s` reached online (here: after the first round): the run stops where a checkpoint
+    resumes exactly, evaluates there, says so in final.json, and `--resume` ends as the straight run."""
+    from steerflow.train import loop
+
+    real = loop.run_online
+
+    def first_round_only(phase, *args):
+        return real(phase, *args[:-1], lambda: phase.counters["round"] >= 1)
+
+    monkeypatch.setattr(loop, "run_online", first_round_only)
+    _train(tmp_path / "stopped", "--train-set", "max_wall_s=3600")
+    final = json.loads((tmp_path / "stopped" / "final.json").read_text())
+    assert final["stopped"] == "max_wall_s" and 0 < final["online_env_steps"][0] < 120
+    monkeypatch.setattr(loop, "run_online", real)
+    _train(tmp_path / "stopped", "--resume")
+    assert "stopped" not in json.loads((tmp_path / "stopped" / "final.json").read_text())
+    assert (tmp_path / "stopped" / "checkpoints/latest.msgpack").read_bytes() == \
+        (straight / "checkpoints/latest.msgpack").read_bytes()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--task", "cube-single-task2", "--env", TOY], "--env .*only for imported data"),
     (["--dataset", "toy", "--reward", "sparse-success", "--env-set", "a=1"], "--env-set: only with --env"),
