@@ -736,7 +736,9 @@ def earlier_page() -> str:
                 "What did the first, short-budget studies show, and why were they superseded?",
                 ["2×256 networks, batch 128, a 1000-episode cube-single dataset; 15K steps (LPS and BC-MF) and "
                  "5K steps (every baseline), 50 evaluation episodes."],
-                ".venv/bin/python benchmarks/cube_single.py\nbash benchmarks/baselines_cpu.sh", body, findings, prov)
+                "# the scripts were retired with the studies; recover them from the last commit that had them\n"
+                "git show 176c4b0:benchmarks/cube_single.py > cube_single.py\n"
+                "git show 176c4b0:benchmarks/baselines_cpu.sh > baselines_cpu.sh", body, findings, prov)
 
 
 # --------------------------------------------------------------------------- README: results at a glance
