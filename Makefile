@@ -4,16 +4,24 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast docs docs-serve clean reference-env
+.PHONY: install lock run test test-fast docs docs-serve clean reference-env
 
 install: $(STAMP)
 
-# Installs the test extra, which pulls every extra the tests use (Ray, submitit, trackers, ONNX, robot data); re-installs only when the package metadata changes (idempotent).
-$(STAMP): pyproject.toml
+# Installs the test extra, which pulls every extra the tests use (Ray, submitit, trackers, ONNX, robot
+# data), at the exact versions of requirements.lock; re-installs only when either file changes (idempotent).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test]' -c requirements.lock
 	touch $(STAMP)
+
+# Re-pin requirements.lock to what pyproject's ranges resolve to today (then run `make test`).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet -e '.[test]'
+	{ sed -n '1,2p' requirements.lock; .venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^steerflow\|^pip=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .venv-lock
 
 # Default job: LPS on cube-single-task2 at the CPU protocol (data generated on first use), then its
 # success next to the committed results of BC-MF and the authors' code on the same task.
