@@ -101,6 +101,24 @@ FLAG_CASES = {
     "report empty tree": (["report", "{tmp}/empty", "--out", "{tmp}/rep"], 2, ["contains no run directory"]),
     "report out is a file": (["report", "{tmp}", "--out", "{tmp}/file.txt"], 2, ["file.txt", "must be a directory"]),
     "toy steps 0": (["toy", "--out", "{tmp}/toy", "--steps", "0"], 2, ["--steps 0"]),
+    # values by meaning (steerflow.config.RULES), agent and training configs alike
+    "learning rate negative": (["train", "--preset", "smoke", "--set", "learning_rate=-1"], 2,
+                               ["--set learning_rate=-1.0", "a positive number"]),
+    "discount above 1": (["train", "--preset", "smoke", "--set", "critic.discount=1.5"], 2,
+                         ["--set critic.discount=1.5", "(0, 1]"]),
+    "value not finite": (["train", "--preset", "smoke", "--set", "alpha=nan"], 2, ["--set alpha=nan", "finite"]),
+    "share above 1": (["train", "--preset", "smoke", "--set", "base.equal_fraction=2"], 2,
+                      ["--set base.equal_fraction=2.0", "[0, 1]"]),
+    "no critics": (["train", "--preset", "smoke", "--set", "critic.num_critics=0"], 2,
+                   ["--set critic.num_critics=0", "positive integer"]),
+    "layer of size 0": (["train", "--preset", "smoke", "--set", "actor_hidden=32,0"], 2,
+                        ["--set actor_hidden=32,0", "layer sizes"]),
+    "train-set not finite": (["train", "--preset", "smoke", "--train-set", "updates_per_env_step=inf"], 2,
+                             ["--train-set updates_per_env_step=inf", "finite"]),
+    "online ratio without online steps": (["train", "--preset", "smoke", "--online-ratio", "0.5"], 2,
+                                          ["--online-ratio 0.5", "does nothing without --online-steps"]),
+    "video episodes without video_every": (["train", "--preset", "smoke", "--train-set", "video_episodes=3"], 2,
+                                           ["video_episodes 3", "does nothing without --train-set video_every"]),
 }
 
 
