@@ -373,3 +373,39 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tmp_
     states = jax.vmap(lambda k: agent.init(k, EnvSpec(28, 5, 5), config))(jax.random.split(jax.random.PRNGKey(0), 1))
     _, _, step = train.load_checkpoint(out, states, jax.random.split(jax.random.PRNGKey(0), 1))
     assert step == 20  # the step-20 checkpoint survived the failed step-40 write
+
+
+# ---------------------------------------------------------------------------------- the policy API
+
+class _CountingPolicy:
+    """A `policy.Policy` whose chunk (B, H, A) holds obs[b, 0] + 100·query + h at row h."""
+
+    def __new__(cls):
+        from steerflow.policy import Policy
+
+        class Counting(Policy):
+            def _chunks(self, obs, noise):
+                self.calls = getattr(self, "calls", 0) + 1
+                h = np.arange(self.horizon * self.action_dim) // self.action_dim
+                return obs[:, :1] + 100 * self.calls + h[None]
+
+        return Counting({"agent": "test", "task": "none", "obs_dim": 3, "action_dim": 2, "horizon": 4,
+                         "noise": None})
+
+
+def test_a_stepper_steps_a_batch_of_environments_in_lockstep():
+    policy = _CountingPolicy()
+    stepper = policy.stepper()
+    obs = np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 3), np.float32)  # env b observes b
+    actions = np.stack([stepper.step(obs) for _ in range(2 * policy.horizon)])
+    assert actions.shape == (8, 3, 2)  # one (B, A) action per step, not env 0's chunk
+    assert stepper.queries == 2  # one query for the batch every H steps, not every B
+    for t in range(8):
+        assert (actions[t] == np.arange(3)[:, None] + 100 * (1 + t // 4) + t % 4).all()
+    stepper.step(obs)  # a third chunk begins
+    with pytest.raises(ValueError, match=r"a batch of 2 in the middle of a chunk for 3; call reset\(\)"):
+        stepper.step(obs[:2])
+    stepper.reset()
+    assert stepper.step(obs[:2]).shape == (2, 2)  # after a reset, another batch size
+    stepper.reset()
+    assert stepper.step(obs[0]).shape == (2,)  # one observation: one action
