@@ -293,6 +293,48 @@ def test_resume_refuses_other_settings_and_damaged_checkpoints(name, smoke_run, 
     assert_fails(argv, 2, culprits, capsys, tmp_path)
 
 
+@pytest.fixture
+def changed_data(smoke_run, tiny_dataset, tmp_path, monkeypatch) -> tuple[Path, str, str]:
+    """(run directory, the training file's sha256 it trained on, the sha256 now): a copy of the
+    smoke run whose run_info.json records the tiny dataset, whose actions were then halved (with
+    the sha256 in meta.json updated, so only the run's own record can tell)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data / tiny_dataset.name)
+    train_file = data / tiny_dataset.name / "cube-single-play-v0.npz"
+    trained_on = ogbench_gen.fingerprint(train_file)
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "run_info.json").write_text(json.dumps({"dataset": {"dataset_dir": str(train_file.parent),
+                                                               "fingerprint": trained_on}}))
+    _rewrite(train_file, actions=lambda a: a * 0.5)
+    monkeypatch.setenv("STEERFLOW_DATA", str(data))
+    return run, trained_on, ogbench_gen.fingerprint(train_file)
+
+
+def test_resume_refuses_changed_data_naming_both_fingerprints(changed_data, tmp_path, capsys):
+    run, trained_on, now = changed_data
+    argv = ["train", "--agent", "lps", *TASK, "--out", run, "--steps", "80", "--resume"]
+    assert_fails(argv, 2, ["--resume", str(run), "other data", trained_on, now], capsys, tmp_path)
+
+
+def test_from_refuses_changed_data_naming_both_fingerprints(changed_data, tmp_path, capsys):
+    run, trained_on, now = changed_data
+    argv = ["train", "--agent", "lps", *TASK, "--from", run, "--online-steps", "20", "--out", tmp_path / "online"]
+    assert_fails(argv, 2, ["--from", str(run), "other data", trained_on, now], capsys, tmp_path)
+
+
+def test_the_content_fingerprint_ignores_how_the_files_were_written(tmp_path):
+    from steerflow.data import source
+
+    train = {"actions": np.ones((4, 2), np.float32), "observations": np.zeros((4, 3), np.float32)}
+    info = {"dataset_dir": "d", "fingerprint": "a" * 64, "content_sha256": source.content_fingerprint(train, None)}
+    (tmp_path / "run_info.json").write_text(json.dumps({"dataset": {**info, "fingerprint": "b" * 64}}))
+    source.check_same_dataset(tmp_path, info, "--resume")  # the same arrays in a rewritten file: accepted
+    halved = source.content_fingerprint({**train, "actions": train["actions"] * 0.5}, None)
+    with pytest.raises(ValueError, match=f"dataset content sha256: stored {info['content_sha256']} .*now {halved}"):
+        source.check_same_dataset(tmp_path, {**info, "content_sha256": halved}, "--resume")
+
+
 # ---------------------------------------------------------------------------------- the filesystem
 
 @pytest.fixture

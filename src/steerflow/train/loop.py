@@ -92,6 +92,10 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                          "name yours with --env MODULE:FACTORY (or an OGBench one with --eval-task)")
 
     train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
+    if resume and has_ckpt:  # a checkpoint continues on the data it trained on
+        source.check_same_dataset(out, data_info, "--resume")
+    if run.from_run:
+        source.check_same_dataset(Path(run.from_run), data_info, "--from")
     stored_norm = normalization.load(out) if resume else None
     if stored_norm is not None:  # a checkpoint acts in the units of the data it was trained on
         normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
