@@ -230,6 +230,105 @@ def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkey
     assert ogbench_gen.check_dir(path) is None  # regenerated, and verified
 
 
+# ---------------------------------------------------------------------------------- files to import
+
+def _demos(n: int = 2, steps: int = 30, action_dim: int = 5) -> list[dict]:
+    """Random demos in the episode layout (28-D observations: the writers' cube-single keys)."""
+    rng = np.random.default_rng(0)
+    return [{"observations": rng.normal(size=(steps, 28)).astype(np.float32),
+             "next_observations": rng.normal(size=(steps, 28)).astype(np.float32),
+             "actions": rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32)} for _ in range(n)]
+
+
+def _robomimic(tmp: Path, edit, **kwargs) -> Path:
+    import h5py
+
+    from steerflow.data import export_formats
+
+    path = export_formats.write_robomimic(tmp / "demos.hdf5", _demos(), **kwargs)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _frames(dtype, shape):
+    """Camera frames of `dtype` and per-frame `shape` in every demo's obs and next_obs."""
+    return lambda f: [f[f"data/{d}/{g}"].create_dataset("agentview_image", data=np.zeros((30, *shape), dtype))
+                      for d in f["data"] for g in ("obs", "next_obs")]
+
+
+def _narrow_next_obs(f):
+    narrow = f["data/demo_1/next_obs/object"][:, :8]
+    del f["data/demo_1/next_obs/object"]
+    f["data/demo_1/next_obs"].create_dataset("object", data=narrow)
+
+
+def _lerobot(tmp: Path, edit_table=None, edit_info=None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steerflow.data import export_formats
+
+    root = export_formats.write_lerobot(tmp / "lerobot", _demos(action_dim=4))
+    data_file = root / "data" / "chunk-000" / "file-000.parquet"
+    if edit_table:
+        pq.write_table(edit_table(pq.read_table(data_file), pa), data_file)
+    if edit_info:
+        info_path = root / "meta" / "info.json"
+        info_path.write_text(json.dumps(edit_info(json.loads(info_path.read_text()))))
+    return root
+
+
+def _scalar_action(table, pa):
+    first = [row[0] for row in table.column("action").to_pylist()]  # one float per frame, info.json says [4]
+    return table.set_column(table.column_names.index("action"), "action", pa.array(first, pa.float32()))
+
+
+KEYS = "robot0_proprio,object,agentview_image"
+IMPORT_CASES = {
+    # name: (make the file in a directory, extra flags, what the message must name)
+    "lerobot scalar action for shape [4]": (lambda d: _lerobot(d, edit_table=_scalar_action), [],
+                                            ["file-000.parquet", "column 'action'", "one value per row", "[4]"]),
+    "lerobot info.json a list": (lambda d: _lerobot(d, edit_info=lambda info: [info]), [],
+                                 ["meta/info.json", "expected a JSON object", "got a list"]),
+    "lerobot feature not an object": (lambda d: _lerobot(d, edit_info=lambda i: {**i, "features": {
+                                          **i["features"], "action": "float32"}}), [],
+                                      ["meta/info.json", "feature 'action'", "shape"]),
+    "robomimic float frames": (lambda d: _robomimic(d, _frames(np.float32, (8, 8, 3))), ["--obs-keys", KEYS],
+                               ["data/demo_0/obs/agentview_image", "float32", "(30, 8, 8, 3)", "must be uint8"]),
+    "robomimic frames without channel": (lambda d: _robomimic(d, _frames(np.uint8, (8, 8))), ["--obs-keys", KEYS],
+                                         ["data/demo_0/obs/agentview_image", "(30, 8, 8)", "(T, H, W, 1)"]),
+    "robomimic narrow next_obs": (lambda d: _robomimic(d, _narrow_next_obs), [],
+                                  ["data/demo_1/next_obs/object", "(30, 8)", "data/demo_1/obs/object", "(30, 9)"]),
+    "robomimic nested obs group": (lambda d: _robomimic(d, lambda f: f["data/demo_0/obs"].create_group("arm")
+                                                        .create_dataset("joints", data=np.zeros((30, 7)))), [],
+                                   ["data/demo_0/obs/arm is a group", "joints", "--obs-keys", "arm/joints"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPORT_CASES))
+def test_imports_check_every_array_against_its_declared_or_inferred_shape(name, tmp_path, monkeypatch, capsys):
+    make, extra, culprits = IMPORT_CASES[name]
+    src = tmp_path / "src"
+    src.mkdir()
+    path = make(src)
+    fmt = name.split()[0]
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    err = assert_fails(["data", "import", fmt, path, "--name", "bad", *extra], 2, culprits, capsys, tmp_path)
+    assert str(src) in err  # the file (or its directory) is named
+
+
+def test_a_next_observation_narrower_than_its_observation_is_refused(tmp_path):
+    from steerflow.data import imports
+
+    demos = _demos()
+    demos[1]["next_observations"] = demos[1]["next_observations"][:, :27]
+    with pytest.raises(imports.DataError, match=r"demos.x: demo 1 key 'next_observations' has shape \(30, 27\), "
+                                                r"'observations' \(30, 28\)"):
+        imports.import_episodes(demos, "bad", "minari", "demos.x", root=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------- checkpoints and resume
 
 @pytest.fixture(scope="module")
