@@ -303,6 +303,9 @@ IMPORT_CASES = {
     "robomimic nested obs group": (lambda d: _robomimic(d, lambda f: f["data/demo_0/obs"].create_group("arm")
                                                         .create_dataset("joints", data=np.zeros((30, 7)))), [],
                                    ["data/demo_0/obs/arm is a group", "joints", "--obs-keys", "arm/joints"]),
+    "robomimic obs an array": (lambda d: _robomimic(d, lambda f: (f["data/demo_1"].__delitem__("obs"),
+                                                                   f["data/demo_1"].create_dataset("obs", data=[1.0]))),
+                               [], ["data/demo_1/obs is an array", "expected a group"]),
 }
 
 

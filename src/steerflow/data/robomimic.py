@@ -46,6 +46,16 @@ def _obs_array(group, key: str, where: str):
                     f"numeric array, or uint8 (T, H, W, C) camera frames{hint}")
 
 
+def _group(node, where: str):
+    """`node` if it is an HDF5 group (a demo, its obs), else a DataError naming it."""
+    import h5py
+
+    if not isinstance(node, h5py.Group):
+        raise DataError(f"{where} is an array of shape {node.shape}, expected a group (robomimic's "
+                        "data/demo_<i>/{actions, obs/<key>, next_obs/<key>})")
+    return node
+
+
 def _default_keys(obs, where: str) -> list[str]:
     """Every low-dim key of a demo's obs group, sorted (camera frames are left out)."""
     return sorted(k for k in obs if not _is_image(_obs_array(obs, k, where)))
@@ -65,6 +75,7 @@ def read(path: str | Path, obs_keys: list[str] | None = None, split: str | None 
     with f:
         if "data" not in f:
             raise DataError(f"{path}: no 'data' group (expected robomimic's data/demo_<i>/...)")
+        _group(f["data"], f"{path}: data")
         names = sorted(f["data"].keys(), key=_demo_order)
         if split is not None:
             if "mask" not in f or split not in f["mask"]:
@@ -77,17 +88,18 @@ def read(path: str | Path, obs_keys: list[str] | None = None, split: str | None 
             names = sorted(wanted, key=_demo_order)
         if not names:
             raise DataError(f"{path}: data/ holds no demos")
-        first = f["data"][names[0]]
+        first = _group(f["data"][names[0]], f"{path}: data/{names[0]}")
         if "obs" not in first:
             raise DataError(f"{path}: data/{names[0]} has no 'obs' group")
         if obs_keys is None:
-            obs_keys = _default_keys(first["obs"], f"{path}: data/{names[0]}/obs")
+            obs_keys = _default_keys(_group(first["obs"], f"{path}: data/{names[0]}/obs"),
+                                     f"{path}: data/{names[0]}/obs")
             if not obs_keys:
                 raise DataError(f"{path}: data/{names[0]}/obs has no low-dim key; name keys with --obs-keys")
         episodes = []
         for name in names:
-            demo = f["data"][name]
             where = f"{path}: data/{name}"
+            demo = _group(f["data"][name], where)
             for key in ("actions", "obs"):
                 if key not in demo:
                     raise DataError(f"{where} has no {key!r}")
@@ -96,6 +108,7 @@ def read(path: str | Path, obs_keys: list[str] | None = None, split: str | None 
                 if group not in demo:
                     continue
                 low, images = [], {}
+                _group(demo[group], f"{where}/{group}")
                 for key in obs_keys:
                     if key not in demo[group]:
                         raise DataError(f"{where}/{group} has no key {key!r} (has: {', '.join(sorted(demo[group]))})")
