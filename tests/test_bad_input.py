@@ -553,3 +553,25 @@ def test_a_stepper_steps_a_batch_of_environments_in_lockstep():
     assert stepper.step(obs[:2]).shape == (2, 2)  # after a reset, another batch size
     stepper.reset()
     assert stepper.step(obs[0]).shape == (2,)  # one observation: one action
+
+
+@pytest.mark.slow
+def test_a_one_demo_dataset_is_scored_on_its_training_demo_and_says_so(tmp_path, monkeypatch, capsys):
+    """No demo is held out of a dataset of one: the offline MSE is the training fit, and every
+    place that shows it (the import, each evaluation, the final line and records) says so."""
+    from steerflow.data import export_formats
+
+    path = export_formats.write_robomimic(tmp_path / "one.hdf5", _demos(n=1))
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    capsys.readouterr()
+    cli.main(["data", "import", "robomimic", str(path), "--name", "one"])
+    assert "one demo: none is held out" in capsys.readouterr().out
+    out = tmp_path / "run"
+    cli.main(["train", "--agent", "bc-mf", "--dataset", "one", "--reward", "sparse-success", "--preset", "smoke",
+              "--steps", "10", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert "holds no held-out demo" in printed.out and "held-out action MSE" not in printed.out + printed.err
+    assert "final action MSE on the training demo (none held out)" in printed.out
+    final = json.loads((out / "final.json").read_text())
+    assert final["scored_on"] == "train"
+    assert json.loads((out / "evals" / "step_00000010.json").read_text())["scored_on"] == "train"

@@ -151,6 +151,23 @@ def pack_observations(obs: dict, norm: Normalization, layout) -> np.ndarray:
     return layout.pack(frames, np.asarray(norm.normalize_obs(state), np.float32))
 
 
+def offline_split(run, val: dict | None, quiet: bool = False) -> str:
+    """Which demos a run without an env is scored on: "val" (its held-out demos) or "train" (a
+    dataset of one demo holds none out; said once unless `quiet`)."""
+    if val is not None:
+        return "val"
+    if not quiet:
+        print(f"dataset {run.dataset} holds no held-out demo (it has one demo): the offline action MSE below is "
+              "measured on the training demo, so it shows how well the policy fits it, not how it generalises; "
+              "import two or more demos for a held-out score", flush=True)
+    return "train"
+
+
+def offline_metric_name(scored_on: str) -> str:
+    """How a run's offline score is shown: over held-out demos, or (none held out) the training ones."""
+    return "held-out action MSE" if scored_on == "val" else "action MSE on the training demo (none held out)"
+
+
 def offline_eval_starts(val: dict, horizon: int) -> np.ndarray:
     from .chunks import valid_start_indices
 
