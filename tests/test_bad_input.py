@@ -521,24 +521,23 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tmp_
 
 # ---------------------------------------------------------------------------------- the policy API
 
-class _CountingPolicy:
+def _counting_policy():
     """A `policy.Policy` whose chunk (B, H, A) holds obs[b, 0] + 100·query + h at row h."""
+    from steerflow.policy import Policy
 
-    def __new__(cls):
-        from steerflow.policy import Policy
+    class Counting(Policy):
+        calls = 0
 
-        class Counting(Policy):
-            def _chunks(self, obs, noise):
-                self.calls = getattr(self, "calls", 0) + 1
-                h = np.arange(self.horizon * self.action_dim) // self.action_dim
-                return obs[:, :1] + 100 * self.calls + h[None]
+        def _chunks(self, obs, noise):
+            self.calls += 1
+            h = np.arange(self.horizon * self.action_dim) // self.action_dim
+            return obs[:, :1] + 100 * self.calls + h[None]
 
-        return Counting({"agent": "test", "task": "none", "obs_dim": 3, "action_dim": 2, "horizon": 4,
-                         "noise": None})
+    return Counting({"agent": "test", "task": "none", "obs_dim": 3, "action_dim": 2, "horizon": 4, "noise": None})
 
 
 def test_a_stepper_steps_a_batch_of_environments_in_lockstep():
-    policy = _CountingPolicy()
+    policy = _counting_policy()
     stepper = policy.stepper()
     obs = np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 3), np.float32)  # env b observes b
     actions = np.stack([stepper.step(obs) for _ in range(2 * policy.horizon)])

@@ -170,11 +170,11 @@ def check_run(run: RunSpec):
     return agent, config, tc
 
 
-#: training-config fields that do nothing unless another one is set: (field, flag, needed field, its flag)
+#: training-config fields that do nothing unless another one is set: (field, flag, needed field, its flag).
+#: (online_envs and replay_capacity are not here: an offline run keeps them for `steerflow.finetune`,
+#: which continues it online with its stored settings; online_ratio and updates_per_env_step it sets anew.)
 NEEDS = (("online_ratio", "--online-ratio", "online_steps", "--online-steps N"),
          ("updates_per_env_step", "--updates-per-env-step", "online_steps", "--online-steps N"),
-         ("online_envs", "--train-set online_envs", "online_steps", "--online-steps N"),
-         ("replay_capacity", "--train-set replay_capacity", "online_steps", "--online-steps N"),
          ("video_episodes", "--train-set video_episodes", "video_every", "--train-set video_every=N"),
          ("video_steps", "--train-set video_steps", "video_every", "--train-set video_every=N"))
 
