@@ -5,7 +5,8 @@ traceback, and nothing left behind (the directory tree is compared before and af
 
 Flag cases run in-process through `cli.main` (an exception other than SystemExit escaping it
 would be a traceback and fails the test); the data and checkpoint cases damage copies of one tiny
-dataset and one smoke run made once per module."""
+dataset and one smoke run made once per module; the import cases write small files of random
+demos with the project's own writers (`steerflow.data.export_formats`) and damage them."""
 
 import errno
 import hashlib
