@@ -5,7 +5,8 @@ traceback, and nothing left behind (the directory tree is compared before and af
 
 Flag cases run in-process through `cli.main` (an exception other than SystemExit escaping it
 would be a traceback and fails the test); the data and checkpoint cases damage copies of one tiny
-dataset and one smoke run made once per module."""
+dataset and one smoke run made once per module; the import cases write small files of random
+demos with the project's own writers (`steerflow.data.export_formats`) and damage them."""
 
 import errno
 import hashlib
@@ -101,6 +102,24 @@ FLAG_CASES = {
     "report empty tree": (["report", "{tmp}/empty", "--out", "{tmp}/rep"], 2, ["contains no run directory"]),
     "report out is a file": (["report", "{tmp}", "--out", "{tmp}/file.txt"], 2, ["file.txt", "must be a directory"]),
     "toy steps 0": (["toy", "--out", "{tmp}/toy", "--steps", "0"], 2, ["--steps 0"]),
+    # values by meaning (steerflow.config.RULES), agent and training configs alike
+    "learning rate negative": (["train", "--preset", "smoke", "--set", "learning_rate=-1"], 2,
+                               ["--set learning_rate=-1.0", "a positive number"]),
+    "discount above 1": (["train", "--preset", "smoke", "--set", "critic.discount=1.5"], 2,
+                         ["--set critic.discount=1.5", "(0, 1]"]),
+    "value not finite": (["train", "--preset", "smoke", "--set", "alpha=nan"], 2, ["--set alpha=nan", "finite"]),
+    "share above 1": (["train", "--preset", "smoke", "--set", "base.equal_fraction=2"], 2,
+                      ["--set base.equal_fraction=2.0", "[0, 1]"]),
+    "no critics": (["train", "--preset", "smoke", "--set", "critic.num_critics=0"], 2,
+                   ["--set critic.num_critics=0", "positive integer"]),
+    "layer of size 0": (["train", "--preset", "smoke", "--set", "actor_hidden=32,0"], 2,
+                        ["--set actor_hidden=32,0", "layer sizes"]),
+    "train-set not finite": (["train", "--preset", "smoke", "--train-set", "updates_per_env_step=inf"], 2,
+                             ["--train-set updates_per_env_step=inf", "finite"]),
+    "online ratio without online steps": (["train", "--preset", "smoke", "--online-ratio", "0.5"], 2,
+                                          ["--online-ratio 0.5", "does nothing without --online-steps"]),
+    "video episodes without video_every": (["train", "--preset", "smoke", "--train-set", "video_episodes=3"], 2,
+                                           ["video_episodes 3", "does nothing without --train-set video_every"]),
 }
 
 
@@ -212,6 +231,108 @@ def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkey
     assert ogbench_gen.check_dir(path) is None  # regenerated, and verified
 
 
+# ---------------------------------------------------------------------------------- files to import
+
+def _demos(n: int = 2, steps: int = 30, action_dim: int = 5) -> list[dict]:
+    """Random demos in the episode layout (28-D observations: the writers' cube-single keys)."""
+    rng = np.random.default_rng(0)
+    return [{"observations": rng.normal(size=(steps, 28)).astype(np.float32),
+             "next_observations": rng.normal(size=(steps, 28)).astype(np.float32),
+             "actions": rng.uniform(-1, 1, (steps, action_dim)).astype(np.float32)} for _ in range(n)]
+
+
+def _robomimic(tmp: Path, edit, **kwargs) -> Path:
+    import h5py
+
+    from steerflow.data import export_formats
+
+    path = export_formats.write_robomimic(tmp / "demos.hdf5", _demos(), **kwargs)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
+def _frames(dtype, shape):
+    """Camera frames of `dtype` and per-frame `shape` in every demo's obs and next_obs."""
+    return lambda f: [f[f"data/{d}/{g}"].create_dataset("agentview_image", data=np.zeros((30, *shape), dtype))
+                      for d in f["data"] for g in ("obs", "next_obs")]
+
+
+def _narrow_next_obs(f):
+    narrow = f["data/demo_1/next_obs/object"][:, :8]
+    del f["data/demo_1/next_obs/object"]
+    f["data/demo_1/next_obs"].create_dataset("object", data=narrow)
+
+
+def _lerobot(tmp: Path, edit_table=None, edit_info=None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from steerflow.data import export_formats
+
+    root = export_formats.write_lerobot(tmp / "lerobot", _demos(action_dim=4))
+    data_file = root / "data" / "chunk-000" / "file-000.parquet"
+    if edit_table:
+        pq.write_table(edit_table(pq.read_table(data_file), pa), data_file)
+    if edit_info:
+        info_path = root / "meta" / "info.json"
+        info_path.write_text(json.dumps(edit_info(json.loads(info_path.read_text()))))
+    return root
+
+
+def _scalar_action(table, pa):
+    first = [row[0] for row in table.column("action").to_pylist()]  # one float per frame, info.json says [4]
+    return table.set_column(table.column_names.index("action"), "action", pa.array(first, pa.float32()))
+
+
+KEYS = "robot0_proprio,object,agentview_image"
+IMPORT_CASES = {
+    # name: (make the file in a directory, extra flags, what the message must name)
+    "lerobot scalar action for shape [4]": (lambda d: _lerobot(d, edit_table=_scalar_action), [],
+                                            ["file-000.parquet", "column 'action'", "one value per row", "[4]"]),
+    "lerobot info.json a list": (lambda d: _lerobot(d, edit_info=lambda info: [info]), [],
+                                 ["meta/info.json", "expected a JSON object", "got a list"]),
+    "lerobot feature not an object": (lambda d: _lerobot(d, edit_info=lambda i: {**i, "features": {
+                                          **i["features"], "action": "float32"}}), [],
+                                      ["meta/info.json", "feature 'action'", "shape"]),
+    "robomimic float frames": (lambda d: _robomimic(d, _frames(np.float32, (8, 8, 3))), ["--obs-keys", KEYS],
+                               ["data/demo_0/obs/agentview_image", "float32", "(30, 8, 8, 3)", "must be uint8"]),
+    "robomimic frames without channel": (lambda d: _robomimic(d, _frames(np.uint8, (8, 8))), ["--obs-keys", KEYS],
+                                         ["data/demo_0/obs/agentview_image", "(30, 8, 8)", "(T, H, W, 1)"]),
+    "robomimic narrow next_obs": (lambda d: _robomimic(d, _narrow_next_obs), [],
+                                  ["data/demo_1/next_obs/object", "(30, 8)", "data/demo_1/obs/object", "(30, 9)"]),
+    "robomimic nested obs group": (lambda d: _robomimic(d, lambda f: f["data/demo_0/obs"].create_group("arm")
+                                                        .create_dataset("joints", data=np.zeros((30, 7)))), [],
+                                   ["data/demo_0/obs/arm is a group", "joints", "--obs-keys", "arm/joints"]),
+    "robomimic obs an array": (lambda d: _robomimic(d, lambda f: (f["data/demo_1"].__delitem__("obs"),
+                                                                   f["data/demo_1"].create_dataset("obs", data=[1.0]))),
+                               [], ["data/demo_1/obs is an array", "expected a group"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IMPORT_CASES))
+def test_imports_check_every_array_against_its_declared_or_inferred_shape(name, tmp_path, monkeypatch, capsys):
+    make, extra, culprits = IMPORT_CASES[name]
+    src = tmp_path / "src"
+    src.mkdir()
+    path = make(src)
+    fmt = name.split()[0]
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    err = assert_fails(["data", "import", fmt, path, "--name", "bad", *extra], 2, culprits, capsys, tmp_path)
+    assert str(src) in err  # the file (or its directory) is named
+
+
+def test_a_next_observation_narrower_than_its_observation_is_refused(tmp_path):
+    from steerflow.data import imports
+
+    demos = _demos()
+    demos[1]["next_observations"] = demos[1]["next_observations"][:, :27]
+    with pytest.raises(imports.DataError, match=r"demos.x: demo 1 key 'next_observations' has shape \(30, 27\), "
+                                                r"'observations' \(30, 28\)"):
+        imports.import_episodes(demos, "bad", "minari", "demos.x", root=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------- checkpoints and resume
 
 @pytest.fixture(scope="module")
@@ -273,6 +394,48 @@ def test_resume_refuses_other_settings_and_damaged_checkpoints(name, smoke_run, 
             argv.append(a)
     argv += [x for kv in flags.items() for x in kv] + ([] if name == "no --resume" else ["--resume"])
     assert_fails(argv, 2, culprits, capsys, tmp_path)
+
+
+@pytest.fixture
+def changed_data(smoke_run, tiny_dataset, tmp_path, monkeypatch) -> tuple[Path, str, str]:
+    """(run directory, the training file's sha256 it trained on, the sha256 now): a copy of the
+    smoke run whose run_info.json records the tiny dataset, whose actions were then halved (with
+    the sha256 in meta.json updated, so only the run's own record can tell)."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data / tiny_dataset.name)
+    train_file = data / tiny_dataset.name / "cube-single-play-v0.npz"
+    trained_on = ogbench_gen.fingerprint(train_file)
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    (run / "run_info.json").write_text(json.dumps({"dataset": {"dataset_dir": str(train_file.parent),
+                                                               "fingerprint": trained_on}}))
+    _rewrite(train_file, actions=lambda a: a * 0.5)
+    monkeypatch.setenv("STEERFLOW_DATA", str(data))
+    return run, trained_on, ogbench_gen.fingerprint(train_file)
+
+
+def test_resume_refuses_changed_data_naming_both_fingerprints(changed_data, tmp_path, capsys):
+    run, trained_on, now = changed_data
+    argv = ["train", "--agent", "lps", *TASK, "--out", run, "--steps", "80", "--resume"]
+    assert_fails(argv, 2, ["--resume", str(run), "other data", trained_on, now], capsys, tmp_path)
+
+
+def test_from_refuses_changed_data_naming_both_fingerprints(changed_data, tmp_path, capsys):
+    run, trained_on, now = changed_data
+    argv = ["train", "--agent", "lps", *TASK, "--from", run, "--online-steps", "20", "--out", tmp_path / "online"]
+    assert_fails(argv, 2, ["--from", str(run), "other data", trained_on, now], capsys, tmp_path)
+
+
+def test_the_content_fingerprint_ignores_how_the_files_were_written(tmp_path):
+    from steerflow.data import source
+
+    train = {"actions": np.ones((4, 2), np.float32), "observations": np.zeros((4, 3), np.float32)}
+    info = {"dataset_dir": "d", "fingerprint": "a" * 64, "content_sha256": source.content_fingerprint(train, None)}
+    (tmp_path / "run_info.json").write_text(json.dumps({"dataset": {**info, "fingerprint": "b" * 64}}))
+    source.check_same_dataset(tmp_path, info, "--resume")  # the same arrays in a rewritten file: accepted
+    halved = source.content_fingerprint({**train, "actions": train["actions"] * 0.5}, None)
+    with pytest.raises(ValueError, match=f"dataset content sha256: stored {info['content_sha256']} .*now {halved}"):
+        source.check_same_dataset(tmp_path, {**info, "content_sha256": halved}, "--resume")
 
 
 # ---------------------------------------------------------------------------------- the filesystem
@@ -355,3 +518,60 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tiny_dataset, tmp_
     states = jax.vmap(lambda k: agent.init(k, EnvSpec(28, 5, 5), config))(jax.random.split(jax.random.PRNGKey(0), 1))
     _, _, step = train.load_checkpoint(out, states, jax.random.split(jax.random.PRNGKey(0), 1))
     assert step == 20  # the step-20 checkpoint survived the failed step-40 write
+
+
+# ---------------------------------------------------------------------------------- the policy API
+
+def _counting_policy():
+    """A `policy.Policy` whose chunk (B, H, A) holds obs[b, 0] + 100·query + h at row h."""
+    from steerflow.policy import Policy
+
+    class Counting(Policy):
+        calls = 0
+
+        def _chunks(self, obs, noise):
+            self.calls += 1
+            h = np.arange(self.horizon * self.action_dim) // self.action_dim
+            return obs[:, :1] + 100 * self.calls + h[None]
+
+    return Counting({"agent": "test", "task": "none", "obs_dim": 3, "action_dim": 2, "horizon": 4, "noise": None})
+
+
+def test_a_stepper_steps_a_batch_of_environments_in_lockstep():
+    policy = _counting_policy()
+    stepper = policy.stepper()
+    obs = np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 3), np.float32)  # env b observes b
+    actions = np.stack([stepper.step(obs) for _ in range(2 * policy.horizon)])
+    assert actions.shape == (8, 3, 2)  # one (B, A) action per step, not env 0's chunk
+    assert stepper.queries == 2  # one query for the batch every H steps, not every B
+    for t in range(8):
+        assert (actions[t] == np.arange(3)[:, None] + 100 * (1 + t // 4) + t % 4).all()
+    stepper.step(obs)  # a third chunk begins
+    with pytest.raises(ValueError, match=r"a batch of 2 in the middle of a chunk for 3; call reset\(\)"):
+        stepper.step(obs[:2])
+    stepper.reset()
+    assert stepper.step(obs[:2]).shape == (2, 2)  # after a reset, another batch size
+    stepper.reset()
+    assert stepper.step(obs[0]).shape == (2,)  # one observation: one action
+
+
+@pytest.mark.slow
+def test_a_one_demo_dataset_is_scored_on_its_training_demo_and_says_so(tmp_path, monkeypatch, capsys):
+    """No demo is held out of a dataset of one: the offline MSE is the training fit, and every
+    place that shows it (the import, each evaluation, the final line and records) says so."""
+    from steerflow.data import export_formats
+
+    path = export_formats.write_robomimic(tmp_path / "one.hdf5", _demos(n=1))
+    monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
+    capsys.readouterr()
+    cli.main(["data", "import", "robomimic", str(path), "--name", "one"])
+    assert "one demo: none is held out" in capsys.readouterr().out
+    out = tmp_path / "run"
+    cli.main(["train", "--agent", "bc-mf", "--dataset", "one", "--reward", "sparse-success", "--preset", "smoke",
+              "--steps", "10", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert "holds no held-out demo" in printed.out and "held-out action MSE" not in printed.out + printed.err
+    assert "final action MSE on the training demo (none held out)" in printed.out
+    final = json.loads((out / "final.json").read_text())
+    assert final["scored_on"] == "train"
+    assert json.loads((out / "evals" / "step_00000010.json").read_text())["scored_on"] == "train"

@@ -132,6 +132,9 @@ class Import:
         print(f"imported {meta['episodes']}+{meta['val_episodes']} demos ({meta['transitions']} training "
               f"transitions, obs {meta['obs_dim']}-D, actions {meta['action_dim']}-D, rewards: "
               f"{'yes' if meta['has_rewards'] else 'none (train with --reward sparse-success)'}) -> {path}")
+        if not meta["val_episodes"]:
+            print("one demo: none is held out, so a run on it without an env scores its action MSE on this training "
+                  "demo (a fit, not a held-out score); import two or more demos for a held-out score")
 
 
 @dataclass
@@ -410,7 +413,10 @@ class Train:
         else:
             final = train(run, out, resume=self.resume, log=log)
         if final.get("metric") == "val_action_mse":
-            print(f"final held-out action MSE ({final['agent']} on {final['dataset']}, {final['steps']} steps): "
+            from steerflow.data.source import offline_metric_name
+
+            print(f"final {offline_metric_name(final.get('scored_on', 'val'))} ({final['agent']} on {final['dataset']}, "
+                  f"{final['steps']} steps): "
                   f"mean {final['mean']:.4f}, per seed {final['val_action_mse']}  -> {out}/final.json")
             return
         print(f"final success ({final['agent']} on {final['task']}, {final['steps']} steps): "

@@ -90,3 +90,73 @@ def parse_overrides(items: list[str], flag: str = "--set") -> dict[str, str]:
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
+
+
+# ------------------------------------------------------------------ values checked by meaning
+# The one table of what a config value may be, keyed by field name (the same name means the same
+# thing in every agent and in the training config). Every float must also be finite.
+
+def _positive(v):
+    return v > 0
+
+
+def _non_negative(v):
+    return v >= 0
+
+
+def _share(v):
+    return 0 <= v <= 1
+
+
+def _discount(v):
+    return 0 < v <= 1
+
+
+def _sizes(v):
+    return all(int(x) >= 1 for x in v)
+
+
+RULES: dict[str, tuple] = {}  # field name -> (test, what is expected)
+for _names, _rule in (
+    (("learning_rate", "init_temperature", "logit_std", "q_clip", "steer_eps", "outer_time_power",
+      "updates_per_env_step"), (_positive, "a positive number")),
+    (("alpha", "max_grad_norm", "rho", "tilt", "noise_scale", "weight_c", "weight_p", "cons_weight",
+      "diag_weight"), (_non_negative, "0 or more")),
+    (("label_dropout", "equal_fraction", "p_diag", "p_cons", "expectile"), (_share, "a share in [0, 1]")),
+    (("discount", "tau"), (_discount, "a number in (0, 1]")),
+    (("num_critics", "num_samples", "num_posterior_samples", "heads", "depth", "tokens", "width", "dense",
+      "embed_dim", "steps", "batch_size", "horizon", "updates_per_call", "log_every", "eval_every",
+      "checkpoint_every", "eval_episodes", "eval_envs", "dataset_episodes", "dataset_episode_steps",
+      "video_episodes", "online_envs"), (_positive, "a positive integer")),
+    (("time_features", "online_steps", "replay_capacity", "video_every", "video_steps", "eval_workers",
+      "dataset_seed"), (_non_negative, "0 or more")),
+    (("max_wall_s",), (_non_negative, "seconds, 0 or more (0: no budget)")),
+    (("hidden", "actor_hidden"), (_sizes, "layer sizes of 1 or more, e.g. 256,256")),
+    (("online_ratio",), (lambda v: v <= 1, "a share in [0, 1] (or < 0: batches from offline ∪ online data)")),
+):
+    for _name in _names:
+        RULES[_name] = _rule
+
+
+def check_values(config: Any, flag: str, path: str = "") -> None:
+    """ValueError naming `flag path=value` and what is expected, for the first value of `config`
+    (a nested dataclass) that cannot be right: a non-finite float or one outside its `RULES`."""
+    import math
+
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), path + f.name
+        if dataclasses.is_dataclass(value):
+            check_values(value, flag, key + ".")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, tuple, list)):
+            continue
+        test, expected = RULES.get(f.name, (lambda v: True, ""))
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{flag} {key}={value}: expected a finite number{f' ({expected})' if expected else ''}")
+        if not test(value):
+            shown = _fmt_value(value)
+            raise ValueError(f"{flag} {key}={shown}: expected {expected}")
+
+
+def _fmt_value(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)

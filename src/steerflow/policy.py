@@ -5,7 +5,8 @@ train`; a parent of `seed_k/` runs picks its first seed) or an artifact director
 `steerflow export` (`artifact.json` + `policy.onnx` or `policy.stablehlo`). Either way
 
     policy.act(obs)        obs (obs_dim,) -> chunk (H, A);  obs (B, obs_dim) -> chunks (B, H, A)
-    policy.stepper()       .reset(); .step(obs) -> one action (A,), one network query per chunk
+    policy.stepper()       .reset(); .step(obs) -> one action (A,), one network query per chunk;
+                           .step(obs (B, obs_dim)) -> actions (B, A) of B envs in lockstep
 
 numpy in, numpy out, in the environment's units: observations are normalised and actions
 de-normalised with the run's `normalization.json` (identity when it has none, as OGBench runs).
@@ -120,7 +121,13 @@ class Policy:
 
 class ChunkStepper:
     """Open-loop chunk execution on a control loop: `step(obs)` returns the next action of the
-    current chunk and queries the policy only when the chunk is used up (every H steps)."""
+    current chunk and queries the policy only when the chunk is used up (every H steps).
+
+    One observation (obs_dim,) gives one action (A,). A batch (B, obs_dim) of B environments
+    stepped in lockstep gives (B, A), row b for environment b, with one query for the whole batch
+    every H steps. The chunks of a batch start together: when one environment starts a new episode,
+    `reset()` (the next step re-queries every environment). A batch of another size before the chunk
+    is used up is refused (call `reset()` first)."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
@@ -128,13 +135,28 @@ class ChunkStepper:
         self.reset()
 
     def reset(self) -> None:
-        self._chunk, self._index = None, 0
+        self._chunk, self._index, self._batch = None, 0, None
+
+    @staticmethod
+    def batch_size(obs) -> int | None:
+        """B of a batch of observations, None for one observation (image runs: a dict of frames)."""
+        if isinstance(obs, dict):
+            frames = next((np.asarray(v) for k, v in obs.items() if k != "state"), None)
+            return None if frames is None or frames.ndim == 3 else len(frames)
+        obs = np.asarray(obs)
+        return None if obs.ndim == 1 else len(obs)
 
     def step(self, obs) -> np.ndarray:
-        if self._chunk is None or self._index == len(self._chunk):
-            self._chunk, self._index = self.policy.act(obs), 0
+        """The next action (A,) of one observation, or actions (B, A) of a batch of B."""
+        batch = self.batch_size(obs)
+        if self._chunk is not None and self._index < self.policy.horizon and batch != self._batch:
+            raise ValueError(f"stepper: got {'one observation' if batch is None else f'a batch of {batch}'} "
+                             f"in the middle of a chunk for {'one' if self._batch is None else self._batch}; "
+                             "call reset() when the number of environments changes")
+        if self._chunk is None or self._index == self.policy.horizon:
+            self._chunk, self._index, self._batch = self.policy.act(obs), 0, batch
             self.queries += 1
-        action = self._chunk[self._index]
+        action = self._chunk[self._index] if batch is None else self._chunk[:, self._index]
         self._index += 1
         return action
 

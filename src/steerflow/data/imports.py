@@ -90,6 +90,9 @@ def validate_episodes(episodes: list[dict], source: str, names: list[str] | None
         for key, ndim in (("next_observations", 2), ("rewards", 1), ("dones", 1)):
             if ep.get(key) is not None:
                 clean[key] = _check_array(ep[key], source, demo, key, ndim, "fiub").astype(np.float32)
+        if "next_observations" in clean and clean["next_observations"].shape[1:] != obs.shape[1:]:
+            raise DataError(f"{source}: {demo} key 'next_observations' has shape {clean['next_observations'].shape}, "
+                            f"'observations' {obs.shape}: a next observation needs its observation's width")
         images, next_images = {}, {}
         for group, found in (("images", images), ("next_images", next_images)):
             for key, frames in (ep.get(group) or {}).items():

@@ -24,19 +24,50 @@ from .imports import DataError
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
 
-def _column(table, key: str, where: str, width: int) -> np.ndarray:
+DTYPE_KINDS = {"float": "f", "int": "iu", "uint": "u", "bool": "b"}  # declared dtype prefix -> numpy kinds
+
+
+def _column(table, key: str, where: str, feature: dict) -> np.ndarray:
+    """Column `key` as (rows, width), checked against its meta/info.json feature (shape and dtype)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    shape = feature.get("shape") or [1]
+    width = int(np.prod(shape))
     col = table.column(key).combine_chunks()
     if pa.types.is_list(col.type) or pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
         lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
         if len(lengths) and (lengths.min() != width or lengths.max() != width):
             raise DataError(f"{where}: column {key!r} has rows of length {int(lengths.min())}..{int(lengths.max())}, "
                             f"meta/info.json states {width}")
-        values = col.flatten().to_numpy(zero_copy_only=False)
-        return values.reshape(len(col), width)
-    return col.to_numpy(zero_copy_only=False).reshape(len(col), -1)
+        values = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), width)
+    else:
+        if width != 1:
+            raise DataError(f"{where}: column {key!r} holds one value per row, meta/info.json states shape "
+                            f"{list(shape)} ({width} values)")
+        values = col.to_numpy(zero_copy_only=False).reshape(len(col), 1)
+    declared = str(feature.get("dtype", ""))
+    kinds = next((k for prefix, k in DTYPE_KINDS.items() if declared.startswith(prefix)), None)
+    if kinds is not None and values.dtype.kind not in kinds:
+        raise DataError(f"{where}: column {key!r} has dtype {values.dtype}, meta/info.json states {declared}")
+    return values
+
+
+def _features(info, info_path: Path) -> dict:
+    """The `features` of a parsed meta/info.json: {name: {"dtype", "shape"}} (DataError otherwise)."""
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: expected a JSON object (codebase_version, fps, features), got a "
+                        f"{type(info).__name__}")
+    features = info.get("features") or {}
+    if not isinstance(features, dict):
+        raise DataError(f"{info_path}: 'features' is a {type(features).__name__}, expected an object "
+                        "{name: {dtype, shape}}")
+    for name, feature in features.items():
+        shape = feature.get("shape", [1]) if isinstance(feature, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise DataError(f"{info_path}: feature {name!r} is {json.dumps(feature)}; expected "
+                            "{\"dtype\": ..., \"shape\": [positive integers]}")
+    return features
 
 
 def read(path: str | Path, obs_keys: list[str] | None = None):
@@ -51,10 +82,10 @@ def read(path: str | Path, obs_keys: list[str] | None = None):
         info = json.loads(info_path.read_text())
     except ValueError as err:
         raise DataError(f"{info_path}: not valid JSON ({err})") from None
+    features = _features(info, info_path)
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise DataError(f"{info_path}: codebase_version {version or '(none)'}; this reader takes LeRobot v3 datasets")
-    features = info.get("features") or {}
     for key in ("action", "episode_index", "frame_index"):
         if key not in features:
             raise DataError(f"{info_path}: features lack {key!r}")
@@ -64,7 +95,7 @@ def read(path: str | Path, obs_keys: list[str] | None = None):
     for key in obs_keys:
         if key not in features:
             raise DataError(f"{info_path}: no feature {key!r} (has: {', '.join(sorted(features))})")
-        if features[key].get("dtype") not in FLOAT_DTYPES:
+        if features[key].get("dtype") not in FLOAT_DTYPES:  # (`_column` checks the column holds them)
             raise DataError(f"{info_path}: feature {key!r} has dtype {features[key].get('dtype')}; only float "
                             "features are read (image and video features are not decoded)")
     if not obs_keys:
@@ -83,8 +114,7 @@ def read(path: str | Path, obs_keys: list[str] | None = None):
         for key in columns:
             if key not in table.column_names:
                 raise DataError(f"{f}: no column {key!r} (has: {', '.join(table.column_names)})")
-            width = int(np.prod(features[key].get("shape", [1]) or [1]))
-            parts[key].append(_column(table, key, str(f), width))
+            parts[key].append(_column(table, key, str(f), features[key]))
     data = {k: np.concatenate(v) for k, v in parts.items()}
     if data["action"].dtype.kind != "f":
         raise DataError(f"{root}: column 'action' has dtype {data['action'].dtype}, expected float")

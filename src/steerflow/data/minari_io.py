@@ -16,6 +16,15 @@ import numpy as np
 from .imports import DataError
 
 
+def _low_dim(arr, where: str, key: str) -> np.ndarray:
+    """`arr` as (T+1, d): a low-dim (T+1,) or (T+1, d) numeric array (DataError otherwise)."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (1, 2) or arr.dtype.kind not in "fiu":
+        raise DataError(f"{where} observation key {key!r} has dtype {arr.dtype} and shape {arr.shape}: expected a "
+                        "low-dim (T+1,) or (T+1, d) numeric array (image observations are not read from Minari)")
+    return arr.reshape(len(arr), -1)
+
+
 def read(path: str | Path, obs_keys: list[str] | None = None):
     """(episodes, episode names, options) of a local Minari dataset directory (or its data/)."""
     path = Path(path)
@@ -38,8 +47,8 @@ def read(path: str | Path, obs_keys: list[str] | None = None):
             missing = [k for k in obs_keys if k not in obs]
             if missing:
                 raise DataError(f"{data_dir}: episode {ep.id} observations lack {missing}")
-            obs = np.concatenate([np.asarray(obs[k]).reshape(len(obs[k]), -1) for k in obs_keys], axis=1)
-        obs = np.asarray(obs)
+            obs = np.concatenate([_low_dim(obs[k], f"{data_dir}: episode {ep.id}", k) for k in obs_keys], axis=1)
+        obs = _low_dim(obs, f"{data_dir}: episode {ep.id}", "observations")
         if len(obs) != len(ep.actions) + 1:
             raise DataError(f"{data_dir}: episode {ep.id} has {len(obs)} observations for {len(ep.actions)} "
                             "actions (Minari stores one more observation than actions)")

@@ -11,6 +11,10 @@ rows (`steerflow.encoders`): `run_layout` gives their layout, `obs_dim` is its p
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 
 from .imports import DATASET_PREFIX, apply_reward_mode, imported_meta, load_imported, normalize_transitions
@@ -70,19 +74,55 @@ def run_dims(run) -> tuple[int, int]:
 
 
 def load_run_data(run, tc, workers: int = 1):
-    """(train transitions, val transitions or None, data info, Normalization) for a run."""
+    """(train transitions, val transitions or None, data info, Normalization) for a run; the info
+    holds the data's `content_fingerprint` as "content_sha256"."""
     if getattr(run, "dataset", None) is None:
         from .tasks import load_task_dataset, parse_task
 
         train, val, info = load_task_dataset(parse_task(run.task), episodes=tc.dataset_episodes, seed=tc.dataset_seed,
                                              episode_steps=tc.dataset_episode_steps, workers=workers)
+        info = {**info, "content_sha256": content_fingerprint(train, val)}
         return train, val, info, Normalization.identity(info["obs_dim"], info["action_dim"])
     train, val, info, norm = load_imported(run.dataset)
+    info = {**info, "content_sha256": content_fingerprint(train, val)}
     train, mode = apply_reward_mode(train, run.reward, run.dataset)
     train = normalize_transitions(train, norm, run.dataset)
     if val is not None:
         val = normalize_transitions(apply_reward_mode(val, mode, run.dataset)[0], norm, run.dataset)
     return train, val, {**info, "reward": mode}, norm
+
+
+def content_fingerprint(train: dict, val: dict | None) -> str:
+    """sha256 of a dataset's arrays as loaded (names, dtypes, shapes, values): equal for equal data
+    however the files were written (a regenerated or re-imported npz differs in its zip timestamps)."""
+    h = hashlib.sha256()
+    for split, arrays in (("train", train), ("val", val or {})):
+        for key in sorted(arrays):
+            a = np.ascontiguousarray(arrays[key])
+            h.update(f"{split}/{key}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.data)
+    return h.hexdigest()
+
+
+def check_same_dataset(run_dir, info: dict, flag: str) -> None:
+    """Refuse to continue `run_dir` (`--resume`, `--from`) on other data than it trained on: its
+    run_info.json's dataset fingerprint against `info`'s (the content one when it has it, else
+    the training file's sha256). A run directory without run_info.json is not checked."""
+    path = Path(run_dir) / "run_info.json"
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text()).get("dataset") or {}
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{flag} {run_dir}: cannot read {path} ({err}); it is damaged") from None
+    key = "content_sha256" if stored.get("content_sha256") else "fingerprint"
+    if stored.get(key) is None or stored.get(key) == info.get(key):
+        return
+    what = "dataset content sha256" if key == "content_sha256" else "training-file sha256"
+    raise ValueError(f"{flag} {run_dir}: it was trained on other data than is loaded now ({what}: stored "
+                     f"{stored[key]} for {stored.get('dataset_dir', '(no directory recorded)')}, now {info.get(key)} "
+                     f"for {info.get('dataset_dir')}). Its checkpoint continues only on the data it trained on: "
+                     "restore that data, or train a new run on this data (another --out)")
 
 
 def normalized_policy(policy, norm: Normalization, layout=None):
@@ -109,6 +149,23 @@ def pack_observations(obs: dict, norm: Normalization, layout) -> np.ndarray:
     if state.shape != (len(frames), layout.state_dim):
         raise ValueError(f"observation 'state' of shape {state.shape}: expected ({len(frames)}, {layout.state_dim})")
     return layout.pack(frames, np.asarray(norm.normalize_obs(state), np.float32))
+
+
+def offline_split(run, val: dict | None, quiet: bool = False) -> str:
+    """Which demos a run without an env is scored on: "val" (its held-out demos) or "train" (a
+    dataset of one demo holds none out; said once unless `quiet`)."""
+    if val is not None:
+        return "val"
+    if not quiet:
+        print(f"dataset {run.dataset} holds no held-out demo (it has one demo): the offline action MSE below is "
+              "measured on the training demo, so it shows how well the policy fits it, not how it generalises; "
+              "import two or more demos for a held-out score", flush=True)
+    return "train"
+
+
+def offline_metric_name(scored_on: str) -> str:
+    """How a run's offline score is shown: over held-out demos, or (none held out) the training ones."""
+    return "held-out action MSE" if scored_on == "val" else "action MSE on the training demo (none held out)"
 
 
 def offline_eval_starts(val: dict, horizon: int) -> np.ndarray:

@@ -102,13 +102,14 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
 
 
 def _record_offline_eval(run_dir: Path, step: int, seeds: list[int], mse: np.ndarray, run: RunSpec,
-                         eval_s: float, trackers=None) -> dict:
-    """An imported dataset's run without an env: `final_success` and `success` hold None."""
+                         eval_s: float, trackers=None, scored_on: str = "val") -> dict:
+    """An imported dataset's run without an env: `final_success` and `success` hold None;
+    `scored_on` says which demos the MSE is over: "val" (held out) or "train" (none were held out)."""
     from steerflow.runinfo import atomic_write_json
 
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": seeds,
               "metric": "val_action_mse", "val_action_mse": mse.tolist(), "mean": float(np.mean(mse)),
-              "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
+              "scored_on": scored_on, "success": None, "episodes": 0, "eval_s": round(eval_s, 2)}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
     if trackers is not None:
         trackers.evaluation(record)
@@ -184,7 +185,7 @@ def restore_for_env(run_dir: Path):
     run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
     task = source.eval_task(run)
     if task is None:
-        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its held-out "
+        raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its offline "
                          f"action MSE is in {run_dir}/evals/")
     restored = restore_run(run_dir)
     norm = restored[-1]

@@ -107,6 +107,10 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                          "name yours with --env MODULE:FACTORY (or an OGBench one with --eval-task)")
 
     train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
+    if resume and has_ckpt:  # a checkpoint continues on the data it trained on
+        source.check_same_dataset(out, data_info, "--resume")
+    if run.from_run:
+        source.check_same_dataset(Path(run.from_run), data_info, "--from")
     stored_norm = normalization.load(out) if resume else None
     if stored_norm is not None:  # a checkpoint acts in the units of the data it was trained on
         normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
@@ -155,6 +159,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
         offline = val_data if val_data is not None else train_data
         offline_ds = build_chunk_dataset(offline, tc.horizon, discount)
         offline_starts = source.offline_eval_starts(offline, tc.horizon)
+        scored_on = source.offline_split(run, val_data, quiet)
     online = OnlinePhase(agent, task, tc, spec, seeds, discount, norm) if tc.online_steps else None
     if online and resume and has_ckpt:
         restored = load_online(out, online.state_dict())
@@ -183,8 +188,10 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
         eval_start = time.perf_counter()
         if task is None:
             mse = source.offline_action_mse(agent, states, offline_ds, offline_starts, policy, seed=step)
-            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start, trackers)
-            bar.write(f"step {step}: held-out action MSE {rec['mean']:.4f} per seed {np.round(mse, 4).tolist()}")
+            rec = _record_offline_eval(out, step, seeds, mse, run, time.perf_counter() - eval_start, trackers,
+                                       scored_on)
+            bar.write(f"step {step}: {source.offline_metric_name(scored_on)} {rec['mean']:.4f} per seed "
+                      f"{np.round(mse, 4).tolist()}")
             return rec
         success, final_reward = evaluate_states(
             agent, states, spec, task, tc.eval_episodes, tc.eval_workers, seed=step, policy=source.normalized_policy(policy, norm),
@@ -299,7 +306,8 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
              "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
              **({"metric": record.get("metric", "success"), "dataset": run.dataset, "reward": data_info.get("reward")}
                 if run.dataset else {}),
-             **({"val_action_mse": record["val_action_mse"]} if "val_action_mse" in record else {}),
+             **({"val_action_mse": record["val_action_mse"], "scored_on": record.get("scored_on", "val")}
+                if "val_action_mse" in record else {}),
              **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
                  "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
                  "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,

@@ -124,26 +124,11 @@ def _apply_one(config, key: str, value, flag: str, agent_name: str, other, other
 
 
 def check_train_config(tc: "TrainConfig") -> None:
-    """Values a run cannot start with, named before any work."""
-    positive = ("steps", "batch_size", "horizon", "updates_per_call", "log_every", "eval_every",
-                "checkpoint_every", "eval_episodes", "eval_envs", "dataset_episodes", "video_episodes")
-    for name in positive:
-        if getattr(tc, name) < 1:
-            raise ValueError(f"training config {name}={getattr(tc, name)}: expected a positive integer")
-    for name in ("online_steps", "replay_capacity", "video_every", "video_steps"):
-        if getattr(tc, name) < 0:
-            raise ValueError(f"training config {name}={getattr(tc, name)}: expected 0 or more")
-    if tc.online_ratio > 1:
-        raise ValueError(f"--online-ratio {tc.online_ratio}: expected a share in [0, 1] (or < 0 for the union "
-                         "of offline and online data)")
-    if tc.updates_per_env_step <= 0:
-        raise ValueError(f"--updates-per-env-step {tc.updates_per_env_step}: expected a positive number")
-    if tc.online_envs < 1:
-        raise ValueError(f"training config online_envs={tc.online_envs}: expected a positive integer")
-    if not tc.max_wall_s >= 0 or tc.max_wall_s == float("inf"):
-        raise ValueError(f"training config max_wall_s={tc.max_wall_s}: expected seconds >= 0 (0: no budget)")
-    if tc.eval_workers < 0:
-        raise ValueError(f"training config eval_workers={tc.eval_workers}: expected 0 or more")
+    """Values a run cannot start with, named before any work: each value by its meaning
+    (`steerflow.config.RULES`), then the ones that must agree with each other."""
+    from steerflow.config import check_values
+
+    check_values(tc, "--train-set")
     if tc.dataset_episode_steps <= tc.horizon:
         raise ValueError(f"training config dataset_episode_steps={tc.dataset_episode_steps}: must exceed "
                          f"the chunk length horizon={tc.horizon}")
@@ -158,6 +143,7 @@ def check_run(run: RunSpec):
     import jax
 
     from steerflow.agents.common import EnvSpec
+    from steerflow.config import check_values
     from steerflow.data.source import eval_task, run_dims, run_layout
     from steerflow.encoders import check_images
 
@@ -175,6 +161,8 @@ def check_run(run: RunSpec):
         if eval_task(run) is None:
             raise ValueError(f"training config video_every={tc.video_every}: {run.dataset} is scored offline, "
                              "there is no env to film (name one with --eval-task)")
+    check_values(config, "--set")  # each value by its meaning (steerflow.config.RULES)
+    check_inert_flags(run, tc)
     check_images(run.agent, config, layout)
     spec = EnvSpec(obs_dim=obs_dim, action_dim=action_dim, horizon=tc.horizon, obs_layout=layout)
     try:
@@ -183,6 +171,23 @@ def check_run(run: RunSpec):
         shown = ", ".join(f"{k}={v}" for k, v in run.overrides.items()) or "no --set overrides"
         raise ValueError(f"invalid {run.agent} config ({shown}): {err}") from None
     return agent, config, tc
+
+
+#: training-config fields that do nothing unless another one is set: (field, flag, needed field, its flag).
+#: (online_envs and replay_capacity are not here: an offline run keeps them for `steerflow.finetune`,
+#: which continues it online with its stored settings; online_ratio and updates_per_env_step it sets anew.)
+NEEDS = (("online_ratio", "--online-ratio", "online_steps", "--online-steps N"),
+         ("updates_per_env_step", "--updates-per-env-step", "online_steps", "--online-steps N"),
+         ("video_episodes", "--train-set video_episodes", "video_every", "--train-set video_every=N"),
+         ("video_steps", "--train-set video_steps", "video_every", "--train-set video_every=N"))
+
+
+def check_inert_flags(run: RunSpec, tc: TrainConfig) -> None:
+    """Refuse a setting the run would silently ignore: one that only acts with another (`NEEDS`)."""
+    for name, flag, needed, needed_flag in NEEDS:
+        if name in run.train_overrides and not getattr(tc, needed):
+            raise ValueError(f"{flag} {run.train_overrides[name]}: does nothing without {needed_flag} "
+                             f"({needed} is 0); add {needed_flag} or leave it out")
 
 
 def _has_field(config, name: str) -> bool:
