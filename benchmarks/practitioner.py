@@ -85,8 +85,9 @@ def main() -> None:
     except ValueError as err:
         ap.error(str(err))
 
-    from steerflow.runinfo import device_description
+    from steerflow.runinfo import device_description, git_commit
 
+    args.commit = git_commit()  # the code this process runs: HEAD may move while it trains
     name, demo_info = import_demos(args.testbed, args.demos, artifacts)
     seeds = [int(s) for s in args.seeds.split(",")]
     prefix = f"{args.testbed}/{args.demos}/{args.artifacts}"
@@ -146,6 +147,11 @@ def import_demos(testbed: str, num: int, artifacts) -> tuple[str, dict]:
                   "stats": json.loads(json.dumps(stats, default=float))}
 
 
+def _commit(at_start: str, now: str) -> str:
+    """The commit a record names: the code the process started with, and HEAD at writing if it moved."""
+    return at_start if now == at_start else f"{at_start} (the code that ran; HEAD when it wrote the record was {now[:7]})"
+
+
 def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, from_dir: Path | None = None) -> dict:
     """Train (or, with `from_dir`, fine-tune online) one row; returns its result record."""
     from steerflow.report import bootstrap_ci
@@ -177,7 +183,7 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
             "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)), "curve": curve, "metrics": metrics,
             "online_successes": final.get("online_successes"), "online_episodes": final.get("online_episodes"),
             "wall_s": round(time.perf_counter() - start, 1), "device": device_description(), "machine": platform.node(),
-            "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": git_commit(), "note": args.note,
+            "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": _commit(args.commit, git_commit()), "note": args.note,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
