@@ -326,6 +326,7 @@ def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
         if peaks or online:
             lines.append(f"- {prefix.replace('/', ' · ')}: " + "; ".join(peaks)
                          + ("; online: " + ", ".join(online) if online else "") + ".")
+    lines += variant_findings(groups)
     with_env = [r for r in diagnosis if "base_success" in r]
     if with_env:
         worse = sum(r["steered_success"] < r["base_success"] for r in with_env)
@@ -334,6 +335,33 @@ def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
                      f"often than its own base on random latents, while the critic values the steered chunk above "
                      f"the base's in {higher_q}.")
     return lines + [""]
+
+
+def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
+    """One sentence per LPS variant: at its last offline evaluation on each test bed, it and plain
+    LPS against BC-MF at that step (points, 95% CI)."""
+    def versus(rows, method, step):
+        a, b = at_budget(rows, method, step), at_budget(rows, bc, step)
+        if a is None or b is None:
+            return None
+        lo, hi = difference_ci(a, b)
+        return f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]"
+
+    out = []
+    for method in sorted({n.split("@")[0] for rows in groups.values() for n in rows if n.startswith("lps-")}):
+        parts = []
+        for prefix, rows in groups.items():
+            runs = [r for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n]
+            if not runs:
+                continue
+            step = max(int(k) for r in runs for k in r["curve"])
+            mine, plain = versus(rows, method, step), versus(rows, "lps", step)
+            if mine:
+                parts.append(f"{prefix.replace('/', ' · ')} at {step // 1000}K: {mine}"
+                             + (f" (plain LPS {plain})" if plain else ""))
+        if parts:
+            out.append(f"- {method} − BC-MF in points: " + "; ".join(parts) + ".")
+    return out
 
 
 def report(record: dict, diagnosis: list[dict] = ()) -> str:
