@@ -544,36 +544,26 @@ class Sweep:
     slurm_cluster: Literal["slurm", "local"] = "slurm"  # slurm: `local` runs the array with submitit's LocalExecutor
     log: str = "csv"  # trackers each finished unit is exported to: csv (always), tensorboard, wandb (offline)
 
-    def resources(self):
+    def options(self):
+        """The one `steerflow.sweep.SweepOptions` these flags ask for."""
         from steerflow.backends import UnitResources
+        from steerflow.sweep import SweepOptions
 
-        return UnitResources(cpus=self.unit_cpus, gpus=self.unit_gpus, max_retries=self.max_retries,
-                             timeout_min=self.timeout_min, partition=self.partition, mem_gb=self.mem_gb)
+        resources = UnitResources(cpus=self.unit_cpus, gpus=self.unit_gpus, max_retries=self.max_retries,
+                                  timeout_min=self.timeout_min, partition=self.partition, mem_gb=self.mem_gb)
+        return SweepOptions(out=self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
+                            grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set),
+                            jobs=self.jobs, dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
+                            backend=self.backend, resources=resources, address=self.address, runs_root=self.runs_root,
+                            slurm_cluster=self.slurm_cluster, log=self.log)
 
-    def validate(self):
-        from steerflow.sweep import expand, split_list
-
-        check_out_dir("--out", self.out)
-        _positive("--jobs", self.jobs)
-        self.resources().check()
-        from steerflow.tracking import check_available, parse_kinds
-
-        check_available(parse_kinds(self.log))
-        if self.runs_root is not None:
-            check_out_dir("--runs-root", self.runs_root)
-        if self.agents and self.tasks:  # every unit resolves, nothing is written
-            expand(split_list("--agents", self.agents), split_list("--tasks", self.tasks),
-                   parse_seed_list(self.seeds), self.preset, grid=flatten(self.grid), sets=flatten(self.set),
-                   train_sets=flatten(self.train_set))
+    def validate(self):  # every unit resolves, nothing is written
+        self._options = self.options().validate()
 
     def __call__(self):
-        from steerflow.sweep import main as sweep
+        from steerflow.sweep import run
 
-        code = sweep(self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
-                     grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set), jobs=self.jobs,
-                     dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
-                     backend=self.backend, resources=self.resources(), address=self.address,
-                     runs_root=self.runs_root, slurm_cluster=self.slurm_cluster, log=self.log)
+        code = run(getattr(self, "_options", None) or self.options())
         if code:
             raise SystemExit(code)
 
