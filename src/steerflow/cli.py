@@ -42,6 +42,8 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from steerflow import gl  # noqa: E402
+from steerflow.flags import check_out_dir, parse_seed_list
+from steerflow.flags import positive as _positive
 
 gl.settle()  # before anything imports MuJoCo: only rendering needs OpenGL
 
@@ -266,28 +268,6 @@ def flatten(groups: list[list[str]]) -> list[str]:
     return [item for group in groups for item in group]
 
 
-def _positive(flag: str, value: int) -> None:
-    if value < 1:
-        raise ValueError(f"{flag} {value}: expected a positive integer")
-
-
-def parse_seed_list(text: str, flag: str = "--seeds") -> list[int]:
-    """`0,1,2` → [0, 1, 2]; an empty list, an empty item, a repeat or a non-integer is an error."""
-    items = [s.strip() for s in str(text).split(",")]
-    if not str(text).strip() or any(not s for s in items):
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers with no empty item, e.g. 0,1,2")
-    try:
-        seeds = [int(s) for s in items]
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise ValueError(f"{flag} {text!r}: seed(s) {repeated} repeated; each seed trains once per run")
-    if any(s < 0 for s in seeds):
-        raise ValueError(f"{flag} {text!r}: seeds must be non-negative")
-    return seeds
-
-
 @dataclass
 class Train:
     """Train an agent on a task; prints the final success rate."""
@@ -421,17 +401,6 @@ class Train:
             return
         print(f"final success ({final['agent']} on {final['task']}, {final['steps']} steps): "
               f"mean {final['mean']:.3f}, per seed {final['final_success']}  -> {out}/final.json")
-
-
-def check_out_dir(flag: str, path: Path) -> None:
-    """An output path must be a directory or not exist yet."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path}: exists and is not a directory (it must be a directory)")
-    for parent in path.parents:  # a file on the way (`--out file.txt/run`) fails the same way
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{flag} {path}: {parent} is a file (it must be a directory)")
-            break
 
 
 @dataclass
@@ -581,36 +550,26 @@ class Sweep:
     slurm_cluster: Literal["slurm", "local"] = "slurm"  # slurm: `local` runs the array with submitit's LocalExecutor
     log: str = "csv"  # trackers each finished unit is exported to: csv (always), tensorboard, wandb (offline)
 
-    def resources(self):
+    def options(self):
+        """The one `steerflow.sweep.SweepOptions` these flags ask for."""
         from steerflow.backends import UnitResources
+        from steerflow.sweep import SweepOptions
 
-        return UnitResources(cpus=self.unit_cpus, gpus=self.unit_gpus, max_retries=self.max_retries,
-                             timeout_min=self.timeout_min, partition=self.partition, mem_gb=self.mem_gb)
+        resources = UnitResources(cpus=self.unit_cpus, gpus=self.unit_gpus, max_retries=self.max_retries,
+                                  timeout_min=self.timeout_min, partition=self.partition, mem_gb=self.mem_gb)
+        return SweepOptions(out=self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
+                            grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set),
+                            jobs=self.jobs, dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
+                            backend=self.backend, resources=resources, address=self.address, runs_root=self.runs_root,
+                            slurm_cluster=self.slurm_cluster, log=self.log)
 
-    def validate(self):
-        from steerflow.sweep import expand, split_list
-
-        check_out_dir("--out", self.out)
-        _positive("--jobs", self.jobs)
-        self.resources().check()
-        from steerflow.tracking import check_available, parse_kinds
-
-        check_available(parse_kinds(self.log))
-        if self.runs_root is not None:
-            check_out_dir("--runs-root", self.runs_root)
-        if self.agents and self.tasks:  # every unit resolves, nothing is written
-            expand(split_list("--agents", self.agents), split_list("--tasks", self.tasks),
-                   parse_seed_list(self.seeds), self.preset, grid=flatten(self.grid), sets=flatten(self.set),
-                   train_sets=flatten(self.train_set))
+    def validate(self):  # every unit resolves, nothing is written
+        self._options = self.options().validate()
 
     def __call__(self):
-        from steerflow.sweep import main as sweep
+        from steerflow.sweep import run
 
-        code = sweep(self.out, agents=self.agents, tasks=self.tasks, seeds=self.seeds, preset=self.preset,
-                     grid=flatten(self.grid), sets=flatten(self.set), train_sets=flatten(self.train_set), jobs=self.jobs,
-                     dry_run=self.dry_run, unit=self.unit, print_commands=self.print_commands,
-                     backend=self.backend, resources=self.resources(), address=self.address,
-                     runs_root=self.runs_root, slurm_cluster=self.slurm_cluster, log=self.log)
+        code = run(getattr(self, "_options", None) or self.options())
         if code:
             raise SystemExit(code)
 

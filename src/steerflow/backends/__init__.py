@@ -1,8 +1,10 @@
 """Where a sweep's units run: `local` (this machine's process pool, `steerflow.sweep.run_units`),
 `ray` (one Ray task per unit, `backends.ray_cluster`) and `slurm` (one submitit job array per sweep,
-`backends.slurm`). Every backend runs the same thing for a unit: its `steerflow train ... --resume`
-command (`Unit.command`) into its own run directory, so a unit that is retried, requeued or re-run
-after its driver died continues from its last checkpoint, and a finished one is skipped.
+`backends.slurm`); `steerflow.sweep.run_backend` picks one. Every backend runs the same thing for a
+unit: its `steerflow train ... --resume` command (`Unit.command`) into its own run directory, so a
+unit that is retried, requeued or re-run after its driver died continues from its last checkpoint,
+and a finished one is skipped. The engines import nothing of `steerflow.sweep`: they get the units
+(pickled to the nodes) and a factory of the sweep's `Progress`.
 
 A unit's declared resources (`UnitResources`) are what the engine schedules on; the training
 process sees them as its environment: one XLA CPU thread for a 1-CPU unit, and no GPU (JAX on the
@@ -85,25 +87,6 @@ def run_unit_process(cmd: list[str], log: Path, env: dict[str, str], on_start=No
         if on_start:
             on_start(proc)
         return proc.wait()
-
-
-def run(backend: str, out: Path, units, res: UnitResources, jobs: int = 1, address: str = "",
-        slurm_cluster: str = "slurm", log: list[str] = ("csv",)) -> dict[str, str]:
-    """Run every unfinished unit of `units` on `backend`; returns {id: what went wrong}. `log`:
-    the trackers each finished unit is exported to (`steerflow.tracking`)."""
-    if backend == "local":
-        from steerflow.sweep import run_units
-
-        return run_units(out, units, jobs, log=log)
-    if backend == "ray":
-        from steerflow.backends.ray_cluster import run_ray
-
-        return run_ray(out, units, res, address, log=log)
-    if backend == "slurm":
-        from steerflow.backends.slurm import run_slurm
-
-        return run_slurm(out, units, res, cluster=slurm_cluster, log=log)
-    raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
 def require(module: str, extra: str):

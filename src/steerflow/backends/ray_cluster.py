@@ -24,11 +24,9 @@ from pathlib import Path
 from steerflow.backends import UnitResources, forwarded_env, require, run_unit_process, unit_env
 
 
-def ray_unit(out: str, record: dict, res: UnitResources, env: dict) -> int:
-    """The body of a unit's Ray task: the unit's training process, in the foreground."""
-    from steerflow.sweep import Unit
-
-    unit = Unit.from_record(record)
+def ray_unit(out: str, unit, res: UnitResources, env: dict) -> int:
+    """The body of a unit's Ray task (`unit`: a `steerflow.sweep.Unit`): the unit's training
+    process, in the foreground."""
     return run_unit_process(unit.command(Path(out)), Path(out) / unit.log, unit_env(res, env))
 
 
@@ -46,9 +44,9 @@ def connect(address: str):
     return True
 
 
-def run_ray(out: Path, units, res: UnitResources, address: str = "", log=("csv",)) -> dict[str, str]:
-    from steerflow.sweep import Progress
-
+def run_ray(out: Path, res: UnitResources, start_progress, address: str = "") -> dict[str, str]:
+    """Run the unfinished units on a Ray cluster; returns {id: what went wrong}. `start_progress(how)`
+    starts the sweep's `Progress` over the units (a line saying how they run)."""
     res.check()
     ray = require("ray", "ray")
     out = Path(out)
@@ -59,16 +57,16 @@ def run_ray(out: Path, units, res: UnitResources, address: str = "", log=("csv",
             raise ValueError(f"--unit-cpus {res.cpus} --unit-gpus {res.gpus}: the Ray cluster has "
                              f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs in all; "
                              "no unit could ever be placed")
-        progress = Progress(out, units, "ray", f"Ray cluster {ray.get_runtime_context().gcs_address}: "
-                            f"{cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
-                            f"{res.cpus:g} CPU, {res.gpus:g} GPU per unit, {res.max_retries} retries", log)
+        progress = start_progress(f"Ray cluster {ray.get_runtime_context().gcs_address}: "
+                                  f"{cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+                                  f"{res.cpus:g} CPU, {res.gpus:g} GPU per unit, {res.max_retries} retries")
         task = ray.remote(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=res.max_retries,
                           retry_exceptions=False)(ray_unit)
         env = forwarded_env()
         refs = {}
         try:
             for u in progress.todo:
-                refs[task.options(name=u.id).remote(str(out), u.record(out), res, env)] = u.id
+                refs[task.options(name=u.id).remote(str(out), u, res, env)] = u.id
                 progress.started(u.id, event="submitted")
             while refs:
                 ready, _ = ray.wait(list(refs), num_returns=1)

@@ -35,10 +35,7 @@ class UnitJob(_checkpointable()):
     def __init__(self):
         self.proc = None
 
-    def __call__(self, out: str, record: dict, res: UnitResources, env: dict) -> int:
-        from steerflow.sweep import Unit
-
-        unit = Unit.from_record(record)
+    def __call__(self, out: str, unit, res: UnitResources, env: dict) -> int:
         return run_unit_process(unit.command(Path(out)), Path(out) / unit.log, unit_env(res, env),
                                 on_start=lambda proc: setattr(self, "proc", proc))
 
@@ -81,18 +78,17 @@ def submit(out: Path, units, res: UnitResources, cluster: str = "slurm"):
     root = Path(units[0].run_dir).parent if units and units[0].runs_root else out
     ex = executor(root / "submitit", res, cluster)
     env = forwarded_env()
-    calls = [(str(out), u.record(out), res, env) for u in units]
+    calls = [(str(out), u, res, env) for u in units]
     return ex.map_array(UnitJob(), *zip(*calls)) if calls else []
 
 
-def run_slurm(out: Path, units, res: UnitResources, cluster: str = "slurm", log=("csv",)) -> dict[str, str]:
-    from steerflow.sweep import Progress
-
+def run_slurm(out: Path, res: UnitResources, start_progress, cluster: str = "slurm") -> dict[str, str]:
+    """Run the unfinished units as one job array; returns {id: what went wrong}. `start_progress(how)`
+    starts the sweep's `Progress` over the units (a line saying how they run)."""
     res.check()
     submitit = require("submitit", "slurm")
     out = Path(out)
-    progress = Progress(out, units, "slurm" if cluster == "slurm" else f"submitit-{cluster}",
-                        f"one job array; {res.cpus:g} CPU, {res.gpus:g} GPU, {res.timeout_min} min per unit", log)
+    progress = start_progress(f"one job array; {res.cpus:g} CPU, {res.gpus:g} GPU, {res.timeout_min} min per unit")
     try:
         jobs = submit(out, progress.todo, res, cluster)
         by_job = {}

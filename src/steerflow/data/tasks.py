@@ -19,6 +19,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,7 +38,23 @@ from .ogbench_gen import (
 
 NUM_TASKS = 5
 ACTION_CLIP = 1.0 - 1e-5
-_TASK_RE = re.compile(r"^(?P<domain>.+)-task(?P<n>\d+)(?P<sparse>-sparse)?$")
+# the one task-name pattern: `parse_task` accepts the parts it checks, `steerflow.report` groups any name by them
+_TASK_RE = re.compile(r"^(?P<domain>.+)-task(?P<n>\d+)(?P<suffix>(?:-[A-Za-z0-9_]+)*)$")
+
+
+class TaskParts(NamedTuple):
+    """The parts of a name of the form ``DOMAIN-taskN[-WORD...]``, unchecked."""
+
+    domain: str
+    number: int
+    suffix: str  # "" or "-sparse" in a task name `parse_task` accepts; any `-WORD...` otherwise
+
+
+def split_task(name: str) -> TaskParts | None:
+    """Split ``DOMAIN-taskN[-WORD...]`` leniently (any domain, number and ``-WORD`` suffixes, as a
+    user environment's or a reference run's task may be named); None for a name of another form."""
+    m = _TASK_RE.match(name) if isinstance(name, str) else None
+    return TaskParts(m.group("domain"), int(m.group("n")), m.group("suffix")) if m else None
 
 
 @dataclass(frozen=True)
@@ -95,15 +112,15 @@ def _expected_form() -> str:
 
 def parse_task(name: str) -> TaskSpec:
     """Parse ``DOMAIN-taskN[-sparse]`` into a :class:`TaskSpec` (ValueError otherwise)."""
-    m = _TASK_RE.match(name.strip()) if isinstance(name, str) else None
-    if m is None:
+    parts = split_task(name.strip()) if isinstance(name, str) else None
+    if parts is None or parts.suffix not in ("", "-sparse"):
         raise ValueError(f"malformed task name {name!r}; {_expected_form()}")
-    domain, n = m.group("domain"), int(m.group("n"))
+    domain, n = parts.domain, parts.number
     if domain not in DOMAIN_INFO:
         raise ValueError(f"unknown domain {domain!r} in task name {name!r}; {_expected_form()}")
     if not (1 <= n <= NUM_TASKS):
         raise ValueError(f"task number {n} in {name!r} outside 1..{NUM_TASKS}; {_expected_form()}")
-    return TaskSpec(domain=domain, task_id=n, sparse=m.group("sparse") is not None)
+    return TaskSpec(domain=domain, task_id=n, sparse=parts.suffix == "-sparse")
 
 
 def make_env(spec: TaskSpec, **env_kwargs):

@@ -1,0 +1,112 @@
+"""Running a sweep's units: `run_unit` (one unit in the foreground, a cluster job's `--unit ID`),
+`run_units` (the local backend: `--jobs N` unit processes at a time, logs in `DIR/logs/<id>.log`),
+`run_backend` (local, or the Ray and SLURM engines of `steerflow.backends`) and `Progress`, what
+every backend does as its units start and end (progress bar, manifest `state`, tracker export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .grid import Unit
+from .manifest import read_final, record_state, unit_status
+
+
+def run_unit(out: Path, unit: Unit) -> dict:
+    """Train one unit in this process (in the foreground): skip it if done, resume it if partial."""
+    from steerflow.train import train
+
+    if unit_status(out, unit) == "done":
+        print(f"{unit.id}: already done ({Path(out) / unit.run_dir / 'final.json'})")
+        return read_final(out, unit)
+    return train(unit.spec(), Path(out) / unit.run_dir, resume=True)
+
+
+class Progress:
+    """What every backend does as its units start and end: the progress bar, one line per event, the
+    manifest's `state` (so `--dry-run` shows the live state) and the failures, {id: what went wrong};
+    a unit that exits cleanly without its final.json at the resolved step count has failed too."""
+
+    def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",)):
+        from tqdm import tqdm
+
+        self.out, self.backend, self.log = Path(out), backend, list(log)
+        self.status = {u.id: unit_status(self.out, u) for u in units}
+        self.todo = [u for u in units if self.status[u.id] != "done"]
+        self.by_id = {u.id: u for u in self.todo}
+        self.failed: dict[str, str] = {}
+        n_done = len(units) - len(self.todo)
+        print(f"{len(units)} units: {n_done} done (skipped), "
+              f"{sum(self.status[u.id] == 'partial' for u in self.todo)} partial (resumed), "
+              f"{sum(self.status[u.id] == 'pending' for u in self.todo)} pending; {how}")
+        self.bar = tqdm(total=len(units), initial=n_done, desc=f"sweep ({backend})", unit="unit",
+                        dynamic_ncols=True, smoothing=0)
+
+    def started(self, uid: str, where: str = "", event: str = "started") -> None:
+        unit = self.by_id[uid]
+        self.bar.write(f"[{event}] {uid} ({self.status[uid]})  log: {self.out / unit.log}{where}")
+        record_state(self.out, uid, backend=self.backend, event=event, error=None)
+
+    def finished(self, uid: str, error: str | None = None) -> None:
+        unit = self.by_id[uid]
+        if error is None and unit_status(self.out, unit) != "done":
+            error = f"exit code 0 but no final.json at step {unit.steps}"
+        if error:
+            self.failed[uid] = error
+            self.bar.write(f"[FAILED] {uid}: {error}, log {self.out / unit.log}")
+            record_state(self.out, uid, backend=self.backend, event="failed", error=error)
+        else:
+            final = read_final(self.out, unit) or {}
+            self.bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
+            if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
+                from steerflow.tracking import export_in_subprocess
+
+                problem = export_in_subprocess(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
+                if problem:
+                    self.bar.write(f"[tracking] {uid}: export to {','.join(self.log)} failed: {problem}")
+            record_state(self.out, uid, backend=self.backend, event="done", error=None)
+        self.bar.update(1)
+        self.bar.set_postfix(failed=len(self.failed))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("csv",)) -> dict[str, str]:
+    """Run every unfinished unit on this machine, `jobs` processes at a time; returns {id: what went
+    wrong} for the failed ones (a failure does not stop the others)."""
+    from steerflow.train import run_commands, single_thread_env
+
+    out = Path(out)
+    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}", log)
+    jobs_list = [(u.id, u.command(out), out / u.log) for u in progress.todo]
+    try:
+        run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None, pin=jobs > 1,
+                     on_start=lambda uid, cmd, log: progress.started(uid),
+                     on_finish=lambda uid, code: progress.finished(uid, f"exit code {code}" if code else None))
+    finally:
+        progress.close()
+    return progress.failed
+
+
+def run_backend(backend: str, out: Path, units: list[Unit], res, jobs: int = 1, address: str = "",
+                slurm_cluster: str = "slurm", log: list[str] = ("csv",)) -> dict[str, str]:
+    """Run every unfinished unit of `units` on `backend` (`res`: a `steerflow.backends.UnitResources`);
+    returns {id: what went wrong}. `log`: the trackers each finished unit is exported to
+    (`steerflow.tracking`). The engines get a `Progress` factory, so that they need nothing of the sweep."""
+    from steerflow.backends import BACKENDS
+
+    def progress(name: str):
+        return lambda how: Progress(out, units, name, how, log)
+
+    if backend == "local":
+        return run_units(out, units, jobs, log=log)
+    if backend == "ray":
+        from steerflow.backends.ray_cluster import run_ray
+
+        return run_ray(out, res, progress("ray"), address)
+    if backend == "slurm":
+        from steerflow.backends.slurm import run_slurm
+
+        name = "slurm" if slurm_cluster == "slurm" else f"submitit-{slurm_cluster}"
+        return run_slurm(out, res, progress(name), cluster=slurm_cluster)
+    raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
