@@ -357,3 +357,17 @@ def test_dsrl_latent_critic_tracks_the_action_critic_on_random_latents(seed=0):
     assert abs(before) < 0.5
     assert after > 0.85
     assert rel_err < 0.5
+
+
+def test_every_agent_meets_the_contract_and_only_qpilots_lack_explicit_noise():
+    """`agents.common.Agent` / `ExplicitNoiseAgent`: what the trainer and `policy.load` rely on."""
+    import types
+
+    from steerflow.agents import AGENTS
+    from steerflow.agents.common import Agent, ExplicitNoiseAgent
+
+    assert all(isinstance(module, Agent) for module in AGENTS.values())
+    served = {name for name, module in AGENTS.items() if isinstance(module, ExplicitNoiseAgent)}
+    assert set(AGENTS) - served == {"qpilots-u", "qpilots-m"}
+    incomplete = types.SimpleNamespace(**{k: getattr(AGENTS["lps"], k) for k in ("Config", "init", "act")})
+    assert not isinstance(incomplete, Agent)  # no update

@@ -202,7 +202,9 @@ def noise_spec(agent, config, spec) -> dict | None:
     """The JSON noise spec of an agent ({"shape", "geometry", "bound"}), None when deterministic."""
     from steerflow.generative.latent import TRUNCATION
 
-    if not hasattr(agent, "act_noise"):
+    from steerflow.agents.common import ExplicitNoiseAgent
+
+    if not isinstance(agent, ExplicitNoiseAgent):
         raise ValueError(f"agent {agent.__name__.rsplit('.', 1)[-1]} has no explicit-noise act (act_noise): its "
                          "sampler draws fresh noise inside every step, so it cannot be loaded as a policy here")
     found = agent.noise_spec(config, spec)

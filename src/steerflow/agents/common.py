@@ -1,19 +1,18 @@
-"""The agent contract shared by every method (DESIGN.md "Architecture").
+"""The agent contract shared by every method, and the building blocks the agents share.
 
-An agent module provides
-    Config                         frozen dataclass with documented defaults
-    init(key, spec, config)        -> AgentState
-    update(state, batch)           -> (AgentState, metrics)   pure, jittable
-    act(state, obs, key)           -> (B, d) action chunks in [-1, 1]   pure, jittable
-
-`AgentState` carries its (static) config and spec, so `update` and `act` need nothing else and
-can be `vmap`ped over seeds and `lax.scan`ned over steps.
+Every module in `steerflow.agents` is an `Agent` (the required members); the ones whose `act` is
+a deterministic function of the observation and an explicit noise draw are also
+`ExplicitNoiseAgent`s, which is what loading a policy for deployment and export need
+(`steerflow.policy`). `AgentState` carries its (static) config and spec, so `update` and `act`
+need nothing else and can be `vmap`ped over seeds and `lax.scan`ned over steps. Shapes: `obs`
+(B, obs_dim); chunks (B, d) with d = H·A, the H actions of a chunk flattened in time order
+(docs/algorithms.md#time-conventions).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import flax.struct
 import jax
@@ -42,6 +41,35 @@ class AgentState:
     step: jax.Array
     config: Any = flax.struct.field(pytree_node=False)
     spec: EnvSpec = flax.struct.field(pytree_node=False)
+
+
+@runtime_checkable
+class Agent(Protocol):
+    """What every agent module provides (all pure and jittable but `Config`)."""
+
+    Config: type  # a frozen dataclass with documented defaults; `--set` overrides its fields
+
+    def init(self, key: jax.Array, spec: EnvSpec, config: Any) -> AgentState:
+        """The state of one seed: every network, its targets and optimiser state."""
+
+    def update(self, state: AgentState, batch: dict) -> tuple[AgentState, dict]:
+        """One gradient step on a batch of chunk transitions (`data.chunks.sample_chunks`): the new
+        state and scalar metrics (losses, Q values)."""
+
+    def act(self, state: AgentState, obs: jax.Array, key: jax.Array) -> jax.Array:
+        """(B, d) action chunks in [-1, 1] for (B, obs_dim) observations."""
+
+
+@runtime_checkable
+class ExplicitNoiseAgent(Agent, Protocol):
+    """An agent whose acting noise can be drawn outside it: a policy `steerflow.policy.load` and
+    `steerflow export` can serve. (QPILOTS draws fresh noise at every Euler step: not one.)"""
+
+    def noise_spec(self, config: Any, spec: EnvSpec) -> tuple[tuple[int, ...], str] | None:
+        """(per-row noise shape, its prior's geometry) that `act` draws; None when `act` is deterministic."""
+
+    def act_noise(self, state: AgentState, obs: jax.Array, noise: jax.Array | None = None) -> jax.Array:
+        """`act` with the noise given: (B, d) chunks, a deterministic function of (state, obs, noise)."""
 
 
 def base_policy(config, spec: EnvSpec):
