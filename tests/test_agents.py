@@ -13,14 +13,14 @@ from steerflow.agents import AGENTS, bc_fm, cfgrl, dsrl_na, lps, lpsd, qc_bon, q
 from steerflow.agents.common import EnvSpec
 from steerflow.config import apply_overrides
 from steerflow.generative import flow, latent
-from steerflow.train import _has_field
+from steerflow.train import has_field
 
 SPEC = EnvSpec(obs_dim=6, action_dim=2, horizon=3)  # chunk d = 6
 
 
 def _config(module, **overrides):
     config = module.Config()
-    small = {k: v for k, v in {"*.hidden": (32, 32), "*.actor_hidden": (32, 32)}.items() if _has_field(config, k[2:])}
+    small = {k: v for k, v in {"*.hidden": (32, 32), "*.actor_hidden": (32, 32)}.items() if has_field(config, k[2:])}
     return apply_overrides(config, {**small, **overrides})
 
 

@@ -436,7 +436,7 @@ class Eval:
         from steerflow.train import evaluate_run
 
         if self.video is not None:
-            from steerflow.video import record_run
+            from steerflow.train.evaluation import record_run
 
             step, paths = record_run(self.run_dir, self.video, self.video_dir, self.video_steps)
             solved = sum(p.stem.endswith("_success") for p in paths)

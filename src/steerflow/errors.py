@@ -18,6 +18,14 @@ import signal
 import threading
 
 
+class DataError(ValueError):
+    """A file that cannot be imported; the message names the file, demo, key and what is wrong."""
+
+
+class EvalStopped(Exception):
+    """A signal arrived during an in-training evaluation (or its video): the evaluation stops."""
+
+
 class RunFailed(RuntimeError):
     """A run that started and failed (exit 1), with a message for the user."""
 

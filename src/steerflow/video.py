@@ -204,10 +204,10 @@ def record_episodes(spec, policy: Callable[[np.ndarray], np.ndarray], horizon: i
 
 def seed_actor(policy, states, seed: int, index: int = 0, should_stop: Callable[[], bool] | None = None):
     """`obs -> chunk` of seed `index`'s policy `policy(state, obs, key)` (one key split per call);
-    `should_stop()` true before a call raises `_EvalStopped`, as in the evaluation."""
+    `should_stop()` true before a call raises `EvalStopped`, as in the evaluation."""
     import jax
 
-    from steerflow.train.evaluation import _EvalStopped
+    from steerflow.errors import EvalStopped
 
     state = jax.tree.map(lambda x: x[index], states)
     key = jax.random.PRNGKey(seed)
@@ -215,32 +215,11 @@ def seed_actor(policy, states, seed: int, index: int = 0, should_stop: Callable[
     def act(obs):
         nonlocal key
         if should_stop is not None and should_stop():
-            raise _EvalStopped
+            raise EvalStopped
         key, sub = jax.random.split(key)
         return np.asarray(policy(state, np.asarray(obs, np.float32), sub))
 
     return act
-
-
-def record_run(run_dir: Path, episodes: int, video_dir: Path | None = None, max_steps: int | None = None,
-               show_progress: bool = True) -> tuple[int, list[Path]]:
-    """`steerflow eval RUN --video N`: videos of the first seed's policy at the run's last checkpoint,
-    acting through the run's stored normalisation, on the episodes `evaluate_run` scores first
-    (same reset seeds). Returns (checkpoint step, paths); default directory RUN/video."""
-    from steerflow.data.source import normalized_policy
-    from steerflow.train.core import make_policy
-    from steerflow.train.evaluation import EVAL_SEED, restore_for_env
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        children = sorted(c.parent.name for c in run_dir.glob("seed_*/config.json"))
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it" + (
-            f"; it holds one run per seed ({', '.join(children)}): pass one of them" if children else ""))
-    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir)
-    act = seed_actor(normalized_policy(make_policy(agent), norm), states, EVAL_SEED)
-    paths = record_episodes(task, act, tc.horizon, episodes, Path(video_dir or run_dir / VIDEO_DIR), step,
-                            seed=EVAL_SEED, max_steps=max_steps, show_progress=show_progress)
-    return step, paths
 
 
 def during_training(out: Path, tc, step: int, task, policy, states, quiet: bool, should_stop=None) -> None:

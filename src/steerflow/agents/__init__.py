@@ -1,26 +1,46 @@
-"""Policy-extraction methods, one module per method, all following `agents.common`'s contract."""
+"""Policy-extraction methods, one module per method, each an `agents.common.Agent`.
+
+`AGENTS` maps the CLI names to the modules, imported on first use: the agent modules import
+`agents.common`, and this package imports none of them, so there is no import circle.
+"""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from types import ModuleType
 
-from steerflow.agents import (bc_fm, bc_mf, cfgrl, dsrl_na, dsrl_na_sac, lps, lpsd, qc_bon, qc_fql, qc_mfql,
-                              qpilots_m, qpilots_u)
-
-AGENTS: dict[str, ModuleType] = {
-    "lps": lps,
-    "lpsd": lpsd,
-    "bc-mf": bc_mf,
-    "bc-fm": bc_fm,
-    "qc-fql": qc_fql,
-    "qc-mfql": qc_mfql,
-    "qc-bon": qc_bon,
-    "dsrl-na": dsrl_na,
-    "dsrl-na-sac": dsrl_na_sac,
-    "cfgrl": cfgrl,
-    "qpilots-u": qpilots_u,
-    "qpilots-m": qpilots_m,
+# CLI name -> module in this package
+_MODULES = {
+    "lps": "lps",
+    "lpsd": "lpsd",
+    "bc-mf": "bc_mf",
+    "bc-fm": "bc_fm",
+    "qc-fql": "qc_fql",
+    "qc-mfql": "qc_mfql",
+    "qc-bon": "qc_bon",
+    "dsrl-na": "dsrl_na",
+    "dsrl-na-sac": "dsrl_na_sac",
+    "cfgrl": "cfgrl",
+    "qpilots-u": "qpilots_u",
+    "qpilots-m": "qpilots_m",
 }
+
+
+class _Registry(Mapping):
+    """name -> agent module, importing a module when it is first asked for."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+AGENTS: Mapping[str, ModuleType] = _Registry()
 
 
 def get_agent(name: str) -> ModuleType:

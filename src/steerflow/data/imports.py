@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steerflow.errors import DataError  # the readers raise it too (lerobot, robomimic, minari_io)
+
 from . import normalization
 from .normalization import Normalization
 from .ogbench_gen import check_dir, data_root, fingerprint
@@ -51,10 +53,6 @@ REWARD_MODES = ("given", "sparse-success")
 DATASET_PREFIX = "dataset:"  # a run's task name when it trains on an imported dataset without an env
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 BOUNDS_TOL = 1e-4  # normalised actions may exceed [-1, 1] by float rounding only
-
-
-class DataError(ValueError):
-    """A file that cannot be imported; the message names the file, demo, key and what is wrong."""
 
 
 # --------------------------------------------------------------------------- validation

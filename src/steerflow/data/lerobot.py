@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imports import DataError
+from steerflow.errors import DataError
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imports import DataError
+from steerflow.errors import DataError
 
 
 def _low_dim(arr, where: str, key: str) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imports import DataError
+from steerflow.errors import DataError
 
 
 def _demo_order(name: str):

@@ -78,13 +78,13 @@ def agent_config(name: str, toy: ToyConfig, **overrides):
     base), γ = 0, a faster learning rate."""
     from steerflow.agents import get_agent
     from steerflow.config import apply_overrides
-    from steerflow.train import _has_field
+    from steerflow.train import has_field
 
     config = get_agent(name).Config()
     toy_size = {"base.hidden": toy.base_hidden, "flow.hidden": toy.flow_hidden, "mfm.hidden": toy.flow_hidden,
                 "critic.hidden": toy.critic_hidden, "actor_hidden": toy.actor_hidden,
                 "base.equal_fraction": toy.equal_fraction, "critic.discount": 0.0, "learning_rate": toy.learning_rate}
-    present = {k: v for k, v in toy_size.items() if _has_field(config, k.split(".")[0])}
+    present = {k: v for k, v in toy_size.items() if has_field(config, k.split(".")[0])}
     return apply_overrides(config, present | overrides)
 
 

@@ -33,16 +33,15 @@ command runner). Every name is re-exported here.
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .core import make_finite_tracker, make_policy, make_train_call
-from .evaluation import _EvalStopped, _record_eval, evaluate_run, evaluate_states, restore_run
-from .loop import _diverged, _train, train
+from .evaluation import evaluate_run, evaluate_states, record_run, restore_run
+from .loop import train
 from .metrics import MetricsLog
-from .presets import (PRESETS, RunSpec, TrainConfig, _apply_one, _fmt, _has_field, check_run,
-                      check_train_config, resolve, resume_spec)
-from .processes import (SINGLE_THREAD_XLA_FLAGS, _stop_children, free_core, gather_final, pinned_to,
+from .presets import PRESETS, RunSpec, TrainConfig, check_run, check_train_config, has_field, resolve, resume_spec
+from .processes import (SINGLE_THREAD_XLA_FLAGS, free_core, gather_final, pinned_to,
                         run_commands, single_thread_env, train_command, train_processes)
 
 __all__ = ["PRESETS", "MetricsLog", "RunSpec", "SINGLE_THREAD_XLA_FLAGS", "TrainConfig", "check_run",
-           "check_train_config", "evaluate_run", "evaluate_states", "free_core", "gather_final",
+           "check_train_config", "evaluate_run", "evaluate_states", "free_core", "gather_final", "has_field",
            "load_checkpoint", "make_finite_tracker", "make_policy", "make_train_call", "pinned_to",
-           "resolve", "restore_run", "resume_spec", "run_commands", "save_checkpoint", "single_thread_env", "train",
+           "record_run", "resolve", "restore_run", "resume_spec", "run_commands", "save_checkpoint", "single_thread_env", "train",
            "train_command", "train_processes"]

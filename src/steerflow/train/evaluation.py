@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from steerflow.errors import EvalStopped
+
 from .checkpoint import load_checkpoint
 from .core import make_policy
 from .presets import RunSpec, resolve
-
-
-class _EvalStopped(Exception):
-    """A signal arrived during an in-training evaluation."""
 
 
 
@@ -28,7 +26,7 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
     of its last state, (S, episodes), see `run_episodes`); each seed's episodes run in waves of at most
     `max_envs` environments stepped together, one batched `act` call per chunk. With
     `show_progress`, a bar shows episodes done, success so far and the ETA; `should_stop()` true
-    between chunks aborts it (`_EvalStopped`)."""
+    between chunks aborts it (`EvalStopped`)."""
     import jax
     from tqdm import tqdm
 
@@ -52,7 +50,7 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
 
     def stop() -> bool:
         if should_stop is not None and should_stop():
-            raise _EvalStopped
+            raise EvalStopped
         return False
 
     try:
@@ -216,3 +214,23 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
               "final_reward": final_reward.mean(1).tolist(), "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "evals" / f"manual_step_{step:08d}_ep{episodes}.json", record)
     return [record]
+
+
+def record_run(run_dir: Path, episodes: int, video_dir: Path | None = None, max_steps: int | None = None,
+               show_progress: bool = True) -> tuple[int, list[Path]]:
+    """`steerflow eval RUN --video N`: videos of the first seed's policy at the run's last checkpoint,
+    acting through the run's stored normalisation, on the episodes `evaluate_run` scores first
+    (same reset seeds). Returns (checkpoint step, paths); default directory RUN/video."""
+    from steerflow.data.source import normalized_policy
+    from steerflow.video import VIDEO_DIR, record_episodes, seed_actor
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        children = sorted(c.parent.name for c in run_dir.glob("seed_*/config.json"))
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it" + (
+            f"; it holds one run per seed ({', '.join(children)}): pass one of them" if children else ""))
+    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir)
+    act = seed_actor(normalized_policy(make_policy(agent), norm), states, EVAL_SEED)
+    paths = record_episodes(task, act, tc.horizon, episodes, Path(video_dir or run_dir / VIDEO_DIR), step,
+                            seed=EVAL_SEED, max_steps=max_steps, show_progress=show_progress)
+    return step, paths

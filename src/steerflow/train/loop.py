@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from steerflow.errors import EvalStopped
+
 from .checkpoint import load_checkpoint, load_online, save_checkpoint
 from .core import make_finite_tracker, make_online_train_call, make_policy, make_train_call
-from .evaluation import (_EvalStopped, _record_eval, _record_offline_eval, copy_curves, drop_evals_after,
+from .evaluation import (_record_eval, _record_offline_eval, copy_curves, drop_evals_after,
                          evaluate_states)
 from .metrics import MetricsLog
 from .online import OnlinePhase, run_online
@@ -283,7 +285,7 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
                             record = evaluate(received)
                         check_finite()
                         checkpoint()
-            except _EvalStopped:
+            except EvalStopped:
                 pass
             if received:
                 check_finite()  # the signal may have come after this call's check

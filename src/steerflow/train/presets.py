@@ -93,7 +93,7 @@ def resolve(run: RunSpec):
     agent = get_agent(run.agent)
     preset = PRESETS[run.preset]
     agent_overrides = {k: v for k, v in preset["agent"].items()  # a preset sizes only the nets an agent has
-                       if not k.startswith("*.") or _has_field(agent.Config(), k[2:])}
+                       if not k.startswith("*.") or has_field(agent.Config(), k[2:])}
     config = apply_overrides(agent.Config(), agent_overrides)
     for key, value in run.overrides.items():
         config = _apply_one(config, key, value, "--set", run.agent, TrainConfig(), "--train-set")
@@ -114,7 +114,7 @@ def _apply_one(config, key: str, value, flag: str, agent_name: str, other, other
         name = key[2:] if key.startswith("*.") else key.split(".")[0]
 
         def has(c):
-            return _has_field(c, name) if key.startswith("*.") else name in {f.name for f in dataclasses.fields(c)}
+            return has_field(c, name) if key.startswith("*.") else name in {f.name for f in dataclasses.fields(c)}
 
         if not has(config) and has(other):
             kind = "a training-config" if other_flag == "--train-set" else f"an agent-config ({agent_name})"
@@ -190,9 +190,10 @@ def check_inert_flags(run: RunSpec, tc: TrainConfig) -> None:
                              f"({needed} is 0); add {needed_flag} or leave it out")
 
 
-def _has_field(config, name: str) -> bool:
+def has_field(config, name: str) -> bool:
+    """Whether `config` (a nested dataclass) has a field `name` at any depth (what a preset may size)."""
     return any(f.name == name or (dataclasses.is_dataclass(getattr(config, f.name))
-                                  and _has_field(getattr(config, f.name), name))
+                                  and has_field(getattr(config, f.name), name))
                for f in dataclasses.fields(config))
 
 
