@@ -198,6 +198,32 @@ def test_lps_actor_climbs_the_critics_pessimistic_aggregate_when_asked():
     assert abs(float(loss) + float(jnp.mean(q) / jnp.mean(jnp.abs(q)))) > 1e-4  # not the mean's loss
 
 
+def test_lps_update_raises_the_critics_value_of_the_decoded_chunk():
+    """One `lps.update` moves the latent actor so that the critic its loss saw (the online critic
+    before the update) values the chunk the base (before the update) decodes from the new latent
+    higher, on average over the batch's states, than the old one: the actor ascends Q. The value
+    is the ensemble mean computed here. The target critic is set to rank chunks the other way
+    (its output layer negated), so an actor loss with the wrong sign, or one that climbs the
+    target critic, lowers the value instead."""
+    state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps))
+    critic = state.params["critic"]
+    layers = critic["params"]["VmapMLP_0"]
+    flipped = {**layers, "Dense_2": jax.tree.map(jnp.negative, layers["Dense_2"])}
+    state = state.replace(target_params={"critic": {"params": {"VmapMLP_0": flipped}}})
+    data = _batch(jax.random.PRNGKey(1), n=64)
+    obs = data["observations"]
+    new, _ = jax.jit(lps.update)(state, data)
+    net = qc.make_critic(state.config.critic)
+
+    @jax.jit
+    def value(actor_params):
+        _, chunk = lps.steer(state, {**state.params, "actor": actor_params}, obs)
+        return jnp.mean(net.apply(critic, obs, chunk), axis=0)
+
+    gain = np.asarray(value(new.params["actor"]) - value(state.params["actor"]))
+    assert float(np.mean(gain)) > 0 and np.mean(gain > 0) > 0.75, (np.mean(gain), np.mean(gain > 0))
+
+
 def test_meanflow_error_reduce_mean_is_the_sum_over_d():
     """`error_reduce="mean"` (the authors' weighting) reports the chunk-averaged error, 1/d of the
     summed one, on the same draw."""
