@@ -1,6 +1,8 @@
 """QPILOTS-U / QPILOTS-M (SPEC §4.4): the steering estimators against finite differences and a
-closed-form posterior, the sampler's rescale and sign, α = 0 against the base sampler bit for
-bit, the gradient routing of the losses, and steering a frozen base from a finished run."""
+closed-form posterior, the sampler's rescale, sign and flow times, α = 0 against the base sampler
+bit for bit, the direction of steering against a fixed critic, which network (target or online
+critic, base and MFM) each piece uses, the gradient routing of the losses, and steering a frozen
+base from a finished run."""
 
 import dataclasses
 import json
