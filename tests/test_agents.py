@@ -1,6 +1,7 @@
 """Every agent of the LPS paper on the shared contract (SPEC §3-§4): shapes, which parameters each
-loss may move, the direction of LPS's actor update, sampling conventions, CFGRL guidance, DSRL's latent critic, and the LPS ablation
-switches. End-to-end CLI runs of every agent live in test_end_to_end.py."""
+loss may move, the direction of LPS's actor update, sampling conventions, CFGRL guidance, DSRL's
+latent critic, and the LPS ablation switches. End-to-end CLI runs of every agent live in
+test_end_to_end.py."""
 
 import jax
 import jax.numpy as jnp
