@@ -1,6 +1,7 @@
 """Every agent of the LPS paper on the shared contract (SPEC §3-§4): shapes, which parameters each
-loss may move, sampling conventions, CFGRL guidance, DSRL's latent critic, and the LPS ablation
-switches. End-to-end CLI runs of every agent live in test_end_to_end.py."""
+loss may move, the direction of LPS's actor update, sampling conventions, CFGRL guidance, DSRL's
+latent critic, and the LPS ablation switches. End-to-end CLI runs of every agent live in
+test_end_to_end.py."""
 
 import jax
 import jax.numpy as jnp
@@ -196,6 +197,32 @@ def test_lps_actor_climbs_the_critics_pessimistic_aggregate_when_asked():
     pessimistic = jnp.mean(q, 0) - 0.5 * jnp.std(q, 0)
     np.testing.assert_allclose(loss, -jnp.mean(pessimistic) / jnp.mean(jnp.abs(q)), rtol=1e-5)
     assert abs(float(loss) + float(jnp.mean(q) / jnp.mean(jnp.abs(q)))) > 1e-4  # not the mean's loss
+
+
+def test_lps_update_raises_the_critics_value_of_the_decoded_chunk():
+    """One `lps.update` moves the latent actor so that the critic its loss saw (the online critic
+    before the update) values the chunk the base (before the update) decodes from the new latent
+    higher, on average over the batch's states, than the old one: the actor ascends Q. The value
+    is the ensemble mean computed here. The target critic is set to rank chunks the other way
+    (its output layer negated), so an actor loss with the wrong sign, or one that climbs the
+    target critic, lowers the value instead."""
+    state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps))
+    critic = state.params["critic"]
+    layers = critic["params"]["VmapMLP_0"]
+    flipped = {**layers, "Dense_2": jax.tree.map(jnp.negative, layers["Dense_2"])}
+    state = state.replace(target_params={"critic": {"params": {"VmapMLP_0": flipped}}})
+    data = _batch(jax.random.PRNGKey(1), n=64)
+    obs = data["observations"]
+    new, _ = jax.jit(lps.update)(state, data)
+    net = qc.make_critic(state.config.critic)
+
+    @jax.jit
+    def value(actor_params):
+        _, chunk = lps.steer(state, {**state.params, "actor": actor_params}, obs)
+        return jnp.mean(net.apply(critic, obs, chunk), axis=0)
+
+    gain = np.asarray(value(new.params["actor"]) - value(state.params["actor"]))
+    assert float(np.mean(gain)) > 0 and np.mean(gain > 0) > 0.75, (np.mean(gain), np.mean(gain > 0))
 
 
 def test_meanflow_error_reduce_mean_is_the_sum_over_d():

@@ -97,6 +97,12 @@ def test_critic_target_uses_gamma_to_the_horizon_and_masks():
     loss, _ = qc.critic_loss(net, params, params, batch, next_a, cfg, 5)
     q = net.apply(params, batch["observations"], batch["actions"])
     np.testing.assert_allclose(loss, jnp.mean((q - y) ** 2), rtol=1e-6)
+    # distinct online and target critics: Q from the online one, y from the target one
+    target = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+    loss, _ = qc.critic_loss(net, params, target, batch, next_a, cfg, 5)
+    y_target = qc.td_target(net, target, batch, next_a, cfg, horizon=5)
+    assert float(jnp.max(jnp.abs(y_target - y))) > 1e-3
+    np.testing.assert_allclose(loss, jnp.mean((q - y_target) ** 2), rtol=1e-6)
 
 
 SPEC = EnvSpec(obs_dim=6, action_dim=2, horizon=3)

@@ -1,6 +1,8 @@
 """QPILOTS-U / QPILOTS-M (SPEC §4.4): the steering estimators against finite differences and a
-closed-form posterior, the sampler's rescale and sign, α = 0 against the base sampler bit for
-bit, the gradient routing of the losses, and steering a frozen base from a finished run."""
+closed-form posterior, the sampler's rescale, sign and flow times, α = 0 against the base sampler
+bit for bit, the direction of steering against a fixed critic, which network (target or online
+critic, base and MFM) each piece uses, the gradient routing of the losses, and steering a frozen
+base from a finished run."""
 
 import dataclasses
 import json
@@ -97,20 +99,210 @@ def test_mfm_posterior_gradient_matches_finite_differences_with_statistics_held(
 
 
 def test_steered_euler_adds_the_rescaled_gradient_from_the_second_step_on():
-    """Analytic fields: v(x) = −x, ĝ(x) = (1, 2). A wrong sign, a missing rescale or steering at
-    τ = 0 each changes the result."""
+    """Analytic fields that depend on the flow time τ: v(x, τ) = −x + τ·(1, −1) and
+    ĝ(x, τ) = (cos 3τ, sin 3τ) + x/4, whose direction turns with τ (the rescale keeps only the
+    direction). A wrong sign, a missing rescale, steering at τ = 0 or the wrong τ given to either
+    field each changes the result."""
     noise = jnp.array([[1.0, -2.0], [0.5, 0.5]])
-    g = jnp.array([1.0, 2.0])
+    c = jnp.array([1.0, -1.0])
+
+    def velocity(x, tau):
+        return -x + tau[:, None] * c
+
+    def gradient(x, tau):
+        return jnp.stack([jnp.cos(3 * tau), jnp.sin(3 * tau)], -1) + x / 4
+
     alpha, steps = 0.7, 4
-    out = steering.steered_euler(lambda x, t: -x, lambda x, t, k: jnp.broadcast_to(g, x.shape), noise, steps,
-                                 alpha, jax.random.PRNGKey(0), eps=0.0)
+    out = steering.steered_euler(velocity, lambda x, t, k: gradient(x, t), noise, steps, alpha,
+                                 jax.random.PRNGKey(0), eps=0.0)
     x = np.asarray(noise)
     for i in range(steps):
-        v = -x
+        tau = jnp.full(len(x), i / steps)
+        v = np.asarray(velocity(x, tau))
         if i > 0:
-            v = v + alpha * np.linalg.norm(v, axis=1, keepdims=True) / np.linalg.norm(g) * np.asarray(g)
+            g = np.asarray(gradient(x, tau))
+            v = v + alpha * np.linalg.norm(v, axis=1, keepdims=True) / np.linalg.norm(g, axis=1, keepdims=True) * g
         x = x + v / steps
-    np.testing.assert_allclose(out, x, rtol=1e-6)
+    np.testing.assert_allclose(out, x, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- direction and routing
+
+# J = 10 head weights with mean −0.2 and (population) std 1: with Q_j = k_j·g and g < 0 the ensemble
+# mean is −0.2·g while the pessimistic aggregate mean − 0.5·std is −0.2·g + 0.5·g = 0.3·g.
+HEAD_WEIGHTS = -0.2 + np.tile([1.0, -1.0], 5)
+
+
+def ranking_critic(params, sign, shift=30.0):
+    """Critic parameters whose J heads are Q_j(s, a) = k_j·g(s, a), k = HEAD_WEIGHTS, with
+    g = sign·w·h(s, a) + b − shift built from head 0 (h: its last hidden layer; the shift keeps g < 0).
+    So the ensemble mean (−0.2·g) and the pessimistic aggregate (0.3·g) rank chunks in opposite
+    orders, and sign = −1 gives a critic whose pessimistic value ranks them opposite to sign = +1's."""
+    heads = jax.tree.map(lambda p: jnp.broadcast_to(p[0], p.shape), params["params"]["VmapMLP_0"])
+    k = jnp.asarray(HEAD_WEIGHTS, jnp.float32)
+    last = heads["Dense_2"]
+    heads["Dense_2"] = {"kernel": k[:, None, None] * sign * last["kernel"], "bias": k[:, None] * (last["bias"] - shift)}
+    return {"params": {"VmapMLP_0": heads}}
+
+
+def perturbed(params, key, scale=0.3):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+def steering_state(agent, alpha):
+    """An agent whose target networks differ from the online ones: the target critic is
+    `ranking_critic(+1)`, the online critic `ranking_critic(−1)` (it ranks chunks the other way),
+    the target base (and MFM) a perturbed copy of the online one."""
+    state = agent.init(jax.random.PRNGKey(0), SPEC, small(agent, alpha=alpha))
+    params = {**state.params, "critic": ranking_critic(state.params["critic"], -1.0)}
+    targets = {**state.target_params, "critic": ranking_critic(state.params["critic"], 1.0),
+               "base": perturbed(state.params["base"], jax.random.PRNGKey(7))}
+    if "mfm" in params:
+        targets["mfm"] = perturbed(params["mfm"], jax.random.PRNGKey(8))
+    return state.replace(params=params, target_params=targets)
+
+
+def ensemble_values(state, critic_params, obs, chunks):
+    """(J, B) values of the critic ensemble under `critic_params`."""
+    return np.asarray(jax.jit(qc.make_critic(state.config.critic).apply)(critic_params, obs, chunks))
+
+
+def pessimistic(q):
+    """mean_j Q_j − 0.5·std_j Q_j, computed here, not by the library."""
+    return q.mean(0) - 0.5 * q.std(0)
+
+
+def test_the_ranking_critics_disagree_as_the_routing_tests_need():
+    """The premise of the tests below: on chunks in the box, the target critic's pessimistic value
+    is an increasing function of g, its mean a decreasing one, and the online critic's pessimistic
+    value decreases where the target's increases."""
+    state = steering_state(qpilots_u, 0.3)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, SPEC.obs_dim))
+    chunks = jax.random.uniform(jax.random.PRNGKey(2), (64, SPEC.chunk_dim), minval=-1, maxval=1)
+    target = ensemble_values(state, state.target_params["critic"], obs, chunks)
+    online = ensemble_values(state, state.params["critic"], obs, chunks)
+    assert np.all(target.mean(0) > 0)  # g < 0 everywhere: k_j·g has mean −0.2·g > 0
+    np.testing.assert_allclose(pessimistic(target), -1.5 * target.mean(0), rtol=1e-4)
+    assert np.corrcoef(pessimistic(target), pessimistic(online))[0, 1] < -0.9
+
+
+def test_steering_raises_the_target_critics_pessimistic_value():
+    """QPILOTS-U at a small α, against its own α = 0 samples from the same noise: the steered
+    chunks have a higher pessimistic value (mean − 0.5·std) under the target critic, computed here
+    from the raw ensemble. The critics are `steering_state`'s: ascending ψ's negation, the ensemble
+    mean, or the online critic would each lower that value instead."""
+    state = steering_state(qpilots_u, 0.1)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (256, SPEC.obs_dim))
+    key = jax.random.PRNGKey(2)
+    act = jax.jit(qpilots_u.act)
+    steered = act(state, obs, key)
+    plain = act(state.replace(config=dataclasses.replace(state.config, alpha=0.0)), obs, key)
+    value = lambda chunks: pessimistic(ensemble_values(state, state.target_params["critic"], obs, chunks))  # noqa: E731
+    gain = value(steered) - value(plain)
+    assert float(np.mean(gain)) > 0 and np.mean(gain > 0) > 0.75, (np.mean(gain), np.mean(gain > 0))
+
+
+def reference_tweedie_gradient(state):
+    """(base params, critic params, obs, x, τ) ↦ ∇_x [mean − 0.5·std]_j Q_j(s, clip(x + (1 − τ)·v(s, x, τ))),
+    the clip straight-through: QPILOTS-U's steering gradient written out here, with the networks named."""
+    net = flow.make_net(state.config.flow, SPEC.chunk_dim)
+    critic = qc.make_critic(state.config.critic)
+
+    @jax.jit
+    def gradient(base_params, critic_params, obs, x, tau):
+        def value(x_):
+            denoised = x_ + (1 - tau)[:, None] * net.apply(base_params, obs, x_, tau)
+            denoised = denoised + jax.lax.stop_gradient(jnp.clip(denoised, -1, 1) - denoised)
+            q = critic.apply(critic_params, obs, denoised)
+            return jnp.sum(jnp.mean(q, 0) - 0.5 * jnp.std(q, 0))
+
+        return jax.grad(value)(x)
+
+    return gradient
+
+
+def reference_steered_sample(state, base_params, gradient, obs, key):
+    """Algorithm 1 written out as a Python loop: the velocity from `base_params`, ĝ = gradient(x, τ)."""
+    velocity = jax.jit(flow.make_net(state.config.flow, SPEC.chunk_dim).apply)
+    steps, alpha, eps = state.config.flow.steps, state.config.alpha, state.config.steer_eps
+    x = latent.sample_prior(key, (obs.shape[0], SPEC.chunk_dim), "normal")
+    for i in range(steps):
+        tau = jnp.full((obs.shape[0],), i / steps)
+        v = velocity(base_params, obs, x, tau)
+        if i > 0:
+            g = gradient(x, tau)
+            v = v + alpha * jnp.linalg.norm(v, axis=1, keepdims=True) / (jnp.linalg.norm(g, axis=1, keepdims=True)
+                                                                          + eps) * g
+        x = x + v / steps
+    return np.clip(np.asarray(x), -1, 1)
+
+
+def test_qpilots_u_steers_with_the_target_base_and_critic_and_acts_with_the_online_base():
+    """Paper App. C.3: QPILOTS-U's gradient uses the target base flow and the target critic's
+    pessimistic aggregate; `act` integrates the online base's velocity, a' for the TD target the
+    target base's (App. C.2, "using target nets"). Target and online networks differ here, and the
+    flow times differ per row, so each network and τ is pinned."""
+    state = steering_state(qpilots_u, 0.5)
+    online, target = state.params, state.target_params
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, SPEC.obs_dim))
+    x = 0.3 * jax.random.normal(jax.random.PRNGKey(2), (4, SPEC.chunk_dim))
+    tau = jnp.array([0.1, 0.4, 0.7, 0.9])
+    reference = reference_tweedie_gradient(state)
+    grad = np.asarray(jax.jit(lambda s, o, x_, t: qpilots_u.steering_gradient(s, o)(x_, t, None))(state, obs, x, tau))
+    expected = np.asarray(reference(target["base"], target["critic"], obs, x, tau))
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)
+    for wrong in (reference(online["base"], target["critic"], obs, x, tau),
+                  reference(target["base"], online["critic"], obs, x, tau),
+                  reference(target["base"], target["critic"], obs, x, 1 - tau)):
+        assert np.max(np.abs(wrong - expected)) > 0.1 * np.max(np.abs(expected))  # the test can tell
+
+    def gradient(x_, tau_):
+        return reference(target["base"], target["critic"], obs, x_, tau_)
+
+    key = jax.random.PRNGKey(4)
+    np.testing.assert_allclose(jax.jit(qpilots_u.act)(state, obs, key),
+                               reference_steered_sample(state, online["base"], gradient, obs, key), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(jax.jit(qpilots_u.next_actions)(state, obs, key),
+                               reference_steered_sample(state, target["base"], gradient, obs, key), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_qpilots_m_steers_with_the_online_mfm_and_the_target_critic():
+    """Paper App. C.3: QPILOTS-M's gradient is MFM-G under the online meta flow map and the target
+    critic's pessimistic aggregate (the statistics of the normalisation held constant)."""
+    state = steering_state(qpilots_m, 0.5)
+    config = state.config
+    net = mfm.make_net(config.mfm, SPEC.chunk_dim)
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, SPEC.obs_dim))
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, SPEC.chunk_dim))
+    tau = jnp.array([0.1, 0.4, 0.7, 0.9])
+    key = jax.random.PRNGKey(3)
+    noises = jax.random.normal(key, (config.num_posterior_samples, *x.shape))
+    critic = qc.make_critic(config.critic)
+
+    @jax.jit
+    def reference(mfm_params, critic_params, tau_):
+        def objective(x_):
+            samples = jax.vmap(lambda e: mfm.posterior_sample(net, mfm_params, obs, x_, tau_, e))(noises)
+            q = jax.vmap(lambda a: critic.apply(critic_params, obs, a))(samples)  # (N, J, B)
+            scores = jnp.mean(q, 1) - 0.5 * jnp.std(q, 1)  # (N, B)
+            mean, std = jax.lax.stop_gradient(jnp.mean(scores)), jax.lax.stop_gradient(jnp.std(scores))
+            tilted = config.tilt * jnp.clip((scores - mean) / (std + 1e-6), -config.q_clip, config.q_clip)
+            return jnp.sum(jax.nn.logsumexp(tilted, 0) - jnp.log(len(noises)))
+
+        return jax.grad(objective)(x)
+
+    grad = np.asarray(jax.jit(lambda s, o, x_, t, k: qpilots_m.steering_gradient(s, o)(x_, t, k))(state, obs, x, tau,
+                                                                                                 key))
+    expected = np.asarray(reference(state.params["mfm"], state.target_params["critic"], tau))
+    np.testing.assert_allclose(grad, expected, rtol=1e-3, atol=1e-5)
+    for wrong in (reference(state.target_params["mfm"], state.target_params["critic"], tau),
+                  reference(state.params["mfm"], state.params["critic"], tau),
+                  reference(state.params["mfm"], state.target_params["critic"], 1 - tau)):
+        assert np.max(np.abs(wrong - expected)) > 0.1 * np.max(np.abs(expected))
 
 
 @pytest.mark.parametrize("agent", [qpilots_u, qpilots_m])
