@@ -18,6 +18,7 @@ SLOW = (
     "test_agents.py::test_qc_fql_actor_loss_moves_only_the_one_step_actor",
     "test_agents.py::test_dsrl_losses_each_move_only_their_own_network",
     "test_agents.py::test_qc_fql_alpha_trades_distillation_against_q",
+    "test_agents.py::test_lps_update_raises_the_critics_value_of_the_decoded_chunk",
     "test_parity.py::test_the_gpu_lease_rehearses_on_the_cpu_within_what_a_lease_brings_back",
     "test_agents.py::test_bc_fm_samples_fit_a_2d_mixture",
     "test_agents.py::test_meanflow_error_reduce_mean_is_the_sum_over_d",
