@@ -796,10 +796,16 @@ def practitioner_sentence() -> str:
             online.append(f"{100 * (np.mean(a) - np.mean(b)):+.0f}")
         else:
             verdict["above" if lo > 0 else "below" if hi < 0 else "level"] += 1
+    pessimistic = [(prefix, step, *module.difference_ci(module.at_budget(rows, "lps-pessimistic", step),
+                                                         module.at_budget(rows, "bc-mf", step)))
+                   for prefix, rows in groups.items() for n, r in rows.items() if n.split("@")[0] == "lps-pessimistic"
+                   for step in [max(map(int, r["curve"]))] if module.at_budget(rows, "bc-mf", step) is not None]
+    level = sum(lo <= 0 <= hi for _, _, lo, hi in pessimistic)
     return (f"On the [practitioner's loop](docs/results/practitioner.md) — a few tens to 200 teleoperation-like demos "
             f"without rewards, in Fetch pick-and-place and cube-single — LPS is above BC-MF in {verdict['above']}, "
             f"level in {verdict['level']} and below in {verdict['below']} of the {sum(verdict.values())} offline "
-            f"comparisons (95% CIs); after online fine-tuning, LPS − BC-MF is {', '.join(online)} points on the "
+            f"comparisons (95% CIs); with a pessimistic critic (`--set critic=qpilots`) it is level with BC-MF in "
+            f"{level} of {len(pessimistic)} at {'/'.join(sorted({f'{s // 1000}K' for _, s, _, _ in pessimistic}))} steps. After online fine-tuning, LPS − BC-MF is {', '.join(online)} points on the "
             f"{len(online)} test beds fine-tuned.")
 
 
