@@ -7,10 +7,10 @@ gets `Busy` (exit 2) naming that pid and command, or, with `wait=True`, waits fo
 releases a flock when its process ends, however it ends, so a lock file left by a killed process
 is held by nobody: it is stale, and the next writer takes it over. A released lock file is removed.
 
-Temporary files: `scratch(parent, name)` is a directory `.tmp-NAME-PID.XXXXXXXX` unique to its
-writer, removed on failure; `replace_dir` renames it into place. `remove_stale(parent)` removes
-the scratch directories of processes that are gone and the lock files nobody holds, saying so in
-one line on stderr.
+Temporary files: `scratch(parent, name)` is a directory `.tmp-NAME-PID@HOST.XXXXXXXX` unique to
+its writer, removed on failure; `replace_dir` renames it into place. `remove_stale(parent)`
+removes the scratch directories of this machine's processes that are gone and the lock files
+nobody holds, saying so in one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,14 +22,17 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from steerflow.errors import Busy
+from steerflow.errors import Busy, naming
 
-_SCRATCH = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)(?:\.[A-Za-z0-9_]+)?$")
+# `.tmp-NAME-PID@HOST.XXXXXXXX`, and `.tmp-NAME-PID` as older versions named them
+_SCRATCH = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)(?:@(?P<host>.+?))?(?:\.[a-z0-9_]{8})?$")
+_HOST = socket.gethostname()
 
 
 def sibling_lock(path: Path) -> Path:
@@ -55,7 +58,8 @@ def holder(lock_file: Path) -> dict:
 
 
 def _describe(info: dict) -> str:
-    return f"process {info.get('pid', '?')} ({info.get('command', 'command unknown')})"
+    host = f" on {info['host']}" if info.get("host", _HOST) != _HOST else ""
+    return f"process {info.get('pid', '?')}{host} ({info.get('command', 'command unknown')})"
 
 
 def _open_locked(lock_file: Path, blocking: bool) -> int | None:
@@ -93,9 +97,10 @@ def hold(lock_file: Path, what: str, hint: str = "", wait: bool = False, on_wait
             on_wait(other)
         fd = _open_locked(lock_file, blocking=True)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps({"pid": os.getpid(), "command": _command(),
-                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n").encode())
+        with naming(lock_file):
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps({"pid": os.getpid(), "host": _HOST, "command": _command(),
+                                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n").encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):  # its directory may be gone (a failed run removed)
@@ -113,10 +118,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _scratch_prefix(name: str) -> str:
+    return f".tmp-{name}-{os.getpid()}@{_HOST}."
+
+
 @contextlib.contextmanager
 def scratch(parent: Path, name: str):
-    """A new directory `.tmp-NAME-PID.XXXXXXXX` in `parent`; removed on the way out unless it was renamed."""
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{name}-{os.getpid()}."))
+    """A new directory `.tmp-NAME-PID@HOST.XXXXXXXX` in `parent`; removed on the way out unless it was renamed."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=_scratch_prefix(name)))
     try:
         yield tmp
     finally:
@@ -129,7 +138,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
         return
-    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-{os.getpid()}."))
+    aside = Path(tempfile.mkdtemp(dir=final.parent, prefix=_scratch_prefix(final.name)))
     os.replace(final, aside)  # rename(2) replaces an empty directory
     os.replace(tmp, final)
     shutil.rmtree(aside, ignore_errors=True)
@@ -163,8 +172,8 @@ def remove_stale(parent: Path, name: str | None = None) -> list[Path]:
         if not m or not p.is_dir() or (name is not None and m["name"] != name):
             continue
         pid = int(m["pid"])
-        if pid == os.getpid() or pid_alive(pid):
-            continue
+        if m["host"] not in (None, _HOST) or pid == os.getpid() or pid_alive(pid):
+            continue  # another machine's (a shared file system), or still being written
         size += _size_mb(p)
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
