@@ -395,9 +395,9 @@ def _dead_pid() -> int:
 
 
 def _leftovers(root: Path) -> list[str]:
-    """Scratch directories and lock files under root (none may outlive their command)."""
+    """Scratch directories, half-written files and lock files under root (none may outlive its command)."""
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name.startswith(".tmp-")
-                  or p.name.endswith(".lock"))
+                  or p.name.endswith((".lock", ".tmp")))
 
 
 def _random_demos(path: Path, demos: int, steps: int) -> Path:
@@ -552,6 +552,23 @@ def test_leftovers_of_a_killed_import_are_removed_by_the_next_one_saying_so(left
     assert sorted(p.name for p in data.iterdir()) == ["demos"]
 
 
+def test_half_written_files_of_a_killed_run_are_removed_by_the_next_train(smoke_run, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A run killed inside an atomic write leaves `.NAME.XXXX.tmp` beside the file (here: the checkpoint)."""
+    from steerflow.train import loop
+
+    out = tmp_path / "run"
+    shutil.copytree(smoke_run, out)
+    (out / "checkpoints" / ".latest.msgpack.k3j2h1g0.tmp").write_bytes(b"\0" * 2**20)
+    (out / ".run_info.json.a8x0q2zz.tmp").write_text("{")
+    monkeypatch.setattr(loop, "_train", lambda *args: {})  # what comes after the cleanup is not at stake
+    capsys.readouterr()
+    loop.train(None, out, resume=True)
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "leftover" in x]
+    assert f"removed 2 leftover(s) of killed processes in {out} (1.0 MB)" in line
+    assert "checkpoints/.latest.msgpack.k3j2h1g0.tmp" in line and _leftovers(out) == []
+
+
 # The kill loop: each command SIGKILLed at seeded random points, each kill followed by the next call
 # of the same command, then one call to the end. Nothing may be lost (a dataset or artifact is absent
 # or complete, a run's checkpoint never goes back) and no leftover may outlive the last call.
@@ -564,32 +581,43 @@ def kills(default: int) -> int:
     return int(os.environ.get("STEERFLOW_KILLS", default))
 
 
-def kill_loop(argv, env, kills: int, seed: int, window_s: float, logs: Path, check) -> tuple[int, str]:
+def kill_loop(argv, env, kills: int, seed: int, window_s: float, logs: Path, check,
+              watch: Path | None = None) -> tuple[int, int, str]:
     """Start `argv` `kills` times, SIGKILL each (with its process group) at a uniform random point of
     its first `window_s` seconds and call `check()` after each; a call that ends sooner is not killed,
-    and the window shrinks to 0.9 of its duration. Then run it to the end. Returns (calls killed,
-    stderr of the last call)."""
+    and the window shrinks to 0.9 of its duration. With `watch`, every second call is killed instead
+    within 50 ms of a temporary directory appearing there (while it writes). Then one call runs to the
+    end, and has to say it removed what the killed ones left. Returns (calls killed, calls that left
+    a leftover, stderr of the last call)."""
     import random
 
     rng = random.Random(seed)
-    killed = 0
+    killed, left = 0, 0
     for i in range(kills):
         with open(logs / f"call{i}.log", "w") as log:
             start = time.monotonic()
             proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
             try:
-                proc.wait(timeout=rng.uniform(0.0, window_s))
-                window_s = 0.9 * (time.monotonic() - start)
+                if watch is not None and i % 2:
+                    while proc.poll() is None and not list(watch.glob(".tmp-*")):
+                        time.sleep(0.005)
+                    proc.wait(timeout=rng.uniform(0.0, 0.05))
+                else:
+                    proc.wait(timeout=rng.uniform(0.0, window_s))
+                    window_s = 0.9 * (time.monotonic() - start)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 killed += 1
         assert proc.returncode in (0, -signal.SIGKILL), (logs / f"call{i}.log").read_text()[-2000:]
+        left += bool(watch is not None and list(watch.glob(".tmp-*")))
         check()
+    leftovers = watch is not None and list(watch.glob(".tmp-*"))
     last = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, last.stderr[-2000:]
+    assert not leftovers or "leftover(s) of killed processes" in last.stderr, last.stderr[-2000:]
     check()
-    return killed, last.stderr
+    return killed, left, last.stderr
 
 
 def _env(**extra) -> dict:
@@ -618,13 +646,13 @@ def test_kill_loop_data_import(tmp_path):
     demos_file = _random_demos(tmp_path / "demos.hdf5", 50, 1000)  # about 25 MB cached: writing takes a while
     argv = _steerflow("data", "import", "robomimic", demos_file, "--name", "demos", "--replace")
     n = kills(3)
-    killed, err = kill_loop(argv, _env(STEERFLOW_DATA=data), n, 0, 2.0, logs,
-                            lambda: _complete_or_absent(data / "demos"))
+    killed, left, err = kill_loop(argv, _env(STEERFLOW_DATA=data), n, 0, 2.0, logs,
+                                  lambda: _complete_or_absent(data / "demos"), watch=data)
     reference = imports.import_path("robomimic", demos_file, "demos", root=tmp_path / "reference")
     for split in ("train.npz", "val.npz"):
         _same_arrays(data / "demos" / split, reference / split)
     assert _leftovers(data) == [], err
-    print(f"data import: {killed} of {n} calls killed")
+    print(f"data import: {killed} of {n} calls killed, {left} left a temporary directory")
 
 
 GENERATE = ("from steerflow.data.ogbench_gen import generate_dataset; "  # the CLI's, with shorter episodes
@@ -636,13 +664,13 @@ def test_kill_loop_data_generate(tmp_path):
     logs.mkdir()
     key = ogbench_gen.cache_key("cube-single", 2, 0, episode_steps=31)
     n = kills(2)
-    killed, err = kill_loop([sys.executable, "-c", GENERATE], _env(STEERFLOW_DATA=data), n, 1, 6.0, logs,
-                            lambda: _complete_or_absent(data / key))
+    killed, left, err = kill_loop([sys.executable, "-c", GENERATE], _env(STEERFLOW_DATA=data), n, 1, 6.0, logs,
+                                  lambda: _complete_or_absent(data / key), watch=data)
     reference = ogbench_gen.generate_dataset("cube-single", episodes=2, seed=0, root=tmp_path / "reference",
                                              show_progress=False, episode_steps=31)
     assert ogbench_gen.read_meta(data / key)["files"] == ogbench_gen.read_meta(reference)["files"]  # bitwise
     assert _leftovers(data) == [], err
-    print(f"data generate: {killed} of {n} calls killed")
+    print(f"data generate: {killed} of {n} calls killed, {left} left a temporary directory")
 
 
 @pytest.mark.slow
@@ -657,11 +685,11 @@ def test_kill_loop_export(smoke_run, tmp_path):
 
     argv = _steerflow("export", smoke_run, "--format", "stablehlo", "--out", out)
     n = kills(1)
-    killed, err = kill_loop(argv, _env(), n, 2, 20.0, logs, complete_or_absent)
+    killed, left, err = kill_loop(argv, _env(), n, 2, 20.0, logs, complete_or_absent, watch=out.parent)
     policy = load(out)
     assert policy.act(np.zeros(28, np.float32)).shape[-1] == 5
     assert _leftovers(out.parent) == [], err
-    print(f"export: {killed} of {n} calls killed")
+    print(f"export: {killed} of {n} calls killed, {left} left a temporary directory")
 
 
 @pytest.mark.slow
@@ -679,8 +707,8 @@ def test_kill_loop_train(tiny_dataset, tmp_path):
 
     argv = _steerflow("train", "--agent", "bc-mf", *TASK, "--out", out, "--resume")
     n = kills(1)
-    killed, err = kill_loop(argv, _env(STEERFLOW_DATA=tiny_dataset.parent), n, 3, 35.0, logs,
-                            checkpoint_never_goes_back)
+    killed, _, err = kill_loop(argv, _env(STEERFLOW_DATA=tiny_dataset.parent), n, 3, 35.0, logs,
+                               checkpoint_never_goes_back)
     assert json.loads((out / "final.json").read_text())["steps"] == 40 and steps[-1] == 40
     assert _leftovers(out) == [], err
     print(f"train: {killed} of {n} calls killed, checkpoint steps {steps}")

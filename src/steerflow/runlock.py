@@ -10,7 +10,8 @@ is held by nobody: it is stale, and the next writer takes it over. A released lo
 Temporary files: `scratch(parent, name)` is a directory `.tmp-NAME-PID@HOST.XXXXXXXX` unique to
 its writer, removed on failure; `replace_dir` renames it into place. `remove_stale(parent)`
 removes the scratch directories of this machine's processes that are gone and the lock files
-nobody holds, saying so in one line on stderr.
+nobody holds, saying so in one line on stderr; `remove_partial_files` the half-written `*.tmp`
+files of atomic writes in a directory the caller owns (a run directory).
 """
 
 from __future__ import annotations
@@ -180,7 +181,23 @@ def remove_stale(parent: Path, name: str | None = None) -> list[Path]:
     for lock in sorted(parent.glob(f".{name}.lock" if name is not None else ".*.lock")):
         if _free_lock(lock):
             removed.append(lock)
-    if removed:
-        print(f"steerflow: removed {len(removed)} leftover(s) of killed processes in {parent} ({size:.1f} MB): "
-              + ", ".join(p.name for p in removed), file=sys.stderr, flush=True)
+    _say_removed(parent, removed, size)
     return removed
+
+
+def remove_partial_files(owned: Path, *subdirs: str) -> list[Path]:
+    """Remove the `*.tmp` files of atomic writes a killed process left in directory `owned` (and
+    its `subdirs`), which the caller holds the lock of; one line on stderr when there were any."""
+    removed = [p for d in (owned, *(owned / s for s in subdirs)) if d.is_dir() for p in sorted(d.glob("*.tmp"))
+               if p.is_file()]
+    size = sum(p.stat().st_size for p in removed) / 2**20
+    for p in removed:
+        p.unlink(missing_ok=True)
+    _say_removed(owned, removed, size)
+    return removed
+
+
+def _say_removed(parent: Path, removed: list[Path], size_mb: float) -> None:
+    if removed:
+        print(f"steerflow: removed {len(removed)} leftover(s) of killed processes in {parent} ({size_mb:.1f} MB): "
+              + ", ".join(str(p.relative_to(parent)) for p in removed), file=sys.stderr, flush=True)

@@ -45,6 +45,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False, lo
     diverged run keeps it: `failed.json` says what happened). `log`: the trackers (csv,
     tensorboard, wandb; `steerflow.tracking`) that receive the metrics and evaluations as written."""
     from steerflow.errors import TrainingDiverged
+    from steerflow.runlock import remove_partial_files
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -52,6 +53,7 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False, lo
     created = make_run_dir(out)
     with run_lock(out):  # the directory is this process's until it returns (a second writer is refused)
         try:
+            remove_partial_files(out, "checkpoints")  # of a killed run: nobody else writes here now
             return _train(run, out, resume, quiet, log)
         except TrainingDiverged:
             raise
