@@ -383,7 +383,7 @@ def cache_writer(root: Path, name: str, what: str, wait: bool = False):
     from steerflow import runlock
 
     root.mkdir(parents=True, exist_ok=True)
-    with runlock.hold(runlock.sibling_lock(root / name), what, hint="choose another name", wait=wait,
+    with runlock.hold(runlock.sibling_lock(root / name), what, hint="choose another --name", wait=wait,
                       on_wait=lambda other: print(f"[steerflow] waiting for {other}, which is writing {root / name}",
                                                   flush=True)):
         runlock.remove_stale(root)
