@@ -380,9 +380,9 @@ def run_ok(argv, capsys) -> str:
 
 @contextlib.contextmanager
 def holding(lock_file: Path):
-    """Hold `lock_file` as a writer does: flock, and this process named in it."""
+    """Hold `lock_file` as a writer does: flock (failing at once when it is held), this process named in it."""
     with open(lock_file, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         f.write(json.dumps({"pid": os.getpid(), "command": "steerflow (the test)"}))
         f.flush()
         yield
@@ -428,6 +428,13 @@ def test_a_train_into_a_run_directory_another_process_owns_is_refused_naming_it(
     assert len(error_lines(err)) == 1
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 @pytest.mark.slow
 def test_a_second_train_into_a_running_runs_directory_is_refused_naming_the_first(tiny_dataset, tmp_path,
                                                                                  monkeypatch, capsys):
@@ -450,13 +457,6 @@ def test_a_second_train_into_a_running_runs_directory_is_refused_naming_the_firs
     assert holder["pid"] == first.pid and holder["command"].startswith("steerflow train")
     with holding(out / ".lock"):  # taken over at once
         pass
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 @pytest.mark.parametrize("target", ["data import", "export"])
@@ -587,12 +587,12 @@ def kill_loop(argv, env, kills: int, seed: int, window_s: float, logs: Path, che
     its first `window_s` seconds and call `check()` after each; a call that ends sooner is not killed,
     and the window shrinks to 0.9 of its duration. With `watch`, every second call is killed instead
     within 50 ms of a temporary directory appearing there (while it writes). Then one call runs to the
-    end, and has to say it removed what the killed ones left. Returns (calls killed, calls that left
-    a leftover, stderr of the last call)."""
+    end, and has to say it removed what the killed ones left. Returns (calls killed, temporary
+    directories the killed calls left, stderr of the last call)."""
     import random
 
     rng = random.Random(seed)
-    killed, left = 0, 0
+    killed, left = 0, set()
     for i in range(kills):
         with open(logs / f"call{i}.log", "w") as log:
             start = time.monotonic()
@@ -610,14 +610,14 @@ def kill_loop(argv, env, kills: int, seed: int, window_s: float, logs: Path, che
                 proc.wait()
                 killed += 1
         assert proc.returncode in (0, -signal.SIGKILL), (logs / f"call{i}.log").read_text()[-2000:]
-        left += bool(watch is not None and list(watch.glob(".tmp-*")))
+        left |= set(watch.glob(".tmp-*")) if watch is not None else set()
         check()
     leftovers = watch is not None and list(watch.glob(".tmp-*"))
     last = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert last.returncode == 0, last.stderr[-2000:]
     assert not leftovers or "leftover(s) of killed processes" in last.stderr, last.stderr[-2000:]
     check()
-    return killed, left, last.stderr
+    return killed, len(left), last.stderr
 
 
 def _env(**extra) -> dict:
@@ -652,7 +652,7 @@ def test_kill_loop_data_import(tmp_path):
     for split in ("train.npz", "val.npz"):
         _same_arrays(data / "demos" / split, reference / split)
     assert _leftovers(data) == [], err
-    print(f"data import: {killed} of {n} calls killed, {left} left a temporary directory")
+    print(f"data import: {killed} of {n} calls killed, {left} temporary directories left and removed")
 
 
 GENERATE = ("from steerflow.data.ogbench_gen import generate_dataset; "  # the CLI's, with shorter episodes
@@ -670,7 +670,7 @@ def test_kill_loop_data_generate(tmp_path):
                                              show_progress=False, episode_steps=31)
     assert ogbench_gen.read_meta(data / key)["files"] == ogbench_gen.read_meta(reference)["files"]  # bitwise
     assert _leftovers(data) == [], err
-    print(f"data generate: {killed} of {n} calls killed, {left} left a temporary directory")
+    print(f"data generate: {killed} of {n} calls killed, {left} temporary directories left and removed")
 
 
 @pytest.mark.slow
@@ -689,7 +689,7 @@ def test_kill_loop_export(smoke_run, tmp_path):
     policy = load(out)
     assert policy.act(np.zeros(28, np.float32)).shape[-1] == 5
     assert _leftovers(out.parent) == [], err
-    print(f"export: {killed} of {n} calls killed, {left} left a temporary directory")
+    print(f"export: {killed} of {n} calls killed, {left} temporary directories left and removed")
 
 
 @pytest.mark.slow
