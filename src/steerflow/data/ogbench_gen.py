@@ -412,7 +412,10 @@ def generate_dataset(
     _check_domain(domain)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    from steerflow.runlock import remove_stale
+
     root = Path(root).expanduser() if root is not None else data_root()
+    remove_stale(root)  # every call touching the cache, also one that finds its dataset there
     key = cache_key(domain, episodes, seed, episode_steps)
     final = root / key
     problem = check_dir(final) if final.exists() else None
