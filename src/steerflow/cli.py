@@ -126,7 +126,10 @@ class Import:
 
     def __call__(self):
         from steerflow.data.imports import import_path, imported_meta
+        from steerflow.data.ogbench_gen import data_root
+        from steerflow.runlock import remove_stale
 
+        remove_stale(data_root())  # leftovers of killed imports, before the file is read
         bounds = None if self.action_low is None else (self.action_low, self.action_high)
         path = import_path(self.format, self.path, self.name, obs_keys=self.keys(), split=self.split,
                            replace=self.replace, action_bounds=bounds)

@@ -1,6 +1,8 @@
 """What a `steerflow` command can end with, besides success, and how the CLI reports each.
 
     ValueError, FileNotFoundError, FileExistsError   bad input (flag, config value, data file): exit 2
+    Busy (a FileExistsError)                         the directory is being written by another process
+                                                     (`steerflow.runlock`), named with its pid: exit 2
     OSError (permission, read-only, disk full)       the environment: one line naming path and cause, exit 1
     RunFailed (TrainingDiverged, a failed seed)      the run itself failed: exit 1
     Interrupted / KeyboardInterrupt                  SIGINT: exit 130, SIGTERM: exit 143
@@ -24,6 +26,10 @@ class DataError(ValueError):
 
 class EvalStopped(Exception):
     """A signal arrived during an in-training evaluation (or its video): the evaluation stops."""
+
+
+class Busy(FileExistsError):
+    """Another live process owns the directory this command would write (`steerflow.runlock`)."""
 
 
 class RunFailed(RuntimeError):
@@ -58,6 +64,17 @@ def describe_os_error(err: OSError) -> str:
         return str(err)
     verb = "write" if err.errno in (errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT) else "use"
     return f"cannot {verb} {err.filename}: {err.strerror}"
+
+
+@contextlib.contextmanager
+def naming(path):
+    """An OSError raised inside without a path (a full disk inside `write`) names `path`."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def _in_main_thread() -> bool:

@@ -11,15 +11,17 @@ DIR holds
 `steerflow.policy.load(DIR)` acts with it, needing onnxruntime (ONNX) or jax (StableHLO) only.
 ONNX goes through jax2onnx (jaxpr -> ONNX, no TensorFlow in between); StableHLO through
 `jax.export` (serialize/deserialize, versioned by JAX's compatibility guarantees).
-The artifact is written to a temporary directory and renamed into place.
+The artifact is written to a temporary directory of its own beside DIR (`.tmp-DIR-PID.*`) and
+renamed into place; one export writes DIR at a time (`steerflow.runlock`), and a second is refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
+
+from steerflow import runlock
+from steerflow.errors import naming
 
 FORMATS = ("onnx", "stablehlo")
 FILES = {"onnx": "policy.onnx", "stablehlo": "policy.stablehlo"}
@@ -88,27 +90,33 @@ def check_exportable(agent_name: str, fmt: str) -> None:
 
 def export_policy(function, meta: dict, fmt: str, out: Path) -> Path:
     """Write the artifact of an acting function and its metadata (module docstring) to `out`."""
-    from steerflow import __version__
-
     check_exportable(meta["agent"], fmt)
     out = Path(out)
-    if out.exists() and not (out / "artifact.json").exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out {out}: exists and is not an artifact directory; choose another --out")
-    payload = serialize(function, meta, fmt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with runlock.hold(runlock.sibling_lock(out), f"export target {out}", hint="choose another --out"):
+        if out.exists() and not (out / "artifact.json").exists() and any(out.iterdir()):
+            raise FileExistsError(f"--out {out}: exists and is not an artifact directory; choose another --out")
+        runlock.remove_stale(out.parent, out.name)
+        _write_artifact(function, meta, fmt, out)
+    return out
+
+
+def _write_artifact(function, meta: dict, fmt: str, out: Path) -> None:
+    """Serialize into a temporary directory of this process's, then rename it to `out`."""
     import jax
 
+    from steerflow import __version__
+
+    payload = serialize(function, meta, fmt)
     record = {"format": fmt, "file": FILES[fmt], "steerflow": __version__, "jax": jax.__version__,
               "inputs": ["obs"] + (["noise"] if meta["noise"] is not None else []),
               "output": "chunks (B, horizon * action_dim), env units", **meta}
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / FILES[fmt]).write_bytes(payload)
-    (tmp / "artifact.json").write_text(json.dumps(record, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    with runlock.scratch(out.parent, out.name) as tmp:  # removed on failure: nothing partial is left
+        with naming(out / FILES[fmt]):  # a full disk names the file, not just `[Errno 28]`
+            (tmp / FILES[fmt]).write_bytes(payload)
+        with naming(out / "artifact.json"):
+            (tmp / "artifact.json").write_text(json.dumps(record, indent=1) + "\n")
+        runlock.replace_dir(tmp, out)
 
 
 def export_run(run_dir: Path, fmt: str, out: Path, seed_index: int = 0) -> Path:

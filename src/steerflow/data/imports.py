@@ -24,7 +24,8 @@ sampler gathers uint8 frames by index instead of storing them twice; a demo with
 ``next_observations`` but no ``next_images`` loses its last transition, whose next frame is
 unknown), ``normalization.json`` (observation statistics of the training
 split; action bounds stated, or fitted over every demo) and ``meta.json`` with every file's size and sha256, written
-into a temporary sibling directory and renamed, so a failed import leaves nothing cached.
+into a temporary sibling directory of its own and renamed, so a failed import leaves nothing cached
+(a full disk names the dataset); a second import of the same NAME while one runs is refused.
 
 Reward modes (``--reward``): ``given`` uses the file's rewards, mask = 1 - done; ``sparse-success``
 treats every demo as a success (the LPS real-robot setup): r = -1 on every transition but a demo's
@@ -36,17 +37,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from steerflow.errors import DataError  # the readers raise it too (lerobot, robomimic, minari_io)
+from steerflow import runlock
+from steerflow.errors import DataError, naming  # the readers raise DataError too (lerobot, robomimic, minari_io)
 
 from . import normalization
 from .normalization import Normalization
-from .ogbench_gen import check_dir, data_root, fingerprint
+from .ogbench_gen import cache_writer, check_dir, data_root, fingerprint
 
 FORMATS = ("robomimic", "lerobot", "minari")
 REWARD_MODES = ("given", "sparse-success")
@@ -236,11 +237,9 @@ def import_episodes(episodes: list[dict], name: str, fmt: str, source: str, opti
     train = to_transitions(episodes[:len(episodes) - n_val])
     val = to_transitions(episodes[len(episodes) - n_val:]) if n_val else None
     norm = fit_normalization(train, action_bounds, source, val)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with cache_writer(root, name, f"dataset {final}"), runlock.scratch(root, name) as tmp, naming(final):
+        if final.exists() and not replace:  # imported by another process meanwhile
+            raise FileExistsError(f"dataset {name} already exists at {final}; pass --replace to import over it")
         files = {}
         for split, arrays in (("train.npz", train), ("val.npz", val)):
             if arrays is not None:
@@ -255,12 +254,7 @@ def import_episodes(episodes: list[dict], name: str, fmt: str, source: str, opti
                 "image_keys": {k[len("image."):]: list(v.shape[1:]) for k, v in train.items() if k.startswith("image.")},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "files": files}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        runlock.replace_dir(tmp, final)
     return final
 
 

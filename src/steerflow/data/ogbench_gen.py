@@ -28,10 +28,10 @@ dataset_path=...)`` relabels them unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from steerflow.errors import naming
 
 DOMAINS = ("cube-single", "cube-double", "scene", "puzzle-3x3", "puzzle-4x4")
 
@@ -377,45 +379,19 @@ def _is_valid_dir(path: Path, verify: bool = True) -> bool:
     return check_dir(path, verify) is None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@contextlib.contextmanager
+def cache_writer(root: Path, name: str, what: str, wait: bool = False):
+    """Own cache entry ``root/name`` while inside (``steerflow.runlock``): another live writer of
+    it is waited for (``wait``) or refused, naming its pid and command; leftovers of killed
+    writers in ``root`` are removed first (saying so)."""
+    from steerflow import runlock
 
-
-def _cleanup_stale_tmp(root: Path, key: str) -> None:
-    """Remove temporary dirs of this key left by killed generations (their pid is gone)."""
-    for p in root.glob(f".tmp-{key}-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _wait_for_other_generator(root: Path, key: str, final: Path, poll_s: float = 5.0) -> bool:
-    """If another live process is generating ``key``, wait for it; True if it produced ``final``."""
-    announced = False
-    while True:
-        others = []
-        for p in root.glob(f".tmp-{key}-*"):
-            try:
-                pid = int(p.name.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if pid != os.getpid() and _pid_alive(pid):
-                others.append(pid)
-        if not others:
-            return _is_valid_dir(final)
-        if not announced:
-            print(f"[steerflow] waiting for process {others[0]} which is generating {root / key}", flush=True)
-            announced = True
-        time.sleep(poll_s)
+    root.mkdir(parents=True, exist_ok=True)
+    with runlock.hold(runlock.sibling_lock(root / name), what, hint="choose another --name", wait=wait,
+                      on_wait=lambda other: print(f"[steerflow] waiting for {other}, which is writing {root / name}",
+                                                  flush=True)):
+        runlock.remove_stale(root)
+        yield
 
 
 def generate_dataset(
@@ -430,15 +406,20 @@ def generate_dataset(
     """Generate (or find cached) ``root/cache_key/`` with train/val npz files and ``meta.json``.
 
     Train file: the first ``episodes`` episodes; val file: ``max(1, episodes // 10)`` more.
-    Written atomically (temporary sibling dir + ``os.replace``); an existing dir whose files
-    match the sizes and sha256 of its meta.json is returned without regenerating, one that does
-    not is regenerated (saying why). An interrupt or a write error (disk full) removes the
-    temporary dir; pool workers ignore SIGINT, so only this process handles Ctrl-C.
+    Written atomically (a scratch sibling dir of this process's, then renamed); an existing dir
+    whose files match the sizes and sha256 of its meta.json is returned without regenerating, one
+    that does not is regenerated (saying why). One process writes a key at a time: another one
+    generating it is waited for. Leftovers of killed generations are removed first. An interrupt
+    or a write error (disk full) removes the scratch dir; pool workers ignore SIGINT, so only this
+    process handles Ctrl-C.
     """
     _check_domain(domain)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    from steerflow.runlock import remove_stale
+
     root = Path(root).expanduser() if root is not None else data_root()
+    remove_stale(root)  # every call touching the cache, also one that finds its dataset there
     key = cache_key(domain, episodes, seed, episode_steps)
     final = root / key
     problem = check_dir(final) if final.exists() else None
@@ -446,10 +427,16 @@ def generate_dataset(
         return final
     if problem is not None:
         print(f"[steerflow] cached dataset {final} is not usable ({problem}); regenerating it", flush=True)
-    root.mkdir(parents=True, exist_ok=True)
-    _cleanup_stale_tmp(root, key)
-    if _wait_for_other_generator(root, key, final):
-        return final
+    with cache_writer(root, key, f"dataset {final}", wait=True):
+        if _is_valid_dir(final):  # written by the process this one waited for
+            return final
+        return _generate_into(final, domain, episodes, seed, workers, show_progress, episode_steps)
+
+
+def _generate_into(final: Path, domain: str, episodes: int, seed: int, workers: int, show_progress: bool,
+                   episode_steps: int) -> Path:
+    """Generate the train/val files and meta.json of ``final`` in a scratch directory, then rename it."""
+    from steerflow import runlock
 
     val_episodes = max(1, episodes // 10)
     total = episodes + val_episodes
@@ -461,23 +448,19 @@ def generate_dataset(
         bar = tqdm(total=total, desc=f"generating {domain}", unit="ep", dynamic_ncols=True)
         progress = bar.update
 
-    tmp = root / f".tmp-{key}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     t0 = time.time()
-    try:
-        data = generate_sharded(domain, total, seed, episode_steps, workers, progress)
-        if bar is not None:
-            bar.close()
+    with runlock.scratch(final.parent, final.name) as tmp:  # removed on failure (interrupt, disk full)
+        try:
+            data = generate_sharded(domain, total, seed, episode_steps, workers, progress)
+        finally:
+            if bar is not None:
+                bar.close()
         train, val = _split_episodes(data, episodes, episode_steps)
         train_name, val_name = dataset_file_names(domain)
         files = {}
         for name, arrays in ((train_name, train), (val_name, val)):
-            try:
+            with naming(tmp / name):  # disk full, ...: name the file
                 np.savez_compressed(tmp / name, **arrays)
-            except OSError as err:  # disk full, ...: name the file (the temporary dir is removed below)
-                raise OSError(err.errno, err.strerror or str(err), str(tmp / name)) from err
             p = tmp / name
             files[name] = {"sha256": fingerprint(p), "size": p.stat().st_size}
         meta = {
@@ -495,18 +478,9 @@ def generate_dataset(
             "generation_seconds": round(time.time() - t0, 1),
             "files": files,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if _is_valid_dir(final):  # another process finished the same key meanwhile
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
-        if final.exists():  # invalid/incomplete leftover
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        if bar is not None:
-            bar.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with naming(tmp / "meta.json"):
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        runlock.replace_dir(tmp, final)  # an invalid leftover at ``final`` is replaced
     return final
 
 
@@ -516,10 +490,13 @@ def read_meta(path: str | os.PathLike) -> dict:
 
 def list_datasets(root: str | os.PathLike | None = None) -> list[dict]:
     """Describe the cached datasets under ``root`` (for ``steerflow data info``)."""
+    from steerflow.runlock import remove_stale
+
     root = Path(root).expanduser() if root is not None else data_root()
     out = []
     if not root.is_dir():
         return out
+    remove_stale(root)  # leftovers of killed writers (said on stderr)
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith("."):
             continue

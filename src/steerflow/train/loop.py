@@ -62,21 +62,40 @@ def train(run: RunSpec, out: Path, resume: bool = False, quiet: bool = False, lo
     diverged run keeps it: `failed.json` says what happened). `log`: the trackers (csv,
     tensorboard, wandb; `steerflow.tracking`) that receive the metrics and evaluations as written."""
     from steerflow.errors import TrainingDiverged
+    from steerflow.runlock import remove_partial_files
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory (it must be a directory)")
-    created = not out.exists()
-    try:
-        return _train(run, out, resume, quiet, log)
-    except TrainingDiverged:
-        raise
-    except BaseException:
-        if created and out.is_dir() and not (out / "checkpoints" / "latest.msgpack").exists():
-            import shutil
+    created = make_run_dir(out)
+    with run_lock(out):  # the directory is this process's until it returns (a second writer is refused)
+        try:
+            remove_partial_files(out, "checkpoints")  # of a killed run: nobody else writes here now
+            return _train(run, out, resume, quiet, log)
+        except TrainingDiverged:
+            raise
+        except BaseException:
+            if created and out.is_dir() and not (out / "checkpoints" / "latest.msgpack").exists():
+                import shutil
 
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def make_run_dir(out: Path) -> bool:
+    """Create `out` (and its parents); True when this call created it."""
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_lock(out: Path):
+    """Own run directory `out` (its `.lock`): another `train` into it is refused, naming this process."""
+    from steerflow.runlock import hold
+
+    return hold(out / ".lock", f"run directory {out}", hint="choose another --out")
 
 
 def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -> dict:

@@ -151,7 +151,18 @@ def train_processes(run: RunSpec, out: Path, resume: bool = False, max_procs: in
                     log=("csv",)) -> dict:
     """One single-threaded process per seed (at most one per core), each with the trackers `log`
     in its `seed_k/` run directory; results gathered afterwards."""
+    from steerflow.runlock import remove_partial_files
+
+    from .loop import make_run_dir, run_lock
+
     out = Path(out)
+    make_run_dir(out)
+    with run_lock(out):  # each seed's process owns its seed_k/ in turn
+        remove_partial_files(out)
+        return _train_processes(run, out, resume, max_procs, log)
+
+
+def _train_processes(run: RunSpec, out: Path, resume: bool, max_procs: int | None, log) -> dict:
     jobs = [(seed, train_command(dataclasses.replace(run, seeds=[seed]), out / f"seed_{seed}", resume, log),
              out / f"seed_{seed}.log") for seed in run.seeds]
     codes = run_commands(
