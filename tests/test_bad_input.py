@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from steerflow import cli
-from steerflow.data import ogbench_gen
+from steerflow.data import cache, ogbench_gen
 
 
 def snapshot(root: Path) -> dict:
@@ -166,7 +166,7 @@ def _rewrite(path: Path, meta_too: bool = True, **changes):
         np.savez_compressed(f, **arrays)
     if meta_too:
         meta = json.loads((path.parent / "meta.json").read_text())
-        meta["files"][path.name] = {"sha256": ogbench_gen.fingerprint(path), "size": path.stat().st_size}
+        meta["files"][path.name] = {"sha256": cache.fingerprint(path), "size": path.stat().st_size}
         (path.parent / "meta.json").write_text(json.dumps(meta))
 
 
@@ -234,7 +234,7 @@ def test_data_info_and_generate_verify_the_sha256(tiny_dataset, tmp_path, monkey
                                         episode_steps=101)
     out = capsys.readouterr().out
     assert "not usable" in out and "sha256" in out and "regenerating" in out
-    assert ogbench_gen.check_dir(path) is None  # regenerated, and verified
+    assert cache.check_dir(path) is None  # regenerated, and verified
 
 
 # ---------------------------------------------------------------------------------- files to import
@@ -410,14 +410,14 @@ def changed_data(smoke_run, tiny_dataset, tmp_path, monkeypatch) -> tuple[Path, 
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data / tiny_dataset.name)
     train_file = data / tiny_dataset.name / "cube-single-play-v0.npz"
-    trained_on = ogbench_gen.fingerprint(train_file)
+    trained_on = cache.fingerprint(train_file)
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
     (run / "run_info.json").write_text(json.dumps({"dataset": {"dataset_dir": str(train_file.parent),
                                                                "fingerprint": trained_on}}))
     _rewrite(train_file, actions=lambda a: a * 0.5)
     monkeypatch.setenv("STEERFLOW_DATA", str(data))
-    return run, trained_on, ogbench_gen.fingerprint(train_file)
+    return run, trained_on, cache.fingerprint(train_file)
 
 
 def test_resume_refuses_changed_data_naming_both_fingerprints(changed_data, tmp_path, capsys):
@@ -717,7 +717,7 @@ def test_a_generation_waits_for_the_process_generating_the_same_dataset(tmp_path
                                         episode_steps=21)
     thread.join()
     assert f"waiting for process {os.getpid()}" in capsys.readouterr().out
-    assert ogbench_gen.check_dir(path) is None
+    assert cache.check_dir(path) is None
 
 
 def test_export_keeps_a_users_directory_named_like_its_temporary_one(smoke_run, tmp_path, capsys):
@@ -845,7 +845,7 @@ def _env(**extra) -> dict:
 
 
 def _complete_or_absent(entry: Path) -> None:
-    assert not entry.exists() or ogbench_gen.check_dir(entry) is None, f"{entry} is partial"
+    assert not entry.exists() or cache.check_dir(entry) is None, f"{entry} is partial"
 
 
 def _arrays(npz: Path) -> dict:
@@ -888,7 +888,7 @@ def test_kill_loop_data_generate(tmp_path):
                                   lambda: _complete_or_absent(data / key), watch=data)
     reference = ogbench_gen.generate_dataset("cube-single", episodes=2, seed=0, root=tmp_path / "reference",
                                              show_progress=False, episode_steps=31)
-    assert ogbench_gen.read_meta(data / key)["files"] == ogbench_gen.read_meta(reference)["files"]  # bitwise
+    assert cache.read_meta(data / key)["files"] == cache.read_meta(reference)["files"]  # bitwise
     assert _leftovers(data) == [], err
     print(f"data generate: {killed} of {n} calls killed, {left} temporary directories left and removed")
 

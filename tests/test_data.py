@@ -19,7 +19,7 @@ from steerflow.data import (
     load_task_dataset,
     parse_task,
 )
-from steerflow.data import ogbench_gen
+from steerflow.data import cache, ogbench_gen
 
 STEPS = 101  # short episodes keep the tests fast
 EPISODES = 3  # + 1 validation episode
@@ -81,7 +81,7 @@ def test_generate_dataset_layout_and_cache(tiny_root):
     with np.load(path / "cube-single-play-v0-val.npz") as f:
         assert f["observations"].shape == (STEPS, 28)
     for name, entry in meta["files"].items():
-        assert entry["sha256"] == ogbench_gen.fingerprint(path / name)
+        assert entry["sha256"] == cache.fingerprint(path / name)
     # No temporary directories left behind.
     assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     # Cached: a second call returns the same directory without rewriting it.
@@ -147,7 +147,7 @@ def test_load_task_dataset(tiny_root):
     assert train["terminals"].sum() == EPISODES
     assert np.flatnonzero(train["terminals"]).tolist() == [(i + 1) * (STEPS - 1) - 1 for i in range(EPISODES)]
     assert info["dataset_dir"] == str(path) and info["obs_dim"] == 28 and info["action_dim"] == 5
-    assert info["fingerprint"] == ogbench_gen.fingerprint(path / "cube-single-play-v0.npz")
+    assert info["fingerprint"] == cache.fingerprint(path / "cube-single-play-v0.npz")
     assert info["episodes"] == EPISODES and info["seed"] == 0
 
     # Sparse transform: r <- -1 * (r != 0); masks unchanged.

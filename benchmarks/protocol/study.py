@@ -207,7 +207,8 @@ def select(all_units: list[Unit], only: list[str] | None) -> list[Unit]:
 # --------------------------------------------------------------------------- running
 
 def dataset_dir(task: str) -> Path:
-    from steerflow.data.ogbench_gen import cache_key, data_root
+    from steerflow.data.cache import data_root
+    from steerflow.data.ogbench_gen import cache_key
     from steerflow.data.tasks import parse_task
     from steerflow.train import RunSpec, resolve
 

@@ -77,7 +77,7 @@ class Info:
     """List the cached datasets with sizes and fingerprints."""
 
     def __call__(self):
-        from steerflow.data.ogbench_gen import data_root, list_datasets
+        from steerflow.data.cache import data_root, list_datasets
 
         rows = list_datasets()
         print(f"data directory: {data_root()}  (set STEERFLOW_DATA to move it)")
@@ -126,7 +126,7 @@ class Import:
 
     def __call__(self):
         from steerflow.data.imports import import_path, imported_meta
-        from steerflow.data.ogbench_gen import data_root
+        from steerflow.data.cache import data_root
         from steerflow.runlock import remove_stale
 
         remove_stale(data_root())  # leftovers of killed imports, before the file is read

@@ -47,7 +47,7 @@ from steerflow.errors import DataError, naming  # the readers raise DataError to
 
 from . import normalization
 from .normalization import Normalization
-from .ogbench_gen import cache_writer, check_dir, data_root, fingerprint
+from .cache import cache_writer, check_dir, data_root, fingerprint
 
 FORMATS = ("robomimic", "lerobot", "minari")
 REWARD_MODES = ("given", "sparse-success")

@@ -130,13 +130,13 @@ def render_task_dataset(task: str, name: str, episodes: int, dataset_episodes: i
 
     from tqdm import tqdm
 
-    from . import imports
+    from . import cache, imports
     from .tasks import parse_task
 
     imports.check_name(name)
     spec = parse_task(task)
     root_dir = Path(root).expanduser() if root is not None else None
-    if not replace and ((root_dir or imports.data_root()) / name).exists():
+    if not replace and ((root_dir or cache.data_root()) / name).exists():
         raise FileExistsError(f"dataset {name} already exists; pass --replace to render over it or choose another --name")
     source = state_episodes(task, episodes, dataset_episodes, seed, episode_steps)
     renderer = StateRenderer(spec.domain, spec.task_id)

@@ -23,15 +23,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .cache import data_root, fingerprint
 from .ogbench_gen import (
     ACTION_DIM,
     DEFAULT_EPISODE_STEPS,
     DOMAIN_INFO,
     DOMAINS,
     cache_key,
-    data_root,
     dataset_file_names,
-    fingerprint,
     generate_dataset,
     required_keys,
 )
