@@ -20,7 +20,7 @@ than one process per core on this CPU (benchmarks/protocol/README.md).
 
 State lives in two places:
 * `benchmarks/results/protocol_cpu/units/<id>/` (committed): the records of each finished unit
-  (config.json, run_info.json, final.json, eval.csv, evals/, metrics.csv). A unit with a
+  (config.json, run_info.json, final.json, eval.csv, metrics.csv). A unit with a
   final.json here is done and never re-run, on any machine;
 * `runs/protocol_cpu/runs/<id>/` (not committed): the live run directory with its checkpoints, so
   a killed unit resumes on the same machine (`--resume`); `<id>.lock` holds the pid running it.
@@ -39,6 +39,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,14 +248,11 @@ def harvest(unit: Unit, commit: bool) -> bool:
     if not (src / "final.json").is_file():
         return False
     dst = RESULTS / "units" / unit.id
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in RECORD_FILES:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".tmp-{dst.name}-"))  # this writer's own
+    for name in RECORD_FILES:  # what reports and pages read (evals/ repeats eval.csv: left out)
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
-    if (src / "evals").is_dir():
-        shutil.copytree(src / "evals", tmp / "evals")
     (tmp / "unit.json").write_text(json.dumps({"tier": unit.tier, "impl": unit.impl, "agent": unit.agent,
                                                "task": unit.task, "seed": unit.seed, "overrides": unit.overrides,
                                                "name": unit.name}, indent=1) + "\n")
