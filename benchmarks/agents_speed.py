@@ -1,4 +1,4 @@
-"""Training throughput and acting latency of every agent on this machine (issue 3, item 6).
+"""Training throughput and acting latency of every agent on this machine.
 
 For each agent at paper size (4x512 nets, batch 256; SPEC §6):
   train   steps/s of the jitted training call (lax.scan of sample → update), 1 seed, all cores,

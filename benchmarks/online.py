@@ -1,4 +1,4 @@
-"""Offline → online fine-tuning of LPS, QC-FQL and BC-MF (issue 11): success at the end of the
+"""Offline → online fine-tuning of LPS, QC-FQL and BC-MF: success at the end of the
 offline phase and at the end of the online phase, per seed, with 95% bootstrap CIs over seeds, a
 learning curve whose x-axis marks where online starts, and the interaction loop's speed (env
 steps/s, and the shares of its time spent stepping the envs, in `act` and in updates).

@@ -1,4 +1,4 @@
-"""Deployed-policy latency (issue 13, item 5): `policy.act` from numpy observations to numpy
+"""Deployed-policy latency: `policy.act` from numpy observations to numpy
 action chunks, normalisers included, for each agent at the CPU preset's network sizes (2x256,
 cube-single shapes: obs 28, chunk 5x5), in four forms:
 

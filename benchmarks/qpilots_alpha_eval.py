@@ -1,4 +1,4 @@
-"""One trained QPILOTS run, evaluated at several steering coefficients α (issue 10, item 8).
+"""One trained QPILOTS run, evaluated at several steering coefficients α.
 
 QPILOTS steers only at inference. When the critic's TD target does not use the steered policy
 (`steered_targets=false`, e.g. after `--base-from` a BC-FM run), nothing that was trained depends

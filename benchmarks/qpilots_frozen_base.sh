@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# QPILOTS on a frozen BC-FM base at the CPU protocol (issue 10, item 8; benchmarks/results/README.md):
+# QPILOTS on a frozen BC-FM base at the CPU protocol (benchmarks/results/README.md):
 #   1. BC-FM with the QPILOTS velocity net (flow=qpilots), 100K steps, `--preset cpu`;
 #   2. QPILOTS-U and QPILOTS-M steering that frozen base, critic (and MFM) trained 100K steps with
 #      a' from the base's own sampler (steered_targets=false: nothing trained depends on α);

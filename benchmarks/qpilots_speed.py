@@ -1,4 +1,4 @@
-"""QPILOTS next to the baselines it is compared with, measured side by side in one run (issue 10, item 8).
+"""QPILOTS next to the baselines it is compared with, measured side by side in one run.
 
 For QPILOTS-U, QPILOTS-M, QC-FQL, QC-BoN and BC-FM, at the CPU protocol's size (2x256 nets,
 batch 128; every agent with the QPILOTS critic, J = 10, mean − 0.5·std, SiLU, and velocity net,

@@ -1,4 +1,4 @@
-"""Table of the frozen-base QPILOTS records (issue 10, item 8): success per α, task and seed, and
+"""Table of the frozen-base QPILOTS records: success per α, task and seed, and
 the α the project's tuning rule selects.
 
     .venv/bin/python benchmarks/qpilots_summary.py [benchmarks/results/qpilots_cpu] [--json OUT]

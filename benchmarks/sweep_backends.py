@@ -1,5 +1,5 @@
 """The cost of a sweep backend: the same smoke units through `--backend local` and through a local
-Ray cluster (`--backend ray`), one unit per CPU of this process's affinity set at a time (issue 14).
+Ray cluster (`--backend ray`), one unit per CPU of this process's affinity set at a time.
 
 Units: bc-mf, one seed, smoke preset, cube-single tasks 1-4 x a learning-rate grid (8 values: 32
 units); every unit is a `steerflow train --resume` process (data load, compilation, 40 steps, a

@@ -1,4 +1,4 @@
-"""LPS on images: a small visual cube-single task 2 (issue 12, item 7's image part).
+"""LPS on images: a small visual cube-single task 2.
 
 Successful demos of cube-single task 2 from OGBench's CubePlanOracle with its noise
 (`export_formats.oracle_task_demos`, as benchmarks/practitioner.py), their simulator states

@@ -41,7 +41,7 @@ def test_cli_smoke_run_writes_a_complete_run_directory(data_root, tmp_path, agen
 
 @pytest.mark.parametrize("agent", sorted(set(AGENTS) - {"lps", "bc-mf"}))
 def test_every_baseline_trains_and_evaluates_from_the_cli(data_root, tmp_path, agent, capsys):
-    """Each baseline of issue 3 through the CLI on tiny real data: train, checkpoint, re-evaluate."""
+    """Each baseline through the CLI on tiny real data: train, checkpoint, re-evaluate."""
     out = tmp_path / agent
     cli.main(["train", "--agent", agent, "--task", "cube-single-task2", "--preset", "smoke", "--seeds", "0",
               "--out", str(out), *TINY])

@@ -1,4 +1,4 @@
-"""Deployable policies (issue 13): the README's Python snippet, `steerflow.policy.load` on run
+"""Deployable policies: the README's Python snippet, `steerflow.policy.load` on run
 directories and artifacts, `steerflow export`, and parity of every exportable agent's ONNX and
 StableHLO artifacts with the in-process JAX policy (tiny agents built in-process, a non-identity
 normalisation baked in). Parity tolerance: 1e-5 absolute on actions in env units (float32 graphs;

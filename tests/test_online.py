@@ -1,4 +1,4 @@
-"""Offline-to-online fine-tuning (issue 11): the replay buffer's validity rule on synthetic
+"""Offline-to-online fine-tuning: the replay buffer's validity rule on synthetic
 episodes, the two sampling modes, the relabelling of online transitions against OGBench's
 offline relabelling, an end-to-end offline → online run in the real cube-single env, and
 kill-and-resume of the online phase."""

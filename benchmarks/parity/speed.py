@@ -1,4 +1,4 @@
-"""Training steps/s of steerflow beside the reference implementations, in one window (issue 9, item 6).
+"""Training steps/s of steerflow beside the reference implementations, in one window.
 
     .venv/bin/python benchmarks/parity/speed.py --lps-dir ~/src/LPS --qc-dir ~/src/qc [--steps 8000] [--pause-study]
 

@@ -1,4 +1,4 @@
-"""The CPU-protocol study (issue 9): every unit of it, in priority order, resumable across
+"""The CPU-protocol study: every unit of it, in priority order, resumable across
 sessions and machines.
 
     .venv/bin/python benchmarks/protocol/study.py status                 # what is committed, running, left
@@ -137,7 +137,7 @@ def units() -> list[Unit]:
     # steerflow's LPS sat at 0% on puzzle at 100K: the authors' code on the same data and budget
     # tells a wrong implementation from a budget too short for the method
     out += [Unit("puzzle", "reference", "lps", f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)]
-    # QPILOTS (issue 10) beside the baselines of its paper, all on the QPILOTS critic (J = 10,
+    # QPILOTS beside the baselines of its paper, all on the QPILOTS critic (J = 10,
     # mean − 0.5·std, SiLU) and velocity net (SiLU, Fourier time features). α on the tuning seeds over part of the paper's grid
     # first, then the reported seeds at the default α = 0.3. Measured cost on this CPU (one thread,
     # benchmarks/results/qpilots_speed_cpu.json): hours per unit, so these are GPU-sized.
