@@ -98,18 +98,104 @@ def run_lock(out: Path):
     return hold(out / ".lock", f"run directory {out}", hint="choose another --out")
 
 
+def _load_data(run: RunSpec, tc, out: Path, resume: bool, continuing: bool):
+    """(train, val, info, normalisation) of the run's data; a checkpoint continues only on the data
+    (and in the units) it was trained on, and `--from` only on its offline run's data."""
+    from steerflow.data import normalization, source
+
+    train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
+    if continuing:
+        source.check_same_dataset(out, data_info, "--resume")
+    if run.from_run:
+        source.check_same_dataset(Path(run.from_run), data_info, "--from")
+    stored_norm = normalization.load(out) if resume else None
+    if stored_norm is not None:
+        normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
+    return train_data, val_data, data_info, norm
+
+
+def _initial_state(agent, config, spec, run: RunSpec, out: Path, continuing: bool, quiet: bool):
+    """(states, keys, step), every seed vmapped: fresh (with `--base-from`'s frozen base), the
+    offline run `--from` continues, or this run's own checkpoint on `--resume`."""
+    import jax
+
+    seeds = list(run.seeds)
+    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
+    init_keys, keys = jax.vmap(lambda k: jax.random.split(k))(seed_keys).transpose((1, 0, 2))
+    states = jax.vmap(lambda k: agent.init(k, spec, config))(init_keys)
+    if run.base_from and not continuing:
+        from steerflow.frozen_base import load_into
+
+        states = load_into(states, Path(run.base_from), seeds, spec.obs_dim, spec.chunk_dim)
+    step = 0
+    if run.from_run and not continuing:
+        states, keys, step = load_checkpoint(Path(run.from_run), states, keys)
+        copy_curves(Path(run.from_run), out)
+    if continuing:
+        states, keys, step = load_checkpoint(out, states, keys)
+        if not quiet:
+            print(f"resuming {out} from step {step}")
+    return states, keys, step
+
+
+def _write_run_files(out: Path, run: RunSpec, config, tc, norm, layout, data_info: dict) -> None:
+    """The run's settings and provenance, written after its checkpoint was read (a bad one leaves
+    the run as it was): normalisation and image layout (what evaluation and `policy.load` apply),
+    config.json, run_info.json."""
+    from steerflow.config import to_dict
+    from steerflow.data import normalization
+    from steerflow.encoders import save_layout
+    from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    normalization.save(out, norm)
+    save_layout(out, layout)
+    atomic_write_json(out / "config.json", {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
+                                            "train_config": to_dict(tc)})
+    atomic_write_json(out / "run_info.json", {
+        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
+        "dataset": data_info, "command": " ".join(sys.argv)})
+
+
+def _final_record(out: Path, run: RunSpec, tc, step: int, record: dict | None, data_info: dict, online,
+                  run_start: float) -> dict:
+    """final.json: the last evaluation (read back when a finished run was resumed), the online
+    phase's counters, a wall-clock stop, and the provenance."""
+    from steerflow.runinfo import device_description, git_commit
+
+    seeds = list(run.seeds)
+    last = step
+    if record is None:  # resumed a run that had already finished
+        last = max(int(f.stem.split("_")[1]) for f in (out / "evals").glob("step_*.json"))
+        record = json.loads((out / "evals" / f"step_{last:08d}.json").read_text())
+    final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": last, "seeds": seeds,
+             "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
+             **({"metric": record.get("metric", "success"), "dataset": run.dataset, "reward": data_info.get("reward")}
+                if run.dataset else {}),
+             **({"val_action_mse": record["val_action_mse"], "scored_on": record.get("scored_on", "val")}
+                if "val_action_mse" in record else {}),
+             **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
+                 "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
+                 "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,
+                 "online_timing_this_process": {k: round(v, 2) for k, v in online.timing.items()}}
+                if online else {}),
+             **({"stopped": "max_wall_s", "max_wall_s": tc.max_wall_s, "target_steps": tc.steps,
+                 "target_online_steps": tc.online_steps} if _short(step, tc, online) else {}),
+             "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
+             "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
+    return final
+
+
 def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -> dict:
     import jax
     from tqdm import tqdm
 
     from steerflow.agents.common import EnvSpec
-    from steerflow.config import to_dict
+    from steerflow.data import source
     from steerflow.data.chunks import build_chunk_dataset
-    from steerflow.data import normalization, source
-    from steerflow.encoders import save_layout
     from steerflow.evaluate import EnvPool
     from steerflow.errors import Interrupted, deferred_signals
-    from steerflow.runinfo import atomic_write_json, device_description, git_commit, library_versions
+    from steerflow.runinfo import atomic_write_json
     from steerflow.tracking import Trackers
 
     config_path = out / "config.json"
@@ -127,46 +213,17 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
         raise ValueError(f"--online-steps with --dataset {run.dataset}: online fine-tuning needs an env to act in; "
                          "name yours with --env MODULE:FACTORY (or an OGBench one with --eval-task)")
 
-    train_data, val_data, data_info, norm = source.load_run_data(run, tc, workers=os.cpu_count() or 1)
-    if resume and has_ckpt:  # a checkpoint continues on the data it trained on
-        source.check_same_dataset(out, data_info, "--resume")
-    if run.from_run:
-        source.check_same_dataset(Path(run.from_run), data_info, "--from")
-    stored_norm = normalization.load(out) if resume else None
-    if stored_norm is not None:  # a checkpoint acts in the units of the data it was trained on
-        normalization.check_same(stored_norm, norm, f"--resume {out} on {run.dataset or run.task}")
+    continuing = resume and has_ckpt
+    train_data, val_data, data_info, norm = _load_data(run, tc, out, resume, continuing)
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
     layout = ds.layout  # camera keys: observations are packed uint8 rows (steerflow.encoders)
     spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]) if layout is None else layout.packed_dim,
                    action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon, obs_layout=layout)
-
     seeds = list(run.seeds)
-    seed_keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
-    init_keys, keys = jax.vmap(lambda k: jax.random.split(k))(seed_keys).transpose((1, 0, 2))
-    states = jax.vmap(lambda k: agent.init(k, spec, config))(init_keys)
-    if run.base_from and not (resume and has_ckpt):
-        from steerflow.frozen_base import load_into
-
-        states = load_into(states, Path(run.base_from), seeds, spec.obs_dim, spec.chunk_dim)
-    step = 0
-    if run.from_run and not (resume and has_ckpt):
-        states, keys, step = load_checkpoint(Path(run.from_run), states, keys)
-        copy_curves(Path(run.from_run), out)
-    if resume and has_ckpt:
-        states, keys, step = load_checkpoint(out, states, keys)
-        if not quiet:
-            print(f"resuming {out} from step {step}")
-
-    out.mkdir(parents=True, exist_ok=True)  # after the checkpoint is read: a bad one leaves the run as it was
-    normalization.save(out, norm)  # what the evaluator and `policy.load` apply to this run's policy
-    save_layout(out, layout)  # and how they pack image observations
-    atomic_write_json(config_path, {"run": dataclasses.asdict(run), "agent_config": to_dict(config),
-                                    "train_config": to_dict(tc)})
-    atomic_write_json(out / "run_info.json", {
-        "commit": git_commit(), "versions": library_versions(), "device": device_description(),
-        "dataset": data_info, "command": " ".join(sys.argv)})
+    states, keys, step = _initial_state(agent, config, spec, run, out, continuing, quiet)
+    _write_run_files(out, run, config, tc, norm, layout, data_info)
     trackers = Trackers(out, kinds, step)  # `--log`: fed each record below as it is written
     log = MetricsLog(out / "metrics.csv", step, trackers)
     drop_evals_after(out, step)  # evaluations after the checkpoint are redone, identically
@@ -319,24 +376,6 @@ def _train(run: RunSpec, out: Path, resume: bool, quiet: bool, kinds=("csv",)) -
             pool.close()
         if online:
             online.close()
-    last = step
-    if record is None:  # resumed a run that had already finished
-        last = max(int(f.stem.split("_")[1]) for f in (out / "evals").glob("step_*.json"))
-        record = json.loads((out / "evals" / f"step_{last:08d}.json").read_text())
-    final = {"agent": run.agent, "task": run.task, "preset": run.preset, "steps": last, "seeds": seeds,
-             "final_success": record["success"], "mean": record["mean"], "episodes": record["episodes"],
-             **({"metric": record.get("metric", "success"), "dataset": run.dataset, "reward": data_info.get("reward")}
-                if run.dataset else {}),
-             **({"val_action_mse": record["val_action_mse"], "scored_on": record.get("scored_on", "val")}
-                if "val_action_mse" in record else {}),
-             **({"offline_steps": tc.steps, "online_env_steps": online.counters["env_steps"].tolist(),
-                 "online_episodes": online.counters["episodes"], "online_successes": online.counters["successes"],
-                 "online_ratio": tc.online_ratio, "updates_per_env_step": tc.updates_per_env_step,
-                 "online_timing_this_process": {k: round(v, 2) for k, v in online.timing.items()}}
-                if online else {}),
-             **({"stopped": "max_wall_s", "max_wall_s": tc.max_wall_s, "target_steps": tc.steps,
-                 "target_online_steps": tc.online_steps} if _short(step, tc, online) else {}),
-             "device": device_description(), "commit": git_commit(), "overrides": run.overrides,
-             "wall_s_this_process": round(time.perf_counter() - run_start, 1)}  # since the loop (re)started
+    final = _final_record(out, run, tc, step, record, data_info, online, run_start)
     atomic_write_json(out / "final.json", final)
     return final
