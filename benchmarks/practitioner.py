@@ -88,11 +88,11 @@ def main() -> None:
     from steerflow.runinfo import device_description, git_commit
 
     args.commit = git_commit()  # the code this process runs: HEAD may move while it trains
-    name, demo_info = import_demos(args.testbed, args.demos, artifacts)
     seeds = [int(s) for s in args.seeds.split(",")]
     prefix = f"{args.testbed}/{args.demos}/{args.artifacts}"
     kind = "gpu" if any(w in device_description().lower() for w in ("gpu", "cuda")) else "cpu"
     path = args.results or RECORDS.with_name(f"practitioner_loop_{kind}.json")
+    name, demo_info = cached_demos(path, prefix) or import_demos(args.testbed, args.demos, artifacts)
     for row in rows:
         key = f"{prefix}/{row}@{args.steps}"
         offline_dir = args.out / key.replace("/", "_")
@@ -123,6 +123,19 @@ def save_row(path: Path, prefix: str, demo_info: dict, key: str, result: dict) -
         record["demos"][prefix] = demo_info
         record["results"][key] = result
         atomic_write_json(path, record)
+
+
+def cached_demos(path: Path, prefix: str) -> tuple[str, dict] | None:
+    """The demos an earlier invocation imported for `prefix`, when the cache still holds them intact:
+    rows continued with `--from` must train on the very arrays their offline run did, and making the
+    demos again can differ in the last bit of a few observations (the simulator's floating point)."""
+    from steerflow.data.cache import check_dir, data_root
+
+    info = read_records(path)["demos"].get(prefix) if path.exists() else None
+    if info is None or check_dir(data_root() / info["dataset"]) is not None:
+        return None
+    print(f"demos: {info['dataset']} from the cache (imported by an earlier invocation)", flush=True)
+    return info["dataset"], info
 
 
 def import_demos(testbed: str, num: int, artifacts) -> tuple[str, dict]:
