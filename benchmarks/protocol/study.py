@@ -137,6 +137,9 @@ def units() -> list[Unit]:
     # steerflow's LPS sat at 0% on puzzle at 100K: the authors' code on the same data and budget
     # tells a wrong implementation from a budget too short for the method
     out += [Unit("puzzle", "reference", "lps", f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)]
+    # LPS sat at 0% on a *dense* scene task 2 where the paper and the authors' code use scene-sparse:
+    # the sparse task at the protocol's budget, LPS and QC-FQL seed by seed
+    out += [sf("scene-sparse", agent, "scene-task2-sparse", seed) for seed in (0, 1, 2) for agent in ("lps", "qc-fql")]
     # QPILOTS beside the baselines of its paper, all on the QPILOTS critic (J = 10,
     # mean − 0.5·std, SiLU) and velocity net (SiLU, Fourier time features). α on the tuning seeds over part of the paper's grid
     # first, then the reported seeds at the default α = 0.3. Measured cost on this CPU (one thread,
