@@ -783,7 +783,7 @@ def test_half_written_files_of_a_killed_run_are_removed_by_the_next_train(smoke_
     (out / ".run_info.json.a8x0q2zz.tmp").write_text("{")
     monkeypatch.setattr(loop, "_train", lambda *args: {})  # what comes after the cleanup is not at stake
     capsys.readouterr()
-    loop.train(None, out, resume=True)
+    loop.train(loop.RunSpec(agent="bc-mf", task="cube-single-task2", seeds=[0]), out, resume=True)
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "leftover" in x]
     assert f"removed 2 leftover(s) of killed processes in {out} (1.0 MB)" in line
     assert "checkpoints/.latest.msgpack.k3j2h1g0.tmp" in line and _leftovers(out) == []

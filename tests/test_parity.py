@@ -134,28 +134,32 @@ def test_a_reference_log_becomes_a_labelled_run_directory(tmp_path):
 
 def test_the_gpu_lease_rehearses_on_the_cpu_within_what_a_lease_brings_back(tmp_path):
     """`benchmarks/gpu/lease.py run --rehearse`: every stage of the lease at smoke size on this CPU,
-    the unit stopped by its wall budget and evaluated there, its records (no checkpoint) packed,
-    and $OUT within the device tool's limits; a bad unit fails in seconds, before any work."""
+    one unit of two tasks vmapped together, stopped by its wall budget and evaluated there, each
+    task's records (no checkpoint) packed, and $OUT within the device tool's limits; a bad agent
+    or task fails in seconds, before any work."""
     import subprocess
     import tarfile
 
     script, out = ROOT / "benchmarks" / "gpu" / "lease.py", tmp_path / "out"
-    bad = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--units",
-                          "lpz:cube-single-task2"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "lpz" in bad.stdout + bad.stderr and not (out / "records.tgz").exists()
-    done = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--units",
-                           "lps:cube-single-task2", "--episodes", "3", "--budget-s", "120"],
+    for flags, says in ((["--agents", "lpz"], "lpz"), (["--tasks", "cube-single-task2,scene-task2"], "one domain")):
+        bad = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), *flags],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and says in bad.stdout + bad.stderr and not (out / "records.tgz").exists()
+    two = "cube-single-task2,cube-single-task4"
+    done = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--agents", "lps",
+                           "--tasks", two, "--episodes", "3", "--budget-s", "150"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "records.tgz", "summary.txt"]
     assert "$OUT within the device tool's limits" in done.stdout
     summary = (out / "summary.txt").read_text()
-    assert "lps-cube-single-task2: " in summary and "(of 1000000)" in summary and "per seed [" in summary
-    with tarfile.open(out / "records.tgz") as tar:
-        names = tar.getnames()
-        final = json.load(tar.extractfile("lps-cube-single-task2/final.json"))
-    assert not any("checkpoints" in n for n in names) and "lps-cube-single-task2/config.json" in names
-    assert final["stopped"] == "max_wall_s" and 0 < final["steps"] < 1_000_000
+    for task in two.split(","):
+        assert f"lps-cube-single/{task}: " in summary and "(of 1000000)" in summary and "per seed [" in summary
+        with tarfile.open(out / "records.tgz") as tar:
+            names = tar.getnames()
+            final = json.load(tar.extractfile(f"lps-cube-single/{task}/final.json"))
+        assert not any("checkpoints" in n for n in names) and f"lps-cube-single/{task}/config.json" in names
+        assert final["stopped"] == "max_wall_s" and 0 < final["steps"] < 1_000_000
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")

@@ -14,9 +14,11 @@ returns at most 8 files from `$OUT` (two folders down, 64 MiB). This script is t
   0:00  versions and `jax.devices()`: a machine without its GPU fails here, in seconds
   0:05  the carried wheels into /tmp/site (MuJoCo, OGBench, gymnasium, tyro, flax and optax pinned)
   0:30  the dataset on every core: `--episodes` (400) cube-single episodes of 1001 steps
-  ~1:40 the units in turn (`--units`, agent:task), each the `paper` preset (4x512 nets, batch 256),
-        3 seeds vmapped, given an equal share of what is left as its `max_wall_s`; it stops,
-        evaluates 50 episodes per seed and writes final.json at the step it reached
+  ~1:40 the agents in turn (`--agents`), each one unit: the `paper` preset (4x512 nets, batch 256)
+        with every task of `--tasks` x 3 seeds vmapped in one program (one compilation, the
+        GPU's width used), given an equal share of what is left as its `max_wall_s`; it stops,
+        evaluates 50 episodes per task and seed and writes each task's final.json at the step it
+        reached
   ~8:40 `$OUT/records.tgz` (every run file but checkpoints), `$OUT/summary.txt` (GPU, steps reached,
         steps/s, success per seed with a 95% bootstrap CI per unit) and `$OUT/log.txt` (all output)
 
@@ -45,7 +47,8 @@ MISSING = ["mujoco==4.0.0", "mujoco-core==4.0.0", "ogbench==1.2.2", "dm_control=
            "pyopengl", "glfw", "flax==0.12.8", "optax==0.2.8"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64", "any"]
-UNITS = "lps:cube-single-task2,qc-fql:cube-single-task2,lps:cube-single-task4,qc-fql:cube-single-task4"
+AGENTS = "lps,qc-fql"
+TASKS = ",".join(f"cube-single-task{t}" for t in range(1, 6))  # one domain: they share the data
 #: what the device tool brings back from $OUT
 LIMITS = {"files": 8, "depth": 2, "bytes": 64 * 2**20, "file_bytes": 16 * 2**20}
 # per unit, after its deadline: the evaluation (150 episodes), checkpoint and final.json (a rehearsal's: 2 episodes)
@@ -58,7 +61,8 @@ def parse_args(argv=None):
     sub.add_parser("prepare", help="download the wheels the GPU image lacks into .whl/ and note the commit")
     r = sub.add_parser("run", help="everything the lease does, records into --out")
     r.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/lease-out")))
-    r.add_argument("--units", default=UNITS, help="agent:task,... trained in this order")
+    r.add_argument("--agents", default=AGENTS, help="agents trained in this order, one unit each")
+    r.add_argument("--tasks", default=TASKS, help="tasks of one domain, vmapped together in each unit")
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--episodes", type=int, default=400, help="dataset episodes (every core generates)")
     r.add_argument("--budget-s", type=float, default=540.0, help="wall seconds for the whole command")
@@ -175,50 +179,59 @@ def install(lease: Lease) -> int:
 
 
 def units(args) -> list[tuple[str, str]]:
-    pairs = [u.split(":", 1) for u in args.units.split(",") if u]
-    bad = [u for u in pairs if len(u) != 2]
-    if bad:
-        raise SystemExit(f"--units {args.units}: expected agent:task pairs, e.g. {UNITS.split(',')[0]}")
-    return [(a, t) for a, t in pairs]
+    """(agent, comma-separated tasks) per unit."""
+    return [(a, args.tasks) for a in args.agents.split(",") if a]
 
 
 def check_units(lease: Lease, pairs: list[tuple[str, str]]) -> int:
-    """Every unit resolved at its size (agent, task, preset) before the data and the training: 2 if one is wrong."""
+    """Every unit resolved at its size (agent, tasks, preset) before the data and the training: 2 if one is wrong."""
     sys.path[:0] = [p for p in lease.env["PYTHONPATH"].split(os.pathsep) if p]
     from steerflow.train import RunSpec, check_run
 
-    for agent, task in pairs:
+    for agent, tasks in pairs:
         try:
-            check_run(RunSpec(agent=agent, task=task, seeds=[0], preset="smoke" if lease.args.rehearse else "paper"))
+            check_run(RunSpec(agent=agent, task=tasks, seeds=[0], preset="smoke" if lease.args.rehearse else "paper"))
         except (ValueError, KeyError) as err:
-            lease.say(f"--units {agent}:{task}: {err}")
+            lease.say(f"--agents {agent} --tasks {tasks}: {err}")
             return 2
     return 0
 
 
-def train_unit(lease: Lease, agent: str, task: str, share: float) -> Path:
+def unit_name(agent: str, tasks: str) -> str:
+    names = tasks.split(",")
+    return f"{agent}-{names[0]}" if len(names) == 1 else f"{agent}-{names[0].split('-task')[0]}"
+
+
+def train_unit(lease: Lease, agent: str, tasks: str, share: float) -> Path:
     args = lease.args
-    run_dir = lease.work / "runs" / f"{agent}-{task}"
-    wall = max(share - EVAL_RESERVE_S[args.rehearse], 1)
+    run_dir = lease.work / "runs" / unit_name(agent, tasks)
+    wall = max(share - EVAL_RESERVE_S[args.rehearse] * len(tasks.split(",")), 1)
     # the rehearsal: smoke nets with more steps than its deadline allows, so the wall stop is exercised
     preset, steps = ("smoke", 1_000_000) if args.rehearse else ("paper", 1_000_000)
     train_set = {"dataset_episodes": args.episodes, "dataset_episode_steps": 1001, "eval_every": steps,
                  "checkpoint_every": steps, "max_wall_s": round(wall),
                  "eval_workers": 0 if args.rehearse else max((os.cpu_count() or 2) - 2, 1)}
-    argv = [sys.executable, "-m", "steerflow.cli", "train", "--agent", agent, "--task", task, "--seeds", args.seeds,
+    argv = [sys.executable, "-m", "steerflow.cli", "train", "--agent", agent, "--task", tasks, "--seeds", args.seeds,
             "--parallel", "vmap", "--out", str(run_dir), "--resume", "--preset", preset, "--steps", str(steps),
             "--train-set", *(f"{k}={v}" for k, v in train_set.items())]
-    lease.call(f"{agent} {task} (wall budget {wall:.0f} s)", argv, min(share + 60, lease.left() - 20))
+    lease.call(f"{agent} {tasks} (wall budget {wall:.0f} s)", argv, min(share + 60, lease.left() - 20))
     return run_dir
 
 
-def unit_summary(run_dir: Path) -> str:
+def run_summaries(run_dir: Path) -> list[str]:
+    """One line per task: a multi-task unit's directory holds one run directory per task."""
+    tasks = run_dir / "tasks.json"
+    dirs = [run_dir / d for d in json.loads(tasks.read_text())["dirs"]] if tasks.exists() else [run_dir]
+    return [unit_summary(d, f"{run_dir.name}/{d.name}" if d != run_dir else run_dir.name) for d in dirs]
+
+
+def unit_summary(run_dir: Path, name: str) -> str:
     """One line: agent, task, steps reached, steps/s, success per seed and its 95% bootstrap CI."""
     from steerflow.report import bootstrap_ci
 
     final_path = run_dir / "final.json"
     if not final_path.exists():
-        return f"{run_dir.name}: no final.json (see log.txt)"
+        return f"{name}: no final.json (see log.txt)"
     final = json.loads(final_path.read_text())
     metrics = run_dir / "metrics.csv"
     rows = metrics.read_text().splitlines() if metrics.exists() else []  # none before the first log step
@@ -226,7 +239,7 @@ def unit_summary(run_dir: Path) -> str:
     sps = [float(r.split(",")[col]) for r in rows[1:] if col is not None and r.split(",")[col] not in ("", "nan")]
     success = [float(s) for s in final["final_success"]]
     lo, hi = bootstrap_ci(success)
-    return (f"{run_dir.name}: {final['steps']} steps (of {final.get('target_steps', final['steps'])}), "
+    return (f"{name}: {final['steps']} steps (of {final.get('target_steps', final['steps'])}), "
             f"{(sum(sps[-5:]) / len(sps[-5:])) if sps else float('nan'):.0f} steps/s, success "
             f"{100 * sum(success) / len(success):.1f} [{100 * lo:.1f}, {100 * hi:.1f}] per seed "
             f"{[round(100 * s, 1) for s in success]}, {final['device']}")
@@ -242,7 +255,7 @@ def pack(lease: Lease, run_dirs: list[Path]) -> None:
                 if f.is_file() and "checkpoints" not in f.relative_to(run_dir).parts:
                     tar.add(f, arcname=str(Path(run_dir.name) / f.relative_to(run_dir)))
     os.replace(tmp, out / "records.tgz")
-    lines = [unit_summary(d) for d in run_dirs]
+    lines = [line for d in run_dirs for line in run_summaries(d)]
     (out / "summary.txt").write_text("\n".join([f"commit {lease.env['STEERFLOW_COMMIT']}", *lines]) + "\n")
     for line in lines:
         lease.say(line)
@@ -273,7 +286,7 @@ def run(args) -> int:
     code = probe(lease) or (0 if args.rehearse else install(lease)) or check_units(lease, pairs)
     if code:
         return code
-    domains = sorted({t.split("-task")[0] for _, t in pairs})
+    domains = sorted({t.split("-task")[0] for _, tasks in pairs for t in tasks.split(",")})
     for domain in domains:  # a unit's own generation would use one core; this uses them all
         gen = [sys.executable, "-m", "steerflow.cli", "data", "generate", domain, "--episodes", str(args.episodes),
                "--workers", str(os.cpu_count() or 1)]

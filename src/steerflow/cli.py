@@ -276,7 +276,7 @@ class Train:
     """Train an agent on a task; prints the final success rate."""
 
     agent: str = "lps"  # lps | lpsd | bc-mf | bc-fm | qc-fql | qc-mfql | qc-bon | dsrl-na | dsrl-na-sac | cfgrl | qpilots-u | qpilots-m
-    task: Annotated[str | None, tyro.conf.arg(metavar="TASK")] = None  # DOMAIN-taskN[-sparse] (default cube-single-task2)
+    task: Annotated[str | None, tyro.conf.arg(metavar="TASK")] = None  # DOMAIN-taskN[-sparse] (default cube-single-task2), or tasks of one domain T1,T2,...: one program, OUT/TASK each
     seeds: str = "0"  # comma-separated, e.g. 0,1,2
     steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None  # overrides the preset's step count
     preset: str = "cpu"  # smoke | cpu | default | paper
@@ -370,7 +370,7 @@ class Train:
 
     @property
     def out_dir(self) -> Path:
-        return self.out or Path("runs") / f"{self.agent}-{self.dataset or self.task_name}-{self.preset}"
+        return self.out or Path("runs") / f"{self.agent}-{self.dataset or self.task_name.replace(',', '+')}-{self.preset}"
 
     def validate(self):
         """Every flag, the task and the agent config, before any data is loaded or written."""
@@ -380,6 +380,9 @@ class Train:
         check_out_dir("--out", self.out_dir)
         check_available(parse_kinds(self.log))
         run = self.spec()
+        if self.parallel == "processes" and "," in run.task:
+            raise ValueError(f"--parallel processes with --task {run.task}: several tasks train as one vmapped "
+                             "program (--parallel vmap)")
         if run.from_run:
             from steerflow.train.presets import from_spec
 
@@ -395,6 +398,11 @@ class Train:
             final = train_processes(run, out, resume=self.resume, log=log)
         else:
             final = train(run, out, resume=self.resume, log=log)
+        for task, one in final.get("tasks", {}).items():  # a multi-task run: one directory per task
+            print(f"final success ({one['agent']} on {task}, {one['steps']} steps): mean {one['mean']:.3f}, "
+                  f"per seed {one['final_success']}  -> {out / task}/final.json")
+        if "tasks" in final:
+            return
         if final.get("metric") == "val_action_mse":
             from steerflow.data.source import offline_metric_name
 

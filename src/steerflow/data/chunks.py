@@ -92,9 +92,10 @@ def build_chunk_dataset(data: dict, horizon: int, discount: float) -> ChunkDatas
     )
 
 
-def gather_chunks(data, steps: jnp.ndarray, discount: float) -> dict:
+def gather_chunks(data, steps: jnp.ndarray, discount: float, task=None) -> dict:
     """Chunk samples from the rows `steps (B, H)` of `data` (any object with the five transition
-    arrays): the offline sampler's rows are t..t+H−1, the replay buffer's wrap around its ring."""
+    arrays): the offline sampler's rows are t..t+H−1, the replay buffer's wrap around its ring.
+    `task`: the row of a multi-task dataset's `rewards (T, N)` and `masks (T, N)` (`stack_tasks`)."""
     discounts = discount ** jnp.arange(steps.shape[1])
     first, last = steps[:, 0], steps[:, -1]
     obs, next_obs = data.observations[first], data.next_observations[last]
@@ -102,20 +103,30 @@ def gather_chunks(data, steps: jnp.ndarray, discount: float) -> dict:
     if layout is not None:  # packed uint8 rows: the frames at s_t and s_{t+H}, then the state
         obs = layout.pack(data.frames[data.frame_index[first]], obs)
         next_obs = layout.pack(data.frames[data.next_frame_index[last]], next_obs)
+    rewards, masks = (data.rewards[steps], data.masks[steps]) if task is None else \
+        (data.rewards[task, steps], data.masks[task, steps])  # one gather: no (N,) row is copied per member
     return {
         "observations": obs,
         "actions": data.actions[steps].reshape(steps.shape[0], -1),
-        "rewards": jnp.sum(data.rewards[steps] * discounts, axis=-1),
-        "masks": jnp.min(data.masks[steps], axis=-1),
+        "rewards": jnp.sum(rewards * discounts, axis=-1),
+        "masks": jnp.min(masks, axis=-1),
         "next_observations": next_obs,
     }
 
 
-def chunks_at(ds: ChunkDataset, starts: jnp.ndarray) -> dict:
-    """The chunk samples that begin at the given (valid) start indices."""
-    return gather_chunks(ds, starts[:, None] + jnp.arange(ds.horizon)[None, :], ds.discount)
+def chunks_at(ds: ChunkDataset, starts: jnp.ndarray, task=None) -> dict:
+    """The chunk samples that begin at the given (valid) start indices (of task row `task`)."""
+    return gather_chunks(ds, starts[:, None] + jnp.arange(ds.horizon)[None, :], ds.discount, task)
 
 
-def sample_chunks(ds: ChunkDataset, key: jax.Array, batch_size: int) -> dict:
+def sample_chunks(ds: ChunkDataset, key: jax.Array, batch_size: int, task=None) -> dict:
     pick = jax.random.randint(key, (batch_size,), 0, ds.valid_starts.shape[0])
-    return chunks_at(ds, ds.valid_starts[pick])
+    return chunks_at(ds, ds.valid_starts[pick], task)
+
+
+def stack_tasks(ds: ChunkDataset, per_task: list[dict]) -> ChunkDataset:
+    """A multi-task dataset: `ds`'s observations and actions with the `rewards` and `masks` of each
+    task (the tasks of one domain share the play data and differ only in these), as (T, N) arrays
+    that `sample_chunks(..., task=t)` reads row t of."""
+    return ds.replace(rewards=jnp.stack([jnp.asarray(d["rewards"], jnp.float32) for d in per_task]),
+                      masks=jnp.stack([jnp.asarray(d["masks"], jnp.float32) for d in per_task]))

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 def make_train_call(agent, batch_size: int, updates_per_call: int):
     """jit(scan over `updates_per_call` of vmap-over-seeds(sample → update)): `train_call(states,
-    keys, ds)` with batches from the offline chunk dataset.
+    keys, ds, tasks=None)` with batches from the offline chunk dataset; `tasks (R,)` int32, for a
+    multi-task dataset (`data.chunks.stack_tasks`), the task row of each of the R vmapped states.
 
     The dataset is an argument, not a closure constant, so it stays one device buffer instead of
     being baked into the compiled program."""
     from steerflow.data.chunks import sample_chunks
 
-    return _scanned_updates(agent, updates_per_call, lambda ds, replay, key: sample_chunks(ds, key, batch_size))
+    return _scanned_updates(agent, updates_per_call,
+                            lambda ds, replay, key, task: sample_chunks(ds, key, batch_size, task))
 
 
 def make_online_train_call(agent, batch_size: int, updates_per_call: int, online_ratio: float):
@@ -22,7 +24,7 @@ def make_online_train_call(agent, batch_size: int, updates_per_call: int, online
     from steerflow.data.replay import sample_mixed
 
     return _scanned_updates(agent, updates_per_call,
-                            lambda ds, replay, key: sample_mixed(ds, replay, key, batch_size, online_ratio))
+                            lambda ds, replay, key, task: sample_mixed(ds, replay, key, batch_size, online_ratio))
 
 
 def _scanned_updates(agent, updates_per_call: int, sample):
@@ -30,15 +32,15 @@ def _scanned_updates(agent, updates_per_call: int, sample):
     import jax.numpy as jnp
 
     @jax.jit
-    def train_call(states, keys, ds, replays=None):
-        def one_seed(state, key, replay):
+    def train_call(states, keys, ds, replays=None, tasks=None):
+        def one_seed(state, key, replay, task):
             key, k_batch = jax.random.split(key)
-            state, metrics = agent.update(state, sample(ds, replay, k_batch))
+            state, metrics = agent.update(state, sample(ds, replay, k_batch, task))
             return state, key, metrics
 
         def body(carry, _):
             states, keys = carry
-            states, keys, metrics = jax.vmap(one_seed)(states, keys, replays)
+            states, keys, metrics = jax.vmap(one_seed)(states, keys, replays, tasks)
             return (states, keys), metrics
 
         (states, keys), metrics = jax.lax.scan(body, (states, keys), None, length=updates_per_call)

@@ -137,9 +137,35 @@ def check_train_config(tc: "TrainConfig") -> None:
                          f"{tc.updates_per_call}")
 
 
+def task_list(task: str) -> list[str]:
+    """The tasks of a `--task` value: one name, or several of one domain separated by commas."""
+    return [t.strip() for t in task.split(",")] if "," in task else [task]
+
+
+def check_tasks(run: RunSpec) -> list[str]:
+    """The tasks of a multi-task run, refused unless they are distinct OGBench tasks of one domain
+    trained offline from scratch (the program shares their observations and actions)."""
+    from steerflow.data.tasks import parse_task
+
+    tasks = task_list(run.task)
+    specs = [parse_task(t) for t in tasks]  # a bad name is named by parse_task
+    if len(set(tasks)) < len(tasks):
+        raise ValueError(f"--task {run.task}: a task is named twice")
+    if len({s.domain for s in specs}) > 1:
+        raise ValueError(f"--task {run.task}: the tasks of one run share their data, so they must be of one domain "
+                         f"(here {sorted({s.domain for s in specs})})")
+    for flag, value in (("--dataset", run.dataset), ("--env", run.env), ("--from", run.from_run),
+                        ("--base-from", run.base_from)):
+        if value:
+            raise ValueError(f"--task {run.task} with {flag}: several tasks in one run train offline from scratch "
+                             f"on generated OGBench data; run each task on its own with {flag}")
+    return tasks
+
+
 def check_run(run: RunSpec):
     """Validate a run before any work: task name, preset, overrides and the agent config's values
-    (the agent's `init` is traced abstractly: nothing is computed). Returns `resolve(run)`."""
+    (the agent's `init` is traced abstractly: nothing is computed). Returns `resolve(run)`; a
+    multi-task run (`train.rundir`) is checked as its first task, its tasks by `check_tasks`."""
     import jax
 
     from steerflow.agents.common import EnvSpec
@@ -147,6 +173,13 @@ def check_run(run: RunSpec):
     from steerflow.data.source import eval_task, run_dims, run_layout
     from steerflow.encoders import check_images
 
+    if "," in run.task:
+        first = check_tasks(run)[0]
+        agent, config, tc = check_run(dataclasses.replace(run, task=first))
+        if tc.online_steps:
+            raise ValueError(f"--task {run.task} with --online-steps: online fine-tuning acts in one env; "
+                             "fine-tune each task's run on its own (--from OUT/TASK)")
+        return agent, config, tc
     obs_dim, action_dim = run_dims(run)  # the task name, or the imported dataset's meta and --reward
     layout = run_layout(run)  # camera keys: packed uint8 rows through the CNN encoder
     if not run.seeds:
