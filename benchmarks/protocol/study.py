@@ -62,7 +62,8 @@ class Unit:
     task: str
     seed: int
     overrides: dict = field(default_factory=dict, hash=False)
-    name: str = ""  # short name of the overrides (choice-gap and ablation units)
+    name: str = ""  # short name of the overrides (choice-gap, ablation and budget units)
+    train: dict = field(default_factory=dict, hash=False)  # TrainConfig overrides (`--train-set`)
 
     @property
     def id(self) -> str:
@@ -140,6 +141,11 @@ def units() -> list[Unit]:
     # LPS sat at 0% on a *dense* scene task 2 where the paper and the authors' code use scene-sparse:
     # the sparse task at the protocol's budget, LPS and QC-FQL seed by seed
     out += [sf("scene-sparse", agent, "scene-task2-sparse", seed) for seed in (0, 1, 2) for agent in ("lps", "qc-fql")]
+    # LPS's curves still rise at 100K where QC-FQL's flatten: do they cross at 300K? Task 2 before
+    # task 4, LPS before the baselines, seed by seed (a unit is ~1 h on one core here)
+    long = {"steps": 300_000, "eval_every": 50_000}
+    out += [sf("long", agent, CUBE.format(t), seed, train=long, name="300k")
+            for seed in (0, 1, 2) for t in (2, 4) for agent in ("lps", "qc-fql", "qc-mfql")]
     # QPILOTS beside the baselines of its paper, all on the QPILOTS critic (J = 10,
     # mean − 0.5·std, SiLU) and velocity net (SiLU, Fourier time features). α on the tuning seeds over part of the paper's grid
     # first, then the reported seeds at the default α = 0.3. Measured cost on this CPU (one thread,
@@ -242,7 +248,8 @@ def command(unit: Unit, refs: dict[str, Path]) -> list[str]:
     from steerflow.train import RunSpec, train_command
 
     return train_command(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
-                                 overrides=dict(unit.overrides)), out, resume=True)
+                                 overrides=dict(unit.overrides), train_overrides=dict(unit.train)),
+                         out, resume=True)
 
 
 def harvest(unit: Unit, commit: bool) -> bool:
@@ -258,7 +265,7 @@ def harvest(unit: Unit, commit: bool) -> bool:
             shutil.copy2(src / name, tmp / name)
     (tmp / "unit.json").write_text(json.dumps({"tier": unit.tier, "impl": unit.impl, "agent": unit.agent,
                                                "task": unit.task, "seed": unit.seed, "overrides": unit.overrides,
-                                               "name": unit.name}, indent=1) + "\n")
+                                               "name": unit.name, "train": unit.train}, indent=1) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
