@@ -398,3 +398,44 @@ def test_every_agent_meets_the_contract_and_only_qpilots_lack_explicit_noise():
     assert set(AGENTS) - served == {"qpilots-u", "qpilots-m"}
     incomplete = types.SimpleNamespace(**{k: getattr(AGENTS["lps"], k) for k in ("Config", "init", "act")})
     assert not isinstance(incomplete, Agent)  # no update
+
+
+# ----------------------------------------------------------------------- LPS inference-time selection
+
+def _trained_lps(**overrides):
+    state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps, **overrides))
+    for i in range(3):  # a critic that ranks chunks differently from its initialisation
+        state, _ = jax.jit(lps.update)(state, _batch(jax.random.PRNGKey(10 + i)))
+    return state
+
+
+def test_lps_selection_keeps_the_chunk_the_pessimistic_critic_ranks_first_among_the_actors_and_its_neighbours():
+    state = _trained_lps(select=8, select_sigma=0.5)
+    obs = _batch(jax.random.PRNGKey(2))["observations"]
+    noise = jax.random.normal(jax.random.PRNGKey(3), (16, 8, SPEC.chunk_dim))
+    chosen = lps.act_noise(state, obs, noise)
+    latents, own = lps.steer(state, state.params, obs)  # the candidates, built here from the docstring
+    near = latent.project_to_sphere(latents[:, None] + 0.5 * noise)
+    decoded = lps.base_policy(state.config, SPEC).decode(state.params["base"], jnp.repeat(obs, 8, 0), near.reshape(-1, 6))
+    cands = jnp.clip(jnp.concatenate([own[:, None], decoded.reshape(16, 8, 6)], 1), -1, 1)
+    q = qc.make_critic(state.config.critic).apply(state.params["critic"], jnp.repeat(obs, 9, 0), cands.reshape(-1, 6))
+    score = jnp.min(q, 0).reshape(16, 9)  # the pessimistic (min) rank
+    best = jnp.argmax(score, 1)
+    np.testing.assert_allclose(chosen, cands[jnp.arange(16), best], atol=1e-6)
+    assert int(jnp.sum(best > 0)) > 0 and int(jnp.sum(best == 0)) < 16  # some neighbour beat the actor
+    plain = lps.act_noise(state, obs)
+    np.testing.assert_allclose(plain, cands[:, 0], atol=1e-6)  # no noise: the actor's own chunk
+    wide = lps.act(state, obs, jax.random.PRNGKey(4))  # act draws its own N perturbations
+    assert wide.shape == (16, 6) and not np.allclose(wide, plain)
+
+
+def test_lps_selection_at_zero_spread_is_the_actors_chunk_and_never_changes_training():
+    on, off = _trained_lps(select=8, select_sigma=0.0), _trained_lps()
+    obs = _batch(jax.random.PRNGKey(2))["observations"]
+    np.testing.assert_allclose(lps.act(on, obs, jax.random.PRNGKey(4)), lps.act(off, obs), atol=1e-5)  # batch rounding
+    wide = _trained_lps(select=8, select_sigma=1.0)  # a' never selects: the same training
+    for a, b in zip(jax.tree.leaves(wide.params), jax.tree.leaves(off.params)):
+        np.testing.assert_array_equal(a, b)
+    assert lps.noise_spec(off.config, SPEC) is None and lps.noise_spec(wide.config, SPEC) == ((8, 6), "normal")
+    with pytest.raises(ValueError, match="select_rank"):
+        _trained_lps(select_rank="max")

@@ -238,6 +238,24 @@ def test_eval_shows_progress_and_files_are_lf_and_follow_the_umask(data_root, tm
         assert path.stat().st_mode & 0o777 == 0o640, path
 
 
+def test_eval_set_changes_only_act_only_fields_and_records_them(data_root, tmp_path, capsys):
+    """`steerflow eval RUN --set select=4` scores LPS with inference-time selection on the trained
+    checkpoint, in a record of its own; a field that shapes the networks, or an agent with no
+    act-only fields, is refused (exit 2) naming the key."""
+    out = tmp_path / "lps"
+    cli.main(["train", "--agent", "lps", *SMOKE, "--out", str(out)])
+    cli.main(["eval", str(out), "--episodes", "2", "--workers", "0", "--set", "select=4", "select_sigma=0.5"])
+    record = json.loads((out / "evals" / "manual_step_00000040_ep2_select=4_select_sigma=0.5.json").read_text())
+    assert record["overrides"] == {"select": "4", "select_sigma": "0.5"} and len(record["success"]) == 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["overrides"] == record["overrides"]
+    for run, bad, named in ((out, "critic.hidden=[8]", "--set critic.hidden: not an act-only field of lps"),
+                            (out, "select=-1", "select and select_sigma must be ≥ 0"),
+                            (out, "select", "expected KEY=VALUE")):
+        with pytest.raises(SystemExit) as err:
+            cli.main(["eval", str(run), "--episodes", "2", "--workers", "0", "--set", bad])
+        assert err.value.code == 2 and named in capsys.readouterr().err, bad
+
+
 def test_steps_per_second_leaves_out_compilation(data_root, tmp_path, monkeypatch):
     """The first host call (compilation) is slowed by 2 s: the first logged steps/s must not see it."""
     real = trainer.make_train_call

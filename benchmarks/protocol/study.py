@@ -141,6 +141,11 @@ def units() -> list[Unit]:
     # LPS sat at 0% on a *dense* scene task 2 where the paper and the authors' code use scene-sparse:
     # the sparse task at the protocol's budget, LPS and QC-FQL seed by seed
     out += [sf("scene-sparse", agent, "scene-task2-sparse", seed) for seed in (0, 1, 2) for agent in ("lps", "qc-fql")]
+    # one step beyond the papers: LPS climbing a 10-critic pessimistic critic (mean − 0.5·std, the
+    # QPILOTS critic) instead of the mean of two, on the tuning tasks; inference-time selection
+    # needs no unit (benchmarks/protocol/selection.py evaluates it on retrained checkpoints)
+    out += [sf("beyond", "lps", CUBE.format(t), seed, overrides={"critic": "qpilots"}, name="critic10")
+            for seed in TUNING_SEEDS for t in (2, 4)]
     # LPS's curves still rise at 100K where QC-FQL's flatten: do they cross at 300K? Task 2 before
     # task 4, LPS before the baselines, seed by seed (a unit is ~1 h on one core here)
     long = {"steps": 300_000, "eval_every": 50_000}

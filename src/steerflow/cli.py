@@ -424,9 +424,17 @@ class Eval:
     video: Annotated[int | None, tyro.conf.arg(metavar="N")] = None  # instead: record N episodes of the first seed's policy as MP4s
     video_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR")] = None  # where the MP4s go (default RUN_DIR/video)
     video_steps: Annotated[int | None, tyro.conf.arg(metavar="K")] = None  # end each recorded episode after K steps (default: the env's limit)
+    set: Repeatable = field(default_factory=list)  # act-only agent-config overrides, e.g. select=8 (LPS)
+
+    @property
+    def overrides(self) -> dict:
+        from steerflow.config import parse_overrides
+
+        return parse_overrides(flatten(self.set))
 
     def validate(self):
         _positive("--episodes", self.episodes)
+        self.overrides  # KEY=VALUE form, before anything loads
         if self.workers < 0:
             raise ValueError(f"--workers {self.workers}: expected 0 or more")
         if self.video is None:
@@ -449,12 +457,13 @@ class Eval:
         if self.video is not None:
             from steerflow.train.evaluation import record_run
 
-            step, paths = record_run(self.run_dir, self.video, self.video_dir, self.video_steps)
+            step, paths = record_run(self.run_dir, self.video, self.video_dir, self.video_steps,
+                                     overrides=self.overrides)
             solved = sum(p.stem.endswith("_success") for p in paths)
             print(f"{len(paths)} video(s) of {self.run_dir} at step {step}, {solved} success(es):")
             print("\n".join(str(p) for p in paths))
             return
-        for record in evaluate_run(self.run_dir, self.episodes, self.workers):
+        for record in evaluate_run(self.run_dir, self.episodes, self.workers, self.overrides):
             print(json.dumps(record))
 
 

@@ -14,6 +14,12 @@ the base policy, whose parameters — like the critic's — are frozen inside th
     a'       = clip(π_β(s', l_φ(s'), 0, 1))                  (critic target action)
     act(s)   = clip(π_β(s, l_φ(s), 0, 1))                    (deterministic chunk, open-loop)
 
+Inference-time selection (`select=N`, beyond the paper; docs/algorithms.md#lps-selection): act
+decodes l_φ(s) and N latents near it, l_n = P(l_φ(s) + σ·ε_n) with ε_n ~ N(0, I) and P the
+projection onto the geometry, and keeps the chunk the critic's `select_rank` aggregate (min over
+the ensemble by default) ranks first. Training, the critic's a' included, never selects, so
+`steerflow eval RUN --set select=N` applies it to a trained checkpoint (`INFERENCE_KEYS`).
+
 There is no behaviour-regularisation weight: the frozen generative prior is the constraint.
 Ablations (paper §VII) are config switches: `geometry` sphere | normal | truncated, `decoder`
 meanflow | fm-bptt (FM-LPS: K Euler steps back-propagated) | fm-1step, and
@@ -23,6 +29,7 @@ Shapes: obs (B, obs_dim); chunks and latents (B, d), d = H·A.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -32,6 +39,7 @@ import jax.numpy as jnp
 from steerflow import critic as qc
 from steerflow.agents.common import (AgentState, EnvSpec, base_policy, critic_net, init_critic_base_actor, joint_update,
                                      obs_net)
+from steerflow.agents.qc_bon import best_candidate
 from steerflow.encoders import EncoderConfig
 from steerflow.generative import flow, latent, meanflow
 from steerflow.nets import MLP
@@ -53,10 +61,25 @@ class Config:
     learning_rate: float = 3e-4
     max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)  # image observations only (steerflow.encoders)
+    select: int = 0  # N > 0: act picks the best of l_φ(s) and N latents near it (0: the actor's chunk)
+    select_sigma: float = 0.3  # σ of the latents near l_φ(s), before projection (radius √d ≈ 5 for d = 25)
+    select_rank: str = "min"  # critic aggregate that ranks them: min | mean | pessimistic
+
+
+# config fields that change only how a trained state acts: `steerflow eval RUN --set` may change them
+INFERENCE_KEYS = ("select", "select_sigma", "select_rank")
+
+
+def check_config(config: Config) -> None:
+    latent.check_geometry(config.geometry)
+    if config.select < 0 or config.select_sigma < 0:
+        raise ValueError(f"select and select_sigma must be ≥ 0, got {config.select} and {config.select_sigma}")
+    if config.select_rank not in qc.AGGREGATES:
+        raise ValueError(f"unknown select_rank {config.select_rank!r}; choose one of {qc.AGGREGATES}")
 
 
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
-    latent.check_geometry(config.geometry)
+    check_config(config)
     actor = obs_net(MLP(tuple(config.actor_hidden), spec.chunk_dim), config, spec)
     return init_critic_base_actor(key, spec, config, actor, jnp.zeros((1, spec.obs_dim)))
 
@@ -70,16 +93,29 @@ def steer(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarra
 
 
 def noise_spec(config, spec: EnvSpec):
-    return None  # LPS acts deterministically
+    """None: LPS acts deterministically; with `select=N`, the N perturbations ε_n ~ N(0, I)."""
+    return None if config.select == 0 else ((config.select, spec.chunk_dim), "normal")
 
 
 def act_noise(state: AgentState, obs: jnp.ndarray, noise=None) -> jnp.ndarray:
-    return jnp.clip(steer(state, state.params, obs)[1], -1.0, 1.0)
+    """clip(π_β(s, l_φ(s))), or with `noise` (B, N, d) the best of it and the N nearby chunks."""
+    latents, chunk = steer(state, state.params, obs)
+    if noise is None:
+        return jnp.clip(chunk, -1.0, 1.0)
+    config, (batch, n, d) = state.config, noise.shape
+    near = latent.constrain(latents[:, None] + config.select_sigma * noise, config.geometry)
+    decoded = base_policy(config, state.spec).decode(state.params["base"], jnp.repeat(obs, n, axis=0),
+                                                     near.reshape(batch * n, d))
+    cands = jnp.clip(jnp.concatenate([chunk[:, None], decoded.reshape(batch, n, d)], 1), -1.0, 1.0)
+    rank = dataclasses.replace(config.critic, aggregate=config.select_rank)
+    return best_candidate(rank, state.params["critic"], obs, cands)
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array | None = None) -> jnp.ndarray:
-    del key  # LPS acts deterministically
-    return act_noise(state, obs)
+    spec = noise_spec(state.config, state.spec)
+    if spec is None:
+        return act_noise(state, obs)
+    return act_noise(state, obs, jax.random.normal(key, (obs.shape[0], *spec[0])))
 
 
 def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.ndarray, dict]:
@@ -100,7 +136,7 @@ def actor_loss(state: AgentState, params: dict, obs: jnp.ndarray) -> tuple[jnp.n
 
 def update(state: AgentState, batch: dict) -> tuple[AgentState, dict]:
     rng, k_base, k_prior = jax.random.split(state.rng, 3)
-    next_actions = act(state, batch["next_observations"])  # a' = clip(π_β(s', l_φ(s'))), no gradient
+    next_actions = act_noise(state, batch["next_observations"])  # a' = clip(π_β(s', l_φ(s'))), no selection
     prior = latent.sample_prior(k_prior, batch["actions"].shape, state.config.geometry)
     return joint_update(state, batch, next_actions, prior, k_base, rng,
                         lambda params: actor_loss(state, params, batch["observations"]), state.config.alpha)

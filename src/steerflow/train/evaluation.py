@@ -142,10 +142,24 @@ def copy_curves(src: Path, out: Path) -> None:
         shutil.copyfile(f, out / "evals" / f.name)
 
 
-def restore_run(run_dir: Path):
+def inference_config(agent, name: str, config, overrides: dict):
+    """`config` with `steerflow eval --set` overrides, which may change only the fields the agent
+    declares act-only (`INFERENCE_KEYS`, e.g. LPS's `select`): the checkpoint's networks stay valid."""
+    from steerflow.config import apply_overrides
+
+    allowed = getattr(agent, "INFERENCE_KEYS", ())
+    for key in overrides:
+        if key not in allowed:
+            raise ValueError(f"--set {key}: not an act-only field of {name}, so it cannot change on a trained "
+                             f"checkpoint; {name} allows " + (", ".join(allowed) if allowed else "none"))
+    return apply_overrides(config, overrides)
+
+
+def restore_run(run_dir: Path, overrides: dict | None = None):
     """(run, agent, config, tc, spec, states of every seed, step, Normalization) of a run directory's
     last checkpoint: what `evaluate_run` and `policy.load` both act from. The dims come from the run's
-    `normalization.json` (an imported dataset has no task to read them from)."""
+    `normalization.json` (an imported dataset has no task to read them from); `overrides` change
+    act-only config fields (`inference_config`)."""
     import jax
 
     from steerflow.agents.common import EnvSpec
@@ -159,6 +173,8 @@ def restore_run(run_dir: Path):
                                 "checkpoint yet (train it first, or wait for its first checkpoint)")
     run = RunSpec(**json.loads((run_dir / "config.json").read_text())["run"])
     agent, config, tc = resolve(run)
+    if overrides:
+        config = inference_config(agent, run.agent, config, overrides)
     norm = normalization.load(run_dir)
     if norm is None:  # an OGBench run from before normalization.json: identity, the task's dims
         task = parse_task(run.task)
@@ -175,7 +191,7 @@ def restore_run(run_dir: Path):
 EVAL_SEED = 10_000_019  # `steerflow eval`'s episodes (and its videos') reset seeds: EVAL_SEED·100003 + i
 
 
-def restore_for_env(run_dir: Path):
+def restore_for_env(run_dir: Path, overrides: dict | None = None):
     """(env spec, `restore_run(run_dir)`) of a run evaluated in an env, with its stored
     normalisation checked against the env's dims; ValueError for a run scored offline."""
     from steerflow.data import normalization, source
@@ -185,7 +201,7 @@ def restore_for_env(run_dir: Path):
     if task is None:
         raise ValueError(f"{run_dir} trained on dataset {run.dataset} without an env (--eval-task); its offline "
                          f"action MSE is in {run_dir}/evals/")
-    restored = restore_run(run_dir)
+    restored = restore_run(run_dir, overrides)
     norm = restored[-1]
     if (norm.obs_dim, norm.action_dim) != (task.obs_dim, task.action_dim):
         raise ValueError(f"{run_dir}/{normalization.FILE_NAME} is for {norm.obs_dim}-D observations and "
@@ -193,8 +209,9 @@ def restore_for_env(run_dir: Path):
     return task, restored
 
 
-def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[dict]:
-    """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run)."""
+def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2, overrides: dict | None = None) -> list[dict]:
+    """Evaluate the last checkpoint of a run directory (or of each `seed_k/` child run), optionally
+    with act-only config `overrides` (`inference_config`), recorded in the record and its file name."""
     from steerflow.data import source
     from steerflow.runinfo import atomic_write_json
 
@@ -203,24 +220,26 @@ def evaluate_run(run_dir: Path, episodes: int = 50, workers: int = 2) -> list[di
         children = sorted(run_dir.glob("seed_*/config.json"))
         if not children:
             raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it or in seed_*/")
-        return [r for c in children for r in evaluate_run(c.parent, episodes, workers)]
-    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir)
+        return [r for c in children for r in evaluate_run(c.parent, episodes, workers, overrides)]
+    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir, overrides)
     success, final_reward = evaluate_states(
         agent, states, spec, task, episodes, workers, seed=EVAL_SEED, policy=source.normalized_policy(make_policy(agent), norm),
         max_envs=tc.eval_envs, show_progress=True, desc=f"eval {run_dir.name} step {step}", with_final_reward=True)
     per_seed = success.mean(1).tolist()
     record = {"agent": run.agent, "task": run.task, "preset": run.preset, "step": step, "seeds": run.seeds,
               "episodes": episodes, "success": per_seed, "mean": float(np.mean(per_seed)),
-              "final_reward": final_reward.mean(1).tolist(), "run_dir": str(run_dir)}
-    atomic_write_json(run_dir / "evals" / f"manual_step_{step:08d}_ep{episodes}.json", record)
+              "final_reward": final_reward.mean(1).tolist(), "run_dir": str(run_dir), "overrides": overrides or {}}
+    tag = "".join(f"_{k}={v}" for k, v in sorted((overrides or {}).items()))
+    atomic_write_json(run_dir / "evals" / f"manual_step_{step:08d}_ep{episodes}{tag}.json", record)
     return [record]
 
 
 def record_run(run_dir: Path, episodes: int, video_dir: Path | None = None, max_steps: int | None = None,
-               show_progress: bool = True) -> tuple[int, list[Path]]:
+               show_progress: bool = True, overrides: dict | None = None) -> tuple[int, list[Path]]:
     """`steerflow eval RUN --video N`: videos of the first seed's policy at the run's last checkpoint,
     acting through the run's stored normalisation, on the episodes `evaluate_run` scores first
-    (same reset seeds). Returns (checkpoint step, paths); default directory RUN/video."""
+    (same reset seeds), with act-only config `overrides` as `evaluate_run`. Returns (checkpoint
+    step, paths); default directory RUN/video."""
     from steerflow.data.source import normalized_policy
     from steerflow.video import VIDEO_DIR, record_episodes, seed_actor
 
@@ -229,7 +248,7 @@ def record_run(run_dir: Path, episodes: int, video_dir: Path | None = None, max_
         children = sorted(c.parent.name for c in run_dir.glob("seed_*/config.json"))
         raise FileNotFoundError(f"{run_dir} is not a run directory: no config.json in it" + (
             f"; it holds one run per seed ({', '.join(children)}): pass one of them" if children else ""))
-    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir)
+    task, (run, agent, config, tc, spec, states, step, norm) = restore_for_env(run_dir, overrides)
     act = seed_actor(normalized_policy(make_policy(agent), norm), states, EVAL_SEED)
     paths = record_episodes(task, act, tc.horizon, episodes, Path(video_dir or run_dir / VIDEO_DIR), step,
                             seed=EVAL_SEED, max_steps=max_steps, show_progress=show_progress)
