@@ -439,3 +439,20 @@ def test_lps_selection_at_zero_spread_is_the_actors_chunk_and_never_changes_trai
     assert lps.noise_spec(off.config, SPEC) is None and lps.noise_spec(wide.config, SPEC) == ((8, 6), "normal")
     with pytest.raises(ValueError, match="select_rank"):
         _trained_lps(select_rank="max")
+
+
+def test_act_only_fields_exist_and_do_not_change_the_networks():
+    """Every INFERENCE_KEYS field is a Config field, and a state built with it changed has the same
+    parameter tree (so `steerflow eval --set` can load a trained checkpoint into it)."""
+    changed = {"select": 4, "select_sigma": 0.1, "select_rank": "mean", "alpha": 0.7, "num_samples": 3,
+               "num_posterior_samples": 2, "tilt": 2.0}
+    for name, module in AGENTS.items():
+        keys = getattr(module, "INFERENCE_KEYS", ())
+        for key in keys:
+            assert has_field(module.Config(), key), (name, key)
+        if keys:
+            a = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), SPEC, _config(module)))
+            b = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), SPEC,
+                                                   _config(module, **{k: changed[k] for k in keys})))
+            assert jax.tree.structure(a.params) == jax.tree.structure(b.params), name
+            assert [x.shape for x in jax.tree.leaves(a.params)] == [x.shape for x in jax.tree.leaves(b.params)], name

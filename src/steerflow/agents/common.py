@@ -3,7 +3,9 @@
 Every module in `steerflow.agents` is an `Agent` (the required members); the ones whose `act` is
 a deterministic function of the observation and an explicit noise draw are also
 `ExplicitNoiseAgent`s, which is what loading a policy for deployment and export need
-(`steerflow.policy`). `AgentState` carries its (static) config and spec, so `update` and `act`
+(`steerflow.policy`). An agent may also name the config fields that change only how a trained
+state acts, `INFERENCE_KEYS` (a tuple of field names; none when absent), which
+`steerflow eval RUN --set` may change on a checkpoint (`train.evaluation.inference_config`). `AgentState` carries its (static) config and spec, so `update` and `act`
 need nothing else and can be `vmap`ped over seeds and `lax.scan`ned over steps. Shapes: `obs`
 (B, obs_dim); chunks (B, d) with d = H·A, the H actions of a chunk flattened in time order
 (docs/algorithms.md#time-conventions).

@@ -35,6 +35,10 @@ class Config:
     max_grad_norm: float = 0.0  # > 0: clip the joint gradient to this global norm (agents.common.make_optimizer)
 
 
+# config fields that change only how a trained state acts (`steerflow eval RUN --set`); the critic of a
+# trained state was fitted with targets from the training value, which its record keeps
+INFERENCE_KEYS = ("num_samples",)
+
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     latent.check_geometry(config.geometry)
     if config.num_samples < 1:

@@ -44,6 +44,9 @@ class Config(qpilots_u.Config):
     batch_posterior: bool = True  # the N samples in one network call (False: one call each)
 
 
+INFERENCE_KEYS = qpilots_u.INFERENCE_KEYS + ("num_posterior_samples", "tilt")  # `steerflow eval RUN --set`
+
+
 def init(key: jax.Array, spec: EnvSpec, config: Config) -> AgentState:
     if config.num_posterior_samples < 1:
         raise ValueError(f"num_posterior_samples must be ≥ 1, got {config.num_posterior_samples}")

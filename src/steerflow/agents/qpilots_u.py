@@ -52,6 +52,10 @@ class Config:
     max_grad_norm: float = 1.0  # joint global-norm clipping (paper App. C.2)
 
 
+# config fields that change only how a trained state acts (`steerflow eval RUN --set`); the critic of a
+# trained state was fitted with targets from the training value, which its record keeps
+INFERENCE_KEYS = ("alpha",)
+
 def check_config(config: Config) -> None:
     if config.next_action_base not in NEXT_ACTION_BASES:
         raise ValueError(f"unknown next_action_base {config.next_action_base!r}; choose one of {NEXT_ACTION_BASES}")
