@@ -209,14 +209,222 @@ def _final_record(d: RunDir, tc, step: int, data_info: dict, online, run_start: 
     return final
 
 
+class Program:
+    """One training process's state (every directory's seeds, vmapped) and what the phases do with
+    it: a host call of updates with its log, evaluation and checkpoint when due (`one_call`),
+    evaluation per directory, checkpoints, the divergence check and the wall-clock deadline."""
+
+    def __init__(self, agent, tc, spec, dirs: list[RunDir], out: Path, norm, state, saved_step, online,
+                 offline, quiet: bool):
+        import jax
+
+        self.agent, self.tc, self.spec, self.dirs, self.out, self.norm = agent, tc, spec, dirs, out, norm
+        self.states, self.keys, self.step = state
+        self.saved_step = saved_step  # the last good checkpoint on disk
+        self.online, self.offline, self.quiet = online, offline, quiet
+        self.policy, self.track = make_policy(agent), make_finite_tracker()
+        self.bad_step, self.bad_values = jax.numpy.int32(-1), None
+        self.window = {"t": time.perf_counter(), "steps": 0, "first": True}
+        self.run_start = time.perf_counter()
+        self.deadline = self.run_start + tc.max_wall_s - process_age()  # `max_wall_s` counts from the process's start
+        self.online_active = bool(online) and self.step >= tc.steps
+        self.received: list = []  # the deferred signals (`errors.deferred_signals`)
+        self.bar = None
+
+    def progress(self, total: int, initial: int, desc: str, **kw):
+        from tqdm import tqdm
+
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=self.quiet, dynamic_ncols=True,
+                        smoothing=0.05, **kw)
+
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.tc.steps
+
+    def evaluated(self) -> bool:
+        return all(d.record is not None and d.record["step"] == self.step for d in self.dirs)
+
+    def out_of_time(self) -> bool:
+        return bool(self.tc.max_wall_s) and time.perf_counter() >= self.deadline
+
+    def checkpoint(self):
+        if self.saved_step == self.step:
+            return
+        extra = {"online": self.online.state_dict()} if self.online_active else {}
+        save_checkpoint(self.out, self.states, self.keys, self.step, **extra)
+        if len(self.dirs) > 1:  # each task's directory also holds its own rows, for eval, export and report
+            for d in self.dirs:
+                save_checkpoint(d.out, d.take(self.states), d.take(self.keys), self.step)
+        self.saved_step = self.step
+
+    def checkpoint_between_rounds(self):
+        """Online: a checkpoint between rounds once `checkpoint_every` updates have passed."""
+        every = self.tc.checkpoint_every
+        if self.saved_step is None or self.step // every > self.saved_step // every:
+            self.check_finite()
+            self.checkpoint()
+
+    def check_finite(self):
+        """Raise `TrainingDiverged` (and write failed.json) if an update since the last check was not finite."""
+        import jax
+
+        if self.bad_values is not None and int(self.bad_step) >= 0:
+            values = jax.device_get(self.bad_values)
+            bad = [d for d in self.dirs if not all(np.all(np.isfinite(v)) for v in d.take(values).values())]
+            errors = [_diverged(d.out, d.run, int(self.bad_step), d.take(values), self.saved_step) for d in bad or self.dirs[:1]]
+            raise errors[0]
+
+    def evaluate(self, missing_only: bool = False):
+        for d in self.dirs:
+            if not (missing_only and (d.out / "evals" / f"step_{self.step:08d}.json").exists()):
+                self._evaluate_dir(d)
+
+    def _evaluate_dir(self, d: RunDir):
+        from steerflow.data import source
+        from steerflow.video import during_training
+
+        eval_start, step = time.perf_counter(), self.step
+        if d.task is None:
+            off = self.offline
+            mse = source.offline_action_mse(self.agent, self.states, off["ds"], off["starts"], self.policy, seed=step)
+            d.record = _record_offline_eval(d.out, step, d.seeds, mse, d.run, time.perf_counter() - eval_start,
+                                            d.trackers, off["scored_on"])
+            self.bar.write(f"step {step}: {source.offline_metric_name(off['scored_on'])} {d.record['mean']:.4f} per seed "
+                           f"{np.round(mse, 4).tolist()}")
+            return
+        where = "" if len(self.dirs) == 1 else f" {d.run.task}"
+        own, policy = d.take(self.states), source.normalized_policy(self.policy, self.norm)
+        success, final_reward = evaluate_states(
+            self.agent, own, self.spec, d.task, self.tc.eval_episodes, self.tc.eval_workers, seed=step, policy=policy,
+            pool=d.pool, show_progress=not self.quiet, desc=f"eval at step {step}{where}",
+            should_stop=lambda: bool(self.received), with_final_reward=True)
+        env_steps = self.online.counters["env_steps"].tolist() if self.online_active else None
+        rec = d.record_success(step, success, final_reward, time.perf_counter() - eval_start, env_steps=env_steps)
+        self.bar.write(f"step {step}{where}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
+        during_training(d.out, self.tc, step, d.task, policy, own, self.quiet, lambda: bool(self.received))  # every video_every
+        if self.online_active:
+            self.online.timing["eval_s"] += time.perf_counter() - eval_start
+
+    def one_call(self, call, *args):
+        """One host call of `updates_per_call` updates (either phase), then its log, evaluation and
+        (offline) checkpoint when due."""
+        import jax
+
+        tc = self.tc
+        self.states, self.keys, metrics = call(self.states, self.keys, *args)
+        self.step += tc.updates_per_call
+        if self.bad_values is None:
+            self.bad_values = jax.tree.map(jax.numpy.zeros_like, metrics)
+        self.bad_step, self.bad_values = self.track(self.bad_step, self.bad_values, metrics, self.step)
+        if self.window["first"]:  # steps/s leaves out the compilation, which the first call includes
+            jax.block_until_ready(self.states)
+            self.window.update(t=time.perf_counter(), steps=-tc.updates_per_call, first=False)
+        self.window["steps"] += tc.updates_per_call
+        if not self.online_active:
+            self.bar.update(tc.updates_per_call)
+        if self.due(tc.log_every) or self.due(tc.eval_every) or self.due(tc.checkpoint_every) or self.received:
+            self.check_finite()  # never log, evaluate or checkpoint a diverged state
+        if self.due(tc.log_every):
+            self._log(metrics)
+        if self.due(tc.eval_every):
+            self.evaluate()
+            self.window["t"] = time.perf_counter()  # evaluation time does not count as training speed
+        if self.due(tc.checkpoint_every) and not self.online_active:  # online: between rounds only
+            self.checkpoint()
+
+    def _log(self, metrics):
+        import jax
+
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - self.window["t"]
+        sps = self.window["steps"] / elapsed if self.window["steps"] and elapsed > 0 else float("nan")
+        for d in self.dirs:
+            d.log.write(self.step, d.seeds, d.take(metrics), sps)
+        if not self.online_active:
+            shown = ("critic_loss", "mf_loss", "fm_loss", "actor_q")
+            self.bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items() if k in shown}})
+        self.window.update(t=time.perf_counter(), steps=0)
+
+
+def _offline_phase(p: Program, train_call, args: tuple) -> None:
+    """Updates until the step budget, a signal or the wall-clock deadline; at the deadline the step
+    reached is evaluated and checkpointed."""
+    tc = p.tc
+    if p.step and p.due(tc.eval_every):
+        p.evaluate(missing_only=True)  # an interrupt had cut this step's evaluation short
+    while p.step < tc.steps and not p.received:
+        p.one_call(train_call, *args)
+        if p.out_of_time():  # after the call: every process makes progress
+            break
+    if p.step < tc.steps and not p.received:  # out of time: the step reached, evaluated and kept
+        p.check_finite()
+        if not p.evaluated():
+            p.evaluate()
+        p.checkpoint()
+
+
+def _online_phase(p: Program, ds) -> None:
+    """Rounds of env steps and updates on balanced batches (`train.online`), evaluated and
+    checkpointed at the phase's last step."""
+    tc, online, run = p.tc, p.online, p.dirs[0].run
+    p.online_active = True
+    p.window["first"] = True  # the online call compiles anew
+    p.checkpoint()  # the offline phase's end (the online phase may be killed before its first round ends)
+    p.progress(tc.online_steps, int(min(online.env_steps, tc.online_steps)),
+               f"online {run.agent} {run.task} seeds={[s for d in p.dirs for s in d.seeds]}", unit="env step")
+    online_call = make_online_train_call(p.agent, tc.batch_size, tc.updates_per_call, tc.online_ratio)
+    run_online(online, tc, lambda: p.one_call(online_call, ds, online.buffers), lambda: p.states,
+               p.checkpoint_between_rounds, p.received, p.bar, p.out_of_time)
+    if not p.received:  # the end of the online phase: evaluated and checkpointed at its last step
+        if not p.evaluated():
+            p.check_finite()
+            p.evaluate()
+        p.check_finite()
+        p.checkpoint()
+
+
+def _run_phases(p: Program, train_call, ds, args: tuple) -> None:
+    """The offline phase, then the online one; a signal checkpoints the step reached (offline) or
+    keeps the last round's checkpoint (online) and raises `Interrupted`."""
+    from steerflow.errors import Interrupted, deferred_signals
+
+    tc, run = p.tc, p.dirs[0].run
+    label = ",".join(d.run.task for d in p.dirs)
+    p.progress(tc.steps, min(p.step, tc.steps), f"{run.agent} {label} seeds={p.dirs[0].seeds}")
+    with deferred_signals() as received:  # SIGINT/SIGTERM: stop after this host call, checkpointed
+        p.received = received
+        try:
+            _offline_phase(p, train_call, args)
+            if p.online and p.step >= tc.steps and not received:
+                _online_phase(p, ds)
+        except EvalStopped:
+            pass
+        if received:
+            p.check_finite()  # the signal may have come after this call's check
+            if not p.online_active:  # online: the last checkpoint between rounds stays
+                p.checkpoint()
+            raise Interrupted(received[0], step=p.saved_step if p.online_active else p.step,
+                              total=None if p.online_active else tc.steps, run_dir=p.out)
+
+
+def _offline_scoring(run: RunSpec, val_data, train_data, tc, discount: float, quiet: bool) -> dict:
+    """What an env-less run is scored on: the held-out demos (the training ones when there are none)."""
+    from steerflow.data import source
+    from steerflow.data.chunks import build_chunk_dataset
+
+    offline = val_data if val_data is not None else train_data
+    return {"ds": build_chunk_dataset(offline, tc.horizon, discount),
+            "starts": source.offline_eval_starts(offline, tc.horizon),
+            "scored_on": source.offline_split(run, val_data, quiet)}
+
+
 def _train(runs: list[tuple[RunSpec, Path]], out: Path, resume: bool, quiet: bool, kinds=("csv",)) -> dict:
     import jax
-    from tqdm import tqdm
 
     from steerflow.agents.common import EnvSpec
     from steerflow.data import source
     from steerflow.data.chunks import build_chunk_dataset, stack_tasks
-    from steerflow.errors import Interrupted, deferred_signals
     from steerflow.runinfo import atomic_write_json
 
     has_ckpt = checkpoint_path(out).exists()
@@ -235,184 +443,40 @@ def _train(runs: list[tuple[RunSpec, Path]], out: Path, resume: bool, quiet: boo
     critic_cfg = getattr(config, "critic", None)
     discount = critic_cfg.discount if critic_cfg else 0.99
     ds = build_chunk_dataset(train_data, tc.horizon, discount)
-    tasks = None
+    args = (ds,)
     if len(dirs) > 1:  # one program over task x seed: each row samples its task's rewards and masks
         ds = stack_tasks(ds, per_task)
-        tasks = jax.numpy.repeat(jax.numpy.arange(len(dirs), dtype=jax.numpy.int32), width)
+        args = (ds, None, jax.numpy.repeat(jax.numpy.arange(len(dirs), dtype=jax.numpy.int32), width))
     layout = ds.layout  # camera keys: observations are packed uint8 rows (steerflow.encoders)
     spec = EnvSpec(obs_dim=int(train_data["observations"].shape[1]) if layout is None else layout.packed_dim,
                    action_dim=int(train_data["actions"].shape[1]), horizon=tc.horizon, obs_layout=layout)
-    seeds = [s for d in dirs for s in d.seeds]
-    states, keys, step = _initial_state(agent, config, spec, dirs, out, continuing, quiet)
+    state = _initial_state(agent, config, spec, dirs, out, continuing, quiet)
     for d, info in zip(dirs, data_infos):
         d.write_files(config, tc, norm, layout, info)
     if len(dirs) > 1:
         atomic_write_json(out / "tasks.json", {"tasks": [d.run.task for d in dirs], "seeds": dirs[0].seeds,
                                                "dirs": [d.out.name for d in dirs]})
     for d in dirs:
-        d.open(step, kinds, tc)
+        d.open(state[2], kinds, tc)
 
-    train_call = make_train_call(agent, tc.batch_size, tc.updates_per_call)
-    policy = make_policy(agent)
-    track = make_finite_tracker()
-    if task is None:  # offline metric on the held-out demos (the training ones when there are none)
-        offline = val_data if val_data is not None else train_data
-        offline_ds = build_chunk_dataset(offline, tc.horizon, discount)
-        offline_starts = source.offline_eval_starts(offline, tc.horizon)
-        scored_on = source.offline_split(run, val_data, quiet)
-    online = OnlinePhase(agent, task, tc, spec, seeds, discount, norm) if tc.online_steps else None
-    if online and resume and has_ckpt:
-        restored = load_online(out, online.state_dict())
+    offline = _offline_scoring(run, val_data, train_data, tc, discount, quiet) if task is None else None
+    online = None
+    if tc.online_steps:
+        online = OnlinePhase(agent, task, tc, spec, [s for d in dirs for s in d.seeds], discount, norm)
+        restored = load_online(out, online.state_dict()) if continuing else None
         if restored is not None:
             online.load_state_dict(restored)
-    run_start = time.perf_counter()
-    saved_step = step if resume and has_ckpt else None  # the last good checkpoint on disk
-    bad_step, bad_values = jax.numpy.int32(-1), None
-    window = {"t": time.perf_counter(), "steps": 0, "first": True}
-    label = ",".join(d.run.task for d in dirs)
-
-    def due(every: int) -> bool:
-        return step % every == 0 or step == tc.steps
-
-    def evaluated() -> bool:
-        return all(d.record is not None and d.record["step"] == step for d in dirs)
-
-    def checkpoint():
-        nonlocal saved_step
-        if saved_step != step:
-            save_checkpoint(out, states, keys, step, **({"online": online.state_dict()} if online_active else {}))
-            if len(dirs) > 1:  # each task's directory also holds its own rows, for eval, export and report
-                for d in dirs:
-                    save_checkpoint(d.out, d.take(states), d.take(keys), step)
-            saved_step = step
-
-    def check_finite():
-        if bad_values is not None and int(bad_step) >= 0:
-            values = jax.device_get(bad_values)
-            bad = [d for d in dirs if not all(np.all(np.isfinite(v)) for v in d.take(values).values())]
-            errors = [_diverged(d.out, d.run, int(bad_step), d.take(values), saved_step) for d in bad or dirs[:1]]
-            raise errors[0]
-
-    def evaluate(received, missing_only: bool = False):
-        for d in dirs:
-            if not (missing_only and (d.out / "evals" / f"step_{step:08d}.json").exists()):
-                evaluate_dir(d, received)
-
-    def evaluate_dir(d: RunDir, received):
-        eval_start = time.perf_counter()
-        where = "" if len(dirs) == 1 else f" {d.run.task}"
-        if d.task is None:
-            mse = source.offline_action_mse(agent, states, offline_ds, offline_starts, policy, seed=step)
-            d.record = _record_offline_eval(d.out, step, d.seeds, mse, d.run, time.perf_counter() - eval_start,
-                                            d.trackers, scored_on)
-            bar.write(f"step {step}: {source.offline_metric_name(scored_on)} {d.record['mean']:.4f} per seed "
-                      f"{np.round(mse, 4).tolist()}")
-            return
-        own = d.take(states)
-        success, final_reward = evaluate_states(
-            agent, own, spec, d.task, tc.eval_episodes, tc.eval_workers, seed=step, policy=source.normalized_policy(policy, norm),
-            pool=d.pool, show_progress=not quiet, desc=f"eval at step {step}{where}", should_stop=lambda: bool(received),
-            with_final_reward=True)
-        rec = d.record_success(step, success, final_reward, time.perf_counter() - eval_start,
-                               env_steps=online.counters["env_steps"].tolist() if online_active else None)
-        bar.write(f"step {step}{where}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
-        from steerflow.video import during_training  # at multiples of video_every (0: never)
-        during_training(d.out, tc, step, d.task, source.normalized_policy(policy, norm), own, quiet, lambda: bool(received))
-        if online_active:
-            online.timing["eval_s"] += time.perf_counter() - eval_start
-
-    def one_call(call, *args):
-        """One host call of `updates_per_call` updates (either phase), then its log, evaluation and
-        (offline) checkpoint when due."""
-        nonlocal states, keys, step, bad_step, bad_values
-        states, keys, metrics = call(states, keys, *args)
-        step += tc.updates_per_call
-        if bad_values is None:
-            bad_values = jax.tree.map(jax.numpy.zeros_like, metrics)
-        bad_step, bad_values = track(bad_step, bad_values, metrics, step)
-        if window["first"]:  # steps/s leaves out the compilation, which the first call includes
-            jax.block_until_ready(states)
-            window.update(t=time.perf_counter(), steps=-tc.updates_per_call, first=False)
-        window["steps"] += tc.updates_per_call
-        if not online_active:
-            bar.update(tc.updates_per_call)
-        if due(tc.log_every) or due(tc.eval_every) or due(tc.checkpoint_every) or received:
-            check_finite()  # never log, evaluate or checkpoint a diverged state
-        if due(tc.log_every):
-            metrics = jax.device_get(metrics)
-            elapsed = time.perf_counter() - window["t"]
-            sps = window["steps"] / elapsed if window["steps"] and elapsed > 0 else float("nan")
-            for d in dirs:
-                d.log.write(step, d.seeds, d.take(metrics), sps)
-            if not online_active:
-                bar.set_postfix({"steps/s": f"{sps:.0f}", **{k: f"{np.mean(v):.3g}" for k, v in metrics.items()
-                                                             if k in ("critic_loss", "mf_loss", "fm_loss", "actor_q")}})
-            window.update(t=time.perf_counter(), steps=0)
-        if due(tc.eval_every):
-            evaluate(received)
-            window["t"] = time.perf_counter()  # evaluation time does not count as training speed
-        if due(tc.checkpoint_every) and not online_active:  # online: between rounds only
-            checkpoint()
-
-    deadline = run_start + tc.max_wall_s - process_age()  # `max_wall_s` counts from the process's start
-
-    def out_of_time() -> bool:
-        return bool(tc.max_wall_s) and time.perf_counter() >= deadline
-
-    def checkpoint_between_rounds():
-        if saved_step is None or step // tc.checkpoint_every > saved_step // tc.checkpoint_every:
-            check_finite()
-            checkpoint()
-
-    online_active = bool(online) and step >= tc.steps
-    bar = tqdm(total=tc.steps, initial=min(step, tc.steps), desc=f"{run.agent} {label} seeds={dirs[0].seeds}",
-               disable=quiet, dynamic_ncols=True, smoothing=0.05)
+    p = Program(agent, tc, spec, dirs, out, norm, state, state[2] if continuing else None, online, offline, quiet)
     try:
-        with deferred_signals() as received:  # SIGINT/SIGTERM: stop after this host call, checkpointed
-            try:
-                if step and due(tc.eval_every):
-                    evaluate(received, missing_only=True)  # an interrupt had cut this step's evaluation short
-                while step < tc.steps and not received:
-                    one_call(train_call, *((ds,) if tasks is None else (ds, None, tasks)))
-                    if out_of_time():  # after the call: every process makes progress
-                        break
-                if step < tc.steps and not received:  # out of time: the step reached, evaluated and kept
-                    check_finite()
-                    if not evaluated():
-                        evaluate(received)
-                    checkpoint()
-                elif online and not received:
-                    online_active = True
-                    window["first"] = True  # the online call compiles anew
-                    checkpoint()  # the offline phase's end (the online phase may be killed before its first round ends)
-                    bar.close()
-                    bar = tqdm(total=tc.online_steps, initial=int(min(online.env_steps, tc.online_steps)),
-                               desc=f"online {run.agent} {run.task} seeds={seeds}", unit="env step",
-                               disable=quiet, dynamic_ncols=True, smoothing=0.05)
-                    online_call = make_online_train_call(agent, tc.batch_size, tc.updates_per_call, tc.online_ratio)
-                    run_online(online, tc, lambda: one_call(online_call, ds, online.buffers), lambda: states,
-                               checkpoint_between_rounds, received, bar, out_of_time)
-                    if not received:  # the end of the online phase: evaluated and checkpointed at its last step
-                        if not evaluated():
-                            check_finite()
-                            evaluate(received)
-                        check_finite()
-                        checkpoint()
-            except EvalStopped:
-                pass
-            if received:
-                check_finite()  # the signal may have come after this call's check
-                if not online_active:  # online: the last checkpoint between rounds stays
-                    checkpoint()
-                raise Interrupted(received[0], step=saved_step if online_active else step,
-                                  total=None if online_active else tc.steps, run_dir=out)
+        _run_phases(p, make_train_call(agent, tc.batch_size, tc.updates_per_call), ds, args)
     finally:
-        bar.close()  # before any error message: it starts on a line of its own
+        if p.bar is not None:
+            p.bar.close()  # before any error message: it starts on a line of its own
         for d in dirs:
             d.close()
         if online:
             online.close()
-    finals = {d.run.task: _final_record(d, tc, step, info, online, run_start) for d, info in zip(dirs, data_infos)}
+    finals = {d.run.task: _final_record(d, tc, p.step, info, online, p.run_start) for d, info in zip(dirs, data_infos)}
     for d in dirs:
         atomic_write_json(d.out / "final.json", finals[d.run.task])
     return finals[run.task] if len(dirs) == 1 else {"tasks": finals}
