@@ -868,6 +868,86 @@ def practitioner_page() -> str:
     return module.report(module.read_records(module.RECORDS), module.read_diagnosis())
 
 
+# --------------------------------------------------------------------------- beyond the papers
+
+SELECTION = RESULTS / "protocol_cpu" / "selection"
+
+
+def _selection_label(point: dict) -> str:
+    return "actor's chunk (N = 0)" if not point else f"N = {point['select']}, σ = {point['select_sigma']}"
+
+
+def _steps_per_s(unit: dict) -> float:
+    with open(unit["dir"] / "metrics.csv") as f:
+        return float(np.median([float(r["steps_per_s"]) for r in csv.DictReader(f) if r["steps_per_s"] not in ("", "nan")]))
+
+
+def beyond_page() -> str:
+    records = [read_json(p) for p in sorted(SELECTION.glob("*.json"))]
+    grid = []
+    for r in records:
+        grid += [p["overrides"] for p in r["points"] if p["overrides"] not in grid]
+    cols = [f"{r['task'].replace('cube-single-', '')} s{r['seed']}" for r in records]
+    rows, means = [], {}
+    for point in grid:
+        cells = [next((p["success"] for p in r["points"] if p["overrides"] == point), None) for r in records]
+        means[json.dumps(point)] = np.mean(cells) if None not in cells else None
+        rows.append([_selection_label(point), *["–" if c is None else f"{100 * c:.0f}" for c in cells],
+                     "–" if None in cells else f"{100 * np.mean(cells):.1f}"])
+    base = means.get(json.dumps({}))
+    others = [m for k, m in means.items() if k != "{}" and m is not None]
+    units = protocol_units()
+    critic10 = select(units, tier="beyond")
+    pairs = [(u, next((d for d in select(units, tier="gaps", name="default") if d["task"] == u["task"]
+                       and d["seed"] == u["seed"]), None)) for u in critic10]
+    pair_rows = [[u["task"], u["seed"], f"{100 * d['final']:.0f}" if d else "–", f"{100 * u['final']:.0f}"]
+                 for u, d in sorted(pairs, key=lambda p: (p[0]["task"], p[0]["seed"]))]
+    body = ["## Inference-time selection", "",
+            "Success (%) over 50 episodes (`steerflow eval`'s reset seeds, the same for every row) of one "
+            "trained LPS checkpoint per column at 100K steps, acting with its own chunk or with the best of "
+            "it and N chunks decoded from latents near it, ranked by the minimum over the critic ensemble.", "",
+            *table(["setting", *cols, "mean"], rows), "",
+            "## A 10-critic pessimistic critic", "",
+            "LPS trained with `--set critic=qpilots` (10 critics, mean − 0.5·std, which the actor climbs) "
+            "beside the default LPS (2 critics, mean) on the same tuning seed and data: final success (%) at 100K steps.", "",
+            *table(["task", "seed", "LPS (2 critics)", "LPS (10 critics, pessimistic)"], pair_rows)]
+    findings = []
+    if base is not None and others:
+        verdict = ("**Selection does not help at this budget.**" if max(others) <= base else
+                   "**Selection helps at some settings.**")
+        findings.append(f"{verdict} The actor's own chunk scores {100 * base:.1f}% on average; the grid's settings "
+                        f"score {100 * min(others):.1f}–{100 * max(others):.1f}%. "
+                        "The actor already climbs the same critic, so a nearby chunk that the critic ranks higher "
+                        "is likely one where the critic is wrong. Selection stays off by default (`select=0`).")
+    done = [(u, d) for u, d in pairs if d]
+    if done:
+        diff = np.mean([u["final"] - d["final"] for u, d in done]) * 100
+        speed = np.mean([_steps_per_s(d) / _steps_per_s(u) for u, d in done])
+        findings.append(f"**The 10-critic critic**: {diff:+.1f} points over the default on "
+                        f"{len(done)} tuning unit(s) so far, at {speed:.1f}× the update time on this CPU; "
+                        "too few units to change the default.")
+    else:
+        findings.append("**The 10-critic critic**: no finished unit yet.")
+    devices = sorted({machine(r["device"]) for r in records} | {machine(u["device"]) for u in critic10})
+    prov = [f"Records: `{rel(SELECTION)}/` (one JSON per checkpoint: every grid point's success, step and "
+            f"evaluation time; the checkpoints are retrained units of the `gaps` tier's default LPS) and the `beyond` tier under `{rel(UNITS)}/`.", "",
+            *table(["records", "machine", "commits"],
+                   [["selection", ", ".join(devices), ", ".join(sorted({short_commit(r["commit"]) for r in records}))],
+                    ["beyond", ", ".join(sorted({machine(u["device"]) for u in critic10})) or "–",
+                     ", ".join(sorted({short_commit(u["commit"]) for u in critic10})) or "–"]])]
+    return page("Beyond the papers: LPS variants",
+                "Does LPS gain from letting its critic choose among nearby latents at inference, or from a "
+                "10-critic pessimistic critic?",
+                ["The CPU protocol (`cpu` preset, 100K steps) on the tuning tasks 2 and 4 with the tuning seeds "
+                 "(100, 101); a variant that wins there is then scored on fresh seeds of tasks 1, 3 and 5. "
+                 "[Selection](../algorithms.md#lps-selection) needs no retraining: `steerflow eval RUN --set "
+                 "select=N select_sigma=σ` on a trained run."],
+                "taskset -c 0 .venv/bin/python benchmarks/protocol/selection.py train --tasks 2 4 --seeds 100\n"
+                "taskset -c 0 .venv/bin/python benchmarks/protocol/selection.py eval --tasks 2 4 --seeds 100 --commit\n"
+                "taskset -c 1 .venv/bin/python benchmarks/protocol/study.py run --only beyond --commit",
+                body, findings, prov)
+
+
 def index_page() -> str:
     rows = []
     for name, fn in PAGES.items():
@@ -886,6 +966,7 @@ PAGES = {
     "gaps.md": gaps_page,
     "alpha.md": alpha_page,
     "qpilots.md": qpilots_page,
+    "beyond.md": beyond_page,
     "online.md": online_page,
     "robot-data.md": robot_page,
     "practitioner.md": practitioner_page,
