@@ -208,7 +208,18 @@ def protocol_page() -> str:
             "", "## Scene, task 2 (sparse)", "",
             "The same budget on `scene-task2-sparse` (a 200-episode scene dataset), the reward the paper "
             "and the authors' code use on scene.", "",
-            *table(["task", "seed", "method", "25K", "50K", "75K", "100K"], curve_rows(scene))]
+            *table(["task", "seed", "method", "25K", "50K", "75K", "100K"], curve_rows(scene)),
+            "", "## Which method to pick at this budget", "",
+            f"- **QC-FQL** when you can afford to tune its α: it is {'ahead' if mean5['qc-fql'] > mean5['lps'] else 'behind'} "
+            f"over the five tasks here ({mean5['qc-fql']:.1f}% against LPS's {mean5['lps']:.1f}%), and QC-MFQL at its best α is ahead of "
+            "LPS on the tuning tasks ([α study](alpha.md)); both fail away from that one α.",
+            "- **LPS** when you cannot tune: it has no regularisation weight, and its curves are still rising at "
+            "100K steps (the study's `long` tier, 300K steps on tasks 2 and 4, settles whether it catches up). "
+            "Inference-time selection did not help it at this budget ([beyond the papers](beyond.md)).",
+            "- **QPILOTS** when the base policy is frozen and only inference may change; with the CPU critic, "
+            "best-of-N selection under the same critic is ahead of gradient steering ([QPILOTS](qpilots.md)).",
+            "- What only the paper-size protocol (1M steps, 4×512 nets) can settle: whether LPS overtakes "
+            "QC-FQL, as the LPS paper reports, and whether steering beats best-of-N online with steered targets."]
     findings = [
         f"**The methods leave the floor at this budget.** Over the five tasks LPS reaches {mean5['lps']:.1f}% "
         f"and QC-FQL {mean5['qc-fql']:.1f}%, against BC-MF's {mean5['bc-mf']:.1f}%.",
