@@ -494,7 +494,7 @@ def qpilots_page() -> str:
                  "`steered_targets=false`, so nothing trained depends on α and one critic is evaluated at "
                  "every α on the same 50 episode seeds (`benchmarks/qpilots_alpha_eval.py`)."],
                 "bash benchmarks/qpilots_frozen_base.sh\n.venv/bin/python benchmarks/qpilots_summary.py\n"
-                ".venv/bin/python benchmarks/qpilots_speed.py --variants", body, findings, prov)
+                ".venv/bin/python benchmarks/speed.py qpilots --variants", body, findings, prov)
 
 
 # --------------------------------------------------------------------------- online
@@ -724,8 +724,8 @@ def throughput_page() -> str:
                 "and what do the sweep backends add?",
                 ["Paper-size networks (4×512, batch 256) for training throughput; CPU-preset networks for "
                  "policy latency; XLA single-threaded where a row says one thread."],
-                ".venv/bin/python benchmarks/agents_speed.py\n"
-                "XLA_FLAGS=\"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1\" .venv/bin/python benchmarks/policy_latency.py\n"
+                ".venv/bin/python benchmarks/speed.py agents\n"
+                "XLA_FLAGS=\"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1\" .venv/bin/python benchmarks/speed.py policy\n"
                 ".venv/bin/python benchmarks/sweep_backends.py --units 32", body, findings, prov)
 
 
