@@ -899,14 +899,14 @@ def beyond_page() -> str:
     for r in records:
         grid += [p["overrides"] for p in r["points"] if p["overrides"] not in grid]
     cols = [f"{r['task'].replace('cube-single-', '')} s{r['seed']}" for r in records]
-    rows, means = [], {}
+    rows, base, others = [], None, []
     for point in grid:
         cells = [next((p["success"] for p in r["points"] if p["overrides"] == point), None) for r in records]
-        means[json.dumps(point)] = np.mean(cells) if None not in cells else None
+        mean = None if None in cells else np.mean(cells)
         rows.append([_selection_label(point), *["–" if c is None else f"{100 * c:.0f}" for c in cells],
-                     "–" if None in cells else f"{100 * np.mean(cells):.1f}"])
-    base = means.get(json.dumps({}))
-    others = [m for k, m in means.items() if k != "{}" and m is not None]
+                     "–" if mean is None else f"{100 * mean:.1f}"])
+        if mean is not None:
+            base, others = (mean, others) if not point else (base, [*others, mean])
     units = protocol_units()
     critic10 = select(units, tier="beyond")
     pairs = [(u, next((d for d in select(units, tier="gaps", name="default") if d["task"] == u["task"]
