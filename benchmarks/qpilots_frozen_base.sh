@@ -3,11 +3,13 @@
 #   1. BC-FM with the QPILOTS velocity net (flow=qpilots), 100K steps, `--preset cpu`;
 #   2. QPILOTS-U and QPILOTS-M steering that frozen base, critic (and MFM) trained 100K steps with
 #      a' from the base's own sampler (steered_targets=false: nothing trained depends on α);
-#   3. each evaluated at α = 0 (the base itself), 0.1, 0.3, 1, 2 on the same 50 episode seeds, and
-#      best-of-8 and best-of-32 unsteered base samples ranked by the same critic (selection, not steering).
+#   3. each evaluated on the same 50 episode seeds at α = 0 (the base itself) and the α of QP_ALPHAS
+#      (default: the paper's grid 0.1, 0.2, 0.3, 0.5, 1, 2 and the finer 0.02, 0.05), and at best-of-8
+#      and best-of-32 unsteered base samples ranked by the same critic (selection, not steering).
 # QP_SET adds agent-config overrides to both QPILOTS runs (and names their directories), e.g.
 # QP_SET=critic.num_critics=2 for the CPU protocol's two critics instead of the paper's ten.
-# QP_AGENTS picks the steering agents (default both, U first). Records (no checkpoints) are copied
+# QP_AGENTS picks the steering agents (default both, U first). With no QP_SET the critic is the
+# paper's 10-critic ensemble (directory qpilots-u-frozen-TASK-sSEED). Records (no checkpoints) are copied
 # to benchmarks/results/qpilots_cpu/ as each run finishes. Usage:
 #   [QP_SET=critic.num_critics=2] [QP_AGENTS=qpilots-u] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
 set -euo pipefail
@@ -32,7 +34,7 @@ for agent in ${QP_AGENTS:-qpilots-u qpilots-m}; do
   run=$RUNS/$agent-frozen$tag-$TASK-s$SEED
   $BIN/steerflow train --agent $agent --task "$TASK" --seeds "$SEED" --preset cpu --out "$run" --resume \
       --base-from "$base" --set steered_targets=false $QP_SET
-  $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas 0,0.1,0.3,1,2 --best-of 8,32  # evaluates only what its record lacks
+  $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas "${QP_ALPHAS:-0,0.02,0.05,0.1,0.2,0.3,0.5,1,2}" --best-of 8,32  # evaluates only what its record lacks
   copy_records "$run"
 done
 echo "records in $RESULTS"
