@@ -599,3 +599,56 @@ def test_the_qpilots_summary_tabulates_best_of_n_beside_the_alpha_grid(tmp_path)
     entry = summary_mod.summarise(tmp_path)["agents"][0]
     assert entry["best_of_n"]["cube-single-task2"]["8"]["mean"] == pytest.approx(0.375)
     assert "N=8" in summary_mod.markdown(summary_mod.summarise(tmp_path))
+
+
+def test_steered_endpoint_at_alpha_zero_is_the_base_endpoint_from_the_same_noise():
+    """qpilots_u.steered_endpoint / base_endpoint (benchmarks/qpilots_diagnostics.py compares them
+    before the clip): at α = 0 the two are the same chunk; at α > 0 they differ only by steering."""
+    obs = jax.random.normal(jax.random.PRNGKey(1), (4, SPEC.obs_dim))
+    key = jax.random.PRNGKey(2)
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u, alpha=0.0))
+    base = qpilots_u.base_endpoint(state, obs, key, state.params["base"])
+    np.testing.assert_allclose(qpilots_u.steered_endpoint(state, obs, key, state.params["base"]), base, atol=1e-6)
+    steered = state.replace(config=dataclasses.replace(state.config, alpha=0.5))
+    assert not np.allclose(qpilots_u.steered_endpoint(steered, obs, key, state.params["base"]), base, atol=1e-4)
+    np.testing.assert_array_equal(qpilots_u.base_sample(state, obs, key, state.params["base"]),
+                                  jnp.clip(base, -1, 1))
+
+
+def test_the_diagnostics_clip_share_and_nearest_distance():
+    """benchmarks/qpilots_diagnostics.py: the clip removes the part of the step outside [-1, 1]; a
+    chunk that is one of the base samples is at distance 0 from the nearest."""
+    diag = _benchmark_module("qpilots_diagnostics")
+    x_base = np.array([[0.0, 0.5], [0.2, 0.2]])
+    x_steer = np.array([[0.0, 2.5], [0.2, 0.2]])  # row 0: a step of 2, of which 1.5 lies past the bound
+    lost, clipped = diag.clip_loss(x_steer, x_base)
+    assert lost[0] == pytest.approx(0.75) and np.isnan(lost[1])
+    np.testing.assert_allclose(clipped, [0.5, 0.0])
+
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u))
+    obs = jax.random.normal(jax.random.PRNGKey(1), (3, SPEC.obs_dim))
+    key = jax.random.PRNGKey(2)
+    own = qpilots_u.base_sample(state, obs, key, state.params["base"])
+    # nearest=1 draws the samples with the same key as `own`: distance 0 exactly; else positive
+    np.testing.assert_allclose(diag.nearest_base_rms(state, 1)(obs, own, key), 0.0, atol=1e-7)
+    assert np.all(np.asarray(diag.nearest_base_rms(state, 1)(obs, own, jax.random.PRNGKey(3))) > 0)
+
+
+def test_the_diagnostics_value_steering_with_its_own_critic_and_the_judge():
+    """benchmarks/qpilots_diagnostics.py: the base row is the zero of every delta; steering raises
+    its own critic's ψ at small α (its direction); the judge column is the judge's ψ, so a judge
+    that is the steering run itself reproduces the steering column, and another one does not."""
+    diag = _benchmark_module("qpilots_diagnostics")
+    state = qpilots_u.init(jax.random.PRNGKey(0), SPEC, small(qpilots_u))
+    other = qpilots_u.init(jax.random.PRNGKey(5), SPEC, small(qpilots_u))
+    other = other.replace(params={**other.params, "base": state.params["base"]})
+    obs = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (64, SPEC.obs_dim)))
+    args = diag.parse_args(["s", "j", "--alphas", "0.05", "--best-of", "8", "--nearest", "4", "--batch", "32"])
+    rows = {r["rule"]: r for r in diag.summarise(diag.collect(state, state, obs, args))}
+    assert rows["base"]["steer_value_delta"] == 0 and rows["base"]["judge_raised"] == 0
+    assert rows["steer"]["steer_value_delta"] > 0 and rows["steer"]["steer_value_delta_ci"][0] > 0
+    assert rows["steer"]["judge_value_delta"] == pytest.approx(rows["steer"]["steer_value_delta"])
+    assert 0 <= rows["steer"]["clip_lost"] <= 1
+    judged = {r["rule"]: r for r in diag.summarise(diag.collect(state, other, obs, args))}
+    assert judged["steer"]["steer_value_delta"] == pytest.approx(rows["steer"]["steer_value_delta"])
+    assert judged["steer"]["judge_value_delta"] != pytest.approx(rows["steer"]["judge_value_delta"])

@@ -102,28 +102,38 @@ def steering_gradient(state: AgentState, obs: jnp.ndarray):
     return grad
 
 
-def steered_sample(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict,
-                   gradient_fn=steering_gradient) -> jnp.ndarray:
-    """clip(steered Euler sample) per state, the base velocity from `base_params`. The noise is
-    drawn from `key` exactly as the base policy's own sampler (BC-FM `act`) draws it."""
+def steered_endpoint(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict,
+                     gradient_fn=steering_gradient) -> jnp.ndarray:
+    """The steered Euler sample per state before the final clip, (B, d), the base velocity from
+    `base_params`. The noise is drawn from `key` exactly as `base_endpoint` (and BC-FM `act`)
+    draws it, so the two differ only by the steering."""
     config, spec = state.config, state.spec
     net = flow.make_net(config.flow, spec.chunk_dim)
     noise = latent.sample_prior(key, (obs.shape[0], spec.chunk_dim), "normal")
-    x = steering.steered_euler(lambda x_, t_: net.apply(base_params, obs, x_, t_), gradient_fn(state, obs), noise,
-                               config.flow.steps, config.alpha, jax.random.fold_in(key, 1), config.steer_eps)
-    return jnp.clip(x, -1.0, 1.0)
+    return steering.steered_euler(lambda x_, t_: net.apply(base_params, obs, x_, t_), gradient_fn(state, obs), noise,
+                                  config.flow.steps, config.alpha, jax.random.fold_in(key, 1), config.steer_eps)
+
+
+def steered_sample(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict,
+                   gradient_fn=steering_gradient) -> jnp.ndarray:
+    """clip(`steered_endpoint`): the chunk QPILOTS-U acts with, (B, d)."""
+    return jnp.clip(steered_endpoint(state, obs, key, base_params, gradient_fn), -1.0, 1.0)
 
 
 def act(state: AgentState, obs: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     return steered_sample(state, obs, key, state.params["base"])
 
 
-def base_sample(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict) -> jnp.ndarray:
-    """clip(unsteered Euler sample) per state: the base policy's own sampler (α = 0), (B, d)."""
+def base_endpoint(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict) -> jnp.ndarray:
+    """The unsteered Euler sample per state before the final clip (α = 0), (B, d)."""
     config, spec = state.config, state.spec
     noise = latent.sample_prior(key, (obs.shape[0], spec.chunk_dim), "normal")
-    x = flow.sample(flow.make_net(config.flow, spec.chunk_dim).apply, base_params, obs, noise, config.flow.steps)
-    return jnp.clip(x, -1.0, 1.0)
+    return flow.sample(flow.make_net(config.flow, spec.chunk_dim).apply, base_params, obs, noise, config.flow.steps)
+
+
+def base_sample(state: AgentState, obs: jnp.ndarray, key: jax.Array, base_params: dict) -> jnp.ndarray:
+    """clip(`base_endpoint`): the base policy's own sampler, (B, d)."""
+    return jnp.clip(base_endpoint(state, obs, key, base_params), -1.0, 1.0)
 
 
 def next_actions(state: AgentState, next_obs: jnp.ndarray, key: jax.Array, gradient_fn=steering_gradient):
