@@ -652,3 +652,26 @@ def test_the_diagnostics_value_steering_with_its_own_critic_and_the_judge():
     judged = {r["rule"]: r for r in diag.summarise(diag.collect(state, other, obs, args))}
     assert judged["steer"]["steer_value_delta"] == pytest.approx(rows["steer"]["steer_value_delta"])
     assert judged["steer"]["judge_value_delta"] != pytest.approx(rows["steer"]["judge_value_delta"])
+
+
+def test_the_qpilots_summary_averages_diagnostics_per_critic_size_and_rule(tmp_path):
+    """benchmarks/qpilots_summary.py: diagnostics records averaged over seeds, keyed by the steering
+    critic's size from its overrides (2) or the agent's default (the paper's 10)."""
+    summary_mod = _benchmark_module("qpilots_summary")
+    for name, seed, overrides, delta in (("a", 0, {"critic.num_critics": "2"}, 0.5), ("b", 1, {"critic.num_critics": "2"}, 0.25),
+                                         ("c", 0, {}, -1.0)):
+        (tmp_path / name).mkdir()
+        rows = [{"rule": "base", "param": None, "steer_value_delta": 0.0, "judge_value_delta": 0.0, "judge_raised": 0.0,
+                 "nearest_rms": 0.1},
+                {"rule": "steer", "param": 0.1, "steer_value_delta": 1.0, "judge_value_delta": delta, "judge_raised": 0.5,
+                 "nearest_rms": 0.2, "clip_lost": 0.1, "clipped_coords": 0.01}]
+        (tmp_path / name / "diagnostics.json").write_text(json.dumps(
+            {"task": "cube-single-task2", "seed": seed, "steer_overrides": overrides,
+             "judge_overrides": {"critic.num_critics": "2"} if not overrides else {}, "rows": rows}))
+    diag = summary_mod.summarise_diagnostics(tmp_path)
+    by = {(r["critics"], r["rule"]): r for r in diag}
+    assert by[(2, "steer")]["judge_value_delta"] == pytest.approx(0.375) and by[(2, "steer")]["seeds"] == [0, 1]
+    assert by[(10, "steer")]["judge_value_delta"] == pytest.approx(-1.0) and by[(10, "steer")]["judge_critics"] == 2
+    assert [r["rule"] for r in diag] == ["base", "steer", "base", "steer"]
+    assert "| 2 (10) | cube-single-task2 | 0,1 | α=0.1 | +1.000 | +0.375 | 50 |" in "\n".join(
+        summary_mod.diagnostics_markdown(diag))
