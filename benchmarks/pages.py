@@ -424,43 +424,71 @@ def alpha_page() -> str:
 
 # --------------------------------------------------------------------------- QPILOTS
 
+def qpilots_alpha_rows(summary: dict) -> tuple[list[str], list[list]]:
+    """(α columns, rows) of the α-grid table: one row per (agent, critic size, task)."""
+    alphas = sorted({a for rec in summary["agents"] for by_alpha in rec["tasks"].values() for a in by_alpha}, key=float)
+    rows = []
+    for rec in summary["agents"]:
+        for task, by_alpha in rec["tasks"].items():
+            bon = rec.get("best_of_n", {}).get(task, {})
+            cell = lambda d: pct(list(d["seeds"].values()))  # noqa: E731
+            rows.append([f"{rec['agent'].upper()}, {rec['critics']} critics, task {task[-1]}",
+                         ", ".join(sorted(by_alpha["0.0"]["seeds"])),
+                         *[cell(by_alpha[a]) if a in by_alpha else "–" for a in alphas],
+                         *[cell(bon[n]) if n in bon else "–" for n in ("8", "32")]])
+    return alphas, rows
+
+
+def qpilots_diagnostic_rows(summary: dict) -> list[list]:
+    """Rows of the diagnostics table (`benchmarks/qpilots_diagnostics.py`, averaged by `qpilots_summary.py`)."""
+    rows = []
+    for r in summary.get("diagnostics", []):
+        rule = "base" if r["rule"] == "base" else f"best-of-{r['param']}" if r["rule"] == "bon" else f"α = {r['param']:g}"
+        rows.append([f"{r['critics']} ({r['judge_critics']})", f"task {r['task'][-1]}", ",".join(map(str, r["seeds"])),
+                     rule, f"{r['steer_value_delta']:+.3f}", f"{r['judge_value_delta']:+.3f}",
+                     f"{100 * r['judge_raised']:.0f}", f"{r['nearest_rms']:.3f}",
+                     f"{100 * r['clip_lost']:.0f}" if "clip_lost" in r else "–"])
+    return rows
+
+
 def qpilots_page() -> str:
     summary = read_json(RESULTS / "qpilots_cpu" / "summary.json")
-    alphas = ["0.0", "0.1", "0.3", "1.0", "2.0"]
-    rows, sel = [], {}
-    for rec in summary["agents"]:
-        name = rec["agent"].upper().replace("QPILOTS", "QPILOTS")
-        sel[rec["agent"]] = rec["selected"]
-        for task, by_alpha in rec["tasks"].items():
-            def cell(d):
-                vals = list(d["seeds"].values())
-                return pct(vals)
-            bon = rec["best_of_n"].get(task, {})
-            rows.append([f"{name}, task {task[-1]}", ", ".join(sorted(by_alpha["0.0"]["seeds"])),
-                         *[cell(by_alpha[a]) if a in by_alpha else "–" for a in alphas],
-                         cell(bon["8"]) if "8" in bon else "–", cell(bon["32"]) if "32" in bon else "–"])
+    sel = {(rec["agent"], rec["critics"]): rec["selected"] for rec in summary["agents"]}
+    alphas, rows = qpilots_alpha_rows(summary)
     runs = sorted(p for p in (RESULTS / "qpilots_cpu").iterdir() if p.is_dir())
     crow = []
     for p in runs:
         cfg = read_json(p / "config.json")["run"]
         with open(p / "eval.csv") as f:
             curve = {int(r["step"]): float(r["success"]) for r in csv.DictReader(f)}
-        crow.append([cfg["agent"], cfg["task"], cfg["seeds"][0], *[f"{100 * curve[s]:.0f}" if s in curve else "–" for s in STEPS]])
+        critics = cfg["overrides"].get("critic.num_critics", "10") if cfg["agent"].startswith("qpilots") else "–"
+        crow.append([cfg["agent"], critics, cfg["task"], cfg["seeds"][0],
+                     *[f"{100 * curve[s]:.0f}" if s in curve else "–" for s in STEPS]])
     speed = read_json(RESULTS / "qpilots_speed_cpu.json")
     srows = []
     for r in speed["rows"]:
         label = r["agent"] + "".join(f" `{k}={v}`" for k, v in r.get("overrides", {}).items())
         srows.append([label, f"{r['train_steps_per_s']:.1f}", f"{r['act_b1_p50_ms']:.2g}", f"{r['act_b50_p50_ms']:.3g}"])
-    su, sm = sel["qpilots-u"], sel["qpilots-m"]
+    su, sm = sel[("qpilots-u", 2)], sel[("qpilots-m", 2)]
     body = ["## Steering a frozen base: success against α", "",
             "Each trained critic at 100K steps, evaluated at each α, and by best-of-N selection on the same "
             "base and critic (N unsteered base samples, the one the critic ranks first). Success (%), mean "
             "[95% CI] over seeds.", "",
-            *table(["agent, task", "seeds", "α=0 (base)", "α=0.1", "α=0.3", "α=1", "α=2", "best-of-8", "best-of-32"], rows),
+            *table(["agent, critics, task", "seeds", *[f"α={float(a):g}" + (" (base)" if float(a) == 0 else "")
+                                                        for a in alphas], "best-of-8", "best-of-32"], rows),
+            "", "## Does steering exploit its critic?", "",
+            "Offline, on 2,000 dataset states (`benchmarks/qpilots_diagnostics.py`): each acting rule's chunk "
+            "valued by the steering critic's pessimistic aggregate ψ and by an independently trained critic "
+            "(the judge: the other critic size on the same frozen base), as the difference to the base chunk "
+            "from the same noise; the share of states the judge rates above the base chunk; the RMS distance "
+            "to the nearest of 64 fresh base samples (the base's own chunk sits at the first row's value); "
+            "and the share of the steering step the final clip to [-1, 1] removes. Means over seeds.", "",
+            *table(["critics (judge)", "task", "seeds", "rule", "Δψ own", "Δψ judge", "judge ↑ %", "nearest",
+                    "clip lost %"], qpilots_diagnostic_rows(summary)),
             "", "## Training curves", "",
             "Success (%) during training: the BC-FM bases, and the critic-only QPILOTS runs on them (evaluated "
             "at the default α = 0.3 while training).", "",
-            *table(["agent", "task", "seed", "25K", "50K", "75K", "100K"], crow),
+            *table(["agent", "critics", "task", "seed", "25K", "50K", "75K", "100K"], crow),
             "", "## Cost", "",
             "Train steps/s and `act` latency (p50, ms) at batch 1 and 50, one thread, cpu-preset sizes, every "
             "agent on the QPILOTS critic and velocity net.", "",
