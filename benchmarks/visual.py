@@ -1,7 +1,7 @@
 """LPS on images: a small visual cube-single task 2.
 
 Successful demos of cube-single task 2 from OGBench's CubePlanOracle with its noise
-(`export_formats.oracle_task_demos`, as benchmarks/practitioner.py), their simulator states
+(`steerflow.demos.writers.oracle_task_demos`, as benchmarks/practitioner.py), their simulator states
 rendered into 64x64x3 frames of the visual env (`data.render`: what visual-cube-single-task2
 observes; pixels only, no low-dim state), imported without rewards, and trained on by LPS with
 `--reward sparse-success` through the IMPALA-style encoder (`steerflow.encoders`, one per network
@@ -46,7 +46,7 @@ def main() -> None:
 
     from tqdm import tqdm
 
-    from steerflow.data import export_formats as ex
+    from steerflow.demos import writers as ex
     from steerflow.data.imports import import_episodes, imported_meta
     from steerflow.data.render import StateRenderer, rendered_demos
     from steerflow.runinfo import atomic_write_json, device_description, git_commit

@@ -6,7 +6,7 @@ traceback, and nothing left behind (the directory tree is compared before and af
 Flag cases run in-process through `cli.main` (an exception other than SystemExit escaping it
 would be a traceback and fails the test); the data and checkpoint cases damage copies of one tiny
 dataset and one smoke run made once per module; the import cases write small files of random
-demos with the project's own writers (`steerflow.data.export_formats`) and damage them."""
+demos with the project's own writers (`steerflow.demos.writers`) and damage them."""
 
 import contextlib
 import errno
@@ -250,9 +250,9 @@ def _demos(n: int = 2, steps: int = 30, action_dim: int = 5) -> list[dict]:
 def _robomimic(tmp: Path, edit, **kwargs) -> Path:
     import h5py
 
-    from steerflow.data import export_formats
+    from steerflow.demos import writers
 
-    path = export_formats.write_robomimic(tmp / "demos.hdf5", _demos(), **kwargs)
+    path = writers.write_robomimic(tmp / "demos.hdf5", _demos(), **kwargs)
     with h5py.File(path, "a") as f:
         edit(f)
     return path
@@ -274,9 +274,9 @@ def _lerobot(tmp: Path, edit_table=None, edit_info=None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from steerflow.data import export_formats
+    from steerflow.demos import writers
 
-    root = export_formats.write_lerobot(tmp / "lerobot", _demos(action_dim=4))
+    root = writers.write_lerobot(tmp / "lerobot", _demos(action_dim=4))
     data_file = root / "data" / "chunk-000" / "file-000.parquet"
     if edit_table:
         pq.write_table(edit_table(pq.read_table(data_file), pa), data_file)
@@ -565,9 +565,9 @@ def test_a_stepper_steps_a_batch_of_environments_in_lockstep():
 def test_a_one_demo_dataset_is_scored_on_its_training_demo_and_says_so(tmp_path, monkeypatch, capsys):
     """No demo is held out of a dataset of one: the offline MSE is the training fit, and every
     place that shows it (the import, each evaluation, the final line and records) says so."""
-    from steerflow.data import export_formats
+    from steerflow.demos import writers
 
-    path = export_formats.write_robomimic(tmp_path / "one.hdf5", _demos(n=1))
+    path = writers.write_robomimic(tmp_path / "one.hdf5", _demos(n=1))
     monkeypatch.setenv("STEERFLOW_DATA", str(tmp_path / "data"))
     capsys.readouterr()
     cli.main(["data", "import", "robomimic", str(path), "--name", "one"])
@@ -622,13 +622,13 @@ def _leftovers(root: Path) -> list[str]:
 
 def _random_demos(path: Path, demos: int, steps: int) -> Path:
     """A robomimic file of random demos (cube-single's 28 + 5 dimensions)."""
-    from steerflow.data import export_formats
+    from steerflow.demos import writers
 
     rng = np.random.default_rng(0)
     episodes = [{"observations": rng.normal(size=(steps, 28)).astype(np.float32),
                  "actions": rng.uniform(-1, 1, size=(steps, 5)).astype(np.float32),
                  "rewards": np.zeros(steps, np.float32), "dones": np.zeros(steps, np.float32)} for _ in range(demos)]
-    return export_formats.write_robomimic(path, episodes)
+    return writers.write_robomimic(path, episodes)
 
 
 @pytest.fixture(scope="module")

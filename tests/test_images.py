@@ -14,7 +14,7 @@ from steerflow import cli, encoders
 from steerflow.agents import get_agent
 from steerflow.agents.common import EnvSpec
 from steerflow.config import apply_overrides
-from steerflow.data import export_formats as ex
+from steerflow.demos import writers as ex
 from steerflow.data import imports
 from steerflow.data.chunks import build_chunk_dataset, sample_chunks
 from steerflow.encoders import ObsLayout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from steerflow import cli
-from steerflow.data import export_formats as ex
+from steerflow.demos import writers as ex
 from steerflow.data import imports, normalization
 from steerflow.data.normalization import Normalization
 

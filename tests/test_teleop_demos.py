@@ -230,7 +230,7 @@ def test_without_artifacts_the_teleoperator_passes_commands_through():
 
 
 def test_the_cube_oracle_hook_changes_nothing_without_artifacts():
-    from steerflow.data.export_formats import oracle_task_demos
+    from steerflow.demos.writers import oracle_task_demos
 
     plain = oracle_task_demos("cube-single-task2", 1, seed=0)
     hooked, stats = cube_oracle.cube_demos("cube-single-task2", 1, seed=0)

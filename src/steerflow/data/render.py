@@ -75,7 +75,7 @@ class StateRenderer:
 
 def rendered_demos(demos: list[dict], renderer: StateRenderer, progress=None) -> list[dict]:
     """Pixel-only episodes (`imports` layout) of demos that carry the states of their T observations
-    and of the last next one (qpos, qvel (T+1, .): `export_formats.oracle_task_demos(record_states=True)`):
+    and of the last next one (qpos, qvel (T+1, .): `steerflow.demos.writers.oracle_task_demos(record_states=True)`):
     frames of all T+1 states, as `images` (T) and `next_images` (T), the state part empty (T, 0)."""
     out = []
     for demo in demos:

@@ -3,6 +3,7 @@
     teleop           the artifacts (pauses, hesitation, micro-corrections, jitter, premature release)
     fetch_scripted   a scripted operator for Gymnasium-Robotics' FetchPickAndPlace
     cube_oracle      OGBench's cube-single oracle, through the same artifacts
+    writers          robomimic HDF5, LeRobot v3 and Minari writers (and the oracle episodes they store)
 
 `make_demos` dispatches on the source name; `write_demos` writes robomimic HDF5 (no rewards, no
 dones: import with `--reward sparse-success` training), read back like a user's file by
@@ -41,7 +42,7 @@ def make_demos(source: str, num_demos: int, seed: int = 0, artifacts: Artifacts 
 
 def import_keys(source: str) -> list[str]:
     """The observation keys of `source`'s files, in the order that rebuilds its flat observation."""
-    from steerflow.data.export_formats import ROBOMIMIC_KEYS
+    from .writers import ROBOMIMIC_KEYS
 
     from .fetch_scripted import OBS_SLICES
 
@@ -50,7 +51,7 @@ def import_keys(source: str) -> list[str]:
 
 def write_demos(path: str | os.PathLike, source: str, demos: list[dict], artifacts: Artifacts, seed: int) -> Path:
     """robomimic HDF5 of `demos` at `path` (obs/next_obs per key, actions; no rewards or dones)."""
-    from steerflow.data.export_formats import write_robomimic
+    from .writers import write_robomimic
 
     from .fetch_scripted import OBS_SLICES
 

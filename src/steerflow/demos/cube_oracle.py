@@ -1,6 +1,6 @@
 """Teleoperation artifacts on OGBench cube-single oracle demos.
 
-`cube_demos` is `steerflow.data.export_formats.oracle_task_demos` (OGBench's CubePlanOracle with
+`cube_demos` is `steerflow.demos.writers.oracle_task_demos` (OGBench's CubePlanOracle with
 its noise, kept when the task is solved within the env's 200 steps) with a `TeleopHook`: each
 action goes through a `teleop.Teleop`. The oracle follows a time-indexed plan (keyframes joined by
 0.4 s segments, 20 Hz control), so the hook
@@ -91,7 +91,7 @@ def cube_demos(task: str, num_demos: int, seed: int = 0, artifacts: Artifacts = 
                max_tries: int | None = None, progress=None) -> tuple[list[dict], dict]:
     """`num_demos` successful cube-single oracle demos of `task` with `artifacts`, and the statistics
     of making them (as `fetch_scripted.fetch_demos`'). Deterministic in `seed`."""
-    from steerflow.data.export_formats import oracle_task_demos
+    from .writers import oracle_task_demos
 
     hook = TeleopHook(artifacts, seed)
     max_tries = tries_allowed(num_demos) if max_tries is None else max_tries

@@ -1,5 +1,6 @@
 """Demonstrations the project makes itself, written in the formats practitioners bring (robomimic
-HDF5, LeRobot v3, Minari), so that every reader is tested on real files from a clean clone.
+HDF5, LeRobot v3, Minari): `steerflow data demos` writes its scripted operators' demos with
+`write_robomimic`, and every reader is tested on real files from a clean clone.
 
 Source episodes: cube-single oracle episodes from ``ogbench_gen.generate_episodes`` (the
 scripted PlanOracle with its noise), split at ``terminals``: per episode ``observations (T, 28)``,
@@ -24,7 +25,7 @@ ROBOMIMIC_KEYS = {"robot0_proprio": slice(0, 19), "object": slice(19, 28)}
 
 def oracle_episodes(num_episodes: int, seed: int = 0, episode_steps: int = 51, rewards: bool = True) -> list[dict]:
     """`num_episodes` cube-single oracle episodes of `episode_steps` steps each."""
-    from .ogbench_gen import generate_episodes
+    from steerflow.data.ogbench_gen import generate_episodes
 
     data = generate_episodes("cube-single", num_episodes, seed, episode_steps=episode_steps)
     ends = np.flatnonzero(data["terminals"]) + 1
@@ -54,8 +55,8 @@ def oracle_task_demos(task: str, num_demos: int, seed: int = 0, noise: float = 0
     action to take instead, `hook.record()` -> per-step arrays stored with each kept demo."""
     import os
 
-    from .ogbench_gen import ORACLE_NOISE_SMOOTHING
-    from .tasks import make_env, parse_task
+    from steerflow.data.ogbench_gen import ORACLE_NOISE_SMOOTHING
+    from steerflow.data.tasks import make_env, parse_task
 
     from steerflow import gl
 
