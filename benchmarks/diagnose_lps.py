@@ -123,7 +123,7 @@ def env_success(task, state, spec, norm, config, base, episodes: int, seed: int,
     import jax.numpy as jnp
 
     from steerflow.agents import lps
-    from steerflow.evaluate import EnvPool, run_episodes
+    from steerflow.envs.pool import EnvPool, run_episodes
     from steerflow.generative import latent
 
     @jax.jit

@@ -11,7 +11,7 @@ from steerflow import cli, train as trainer
 from steerflow.train import loop  # the loop looks its helpers up in its own module
 from steerflow.agents import AGENTS
 from steerflow.data.tasks import parse_task
-from steerflow.evaluate import EnvPool, run_episodes
+from steerflow.envs.pool import EnvPool, run_episodes
 
 TINY = ["--train-set", "dataset_episodes=3", "dataset_episode_steps=101"]
 

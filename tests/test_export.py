@@ -29,7 +29,7 @@ TOL = 1e-5
 EXPORTABLE = ["lps", "lpsd", "bc-mf", "bc-fm", "qc-fql", "qc-mfql", "dsrl-na", "dsrl-na-sac", "cfgrl", "qc-bon"]
 # the training stack a loaded artifact must not need (steerflow.api, imported by the package, imports lazily)
 BLOCKED = ["steerflow.train", "steerflow.agents", "steerflow.generative", "steerflow.critic", "steerflow.nets",
-           "steerflow.data", "steerflow.evaluate", "steerflow.export", "flax", "optax", "ogbench",
+           "steerflow.data", "steerflow.envs.pool", "steerflow.export", "flax", "optax", "ogbench",
            "mujoco"]
 
 

@@ -109,7 +109,7 @@ def test_online_rewards_and_masks_equal_the_offline_relabelling():
     from ogbench.relabel_utils import relabel_dataset
 
     from steerflow.data.tasks import make_env, online_rewards_masks, parse_task, sparse_rewards
-    from steerflow.evaluate import _LocalEnvs
+    from steerflow.envs.pool import _LocalEnvs
 
     task = parse_task("cube-single-task2")
     envs = _LocalEnvs(task, 1)

@@ -1,6 +1,6 @@
 """Videos of a policy's episodes: `steerflow eval RUN --video N` and `video_every` in training.
 
-Episodes run exactly as the evaluation runs them (`steerflow.evaluate.run_episodes`: the policy is
+Episodes run exactly as the evaluation runs them (`steerflow.envs.pool.run_episodes`: the policy is
 called on the observation once per chunk of H actions, executed open-loop; episode i resets with
 seed `seed·100003 + i`), in one env built in this process by the spec's
 `make(render_mode="rgb_array")` (`steerflow.envs`) and rendered after `reset` and after every
@@ -179,7 +179,7 @@ def record_episodes(spec, policy: Callable[[np.ndarray], np.ndarray], horizon: i
     shows frames written (at most `max_steps or spec.episode_length` + 1 per episode) and the ETA."""
     from tqdm import tqdm
 
-    from steerflow.evaluate import EnvPool, run_episodes
+    from steerflow.envs.pool import EnvPool, run_episodes
 
     require_video("steerflow.video")
     out_dir = Path(out_dir)

@@ -30,7 +30,7 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
     import jax
     from tqdm import tqdm
 
-    from steerflow.evaluate import EnvPool, run_episodes
+    from steerflow.envs.pool import EnvPool, run_episodes
 
     num_seeds = jax.tree.leaves(states.params)[0].shape[0]
     policy = policy or make_policy(agent)

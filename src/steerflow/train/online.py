@@ -38,7 +38,7 @@ class OnlinePhase:
         import jax.numpy as jnp
 
         from steerflow.data.replay import append_chunks, init_replay
-        from steerflow.evaluate import EnvPool
+        from steerflow.envs.pool import EnvPool
 
         self.task, self.tc, self.spec, self.seeds = task, tc, spec, list(seeds)
         self.norm = None if norm is None or norm.is_identity() else norm  # None: env units are the agent's

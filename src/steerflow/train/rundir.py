@@ -29,7 +29,7 @@ class RunDir:
     record: dict | None = None  # its last evaluation
     trackers: object = None  # `steerflow.tracking.Trackers`
     log: MetricsLog | None = None
-    pool: object = None  # `steerflow.evaluate.EnvPool` of its task
+    pool: object = None  # `steerflow.envs.pool.EnvPool` of its task
 
     @property
     def seeds(self) -> list[int]:
@@ -62,7 +62,7 @@ class RunDir:
 
     def open(self, step: int, kinds, tc) -> None:
         """Its trackers, metrics log and env pool; records after `step` (a resumed checkpoint) dropped."""
-        from steerflow.evaluate import EnvPool
+        from steerflow.envs.pool import EnvPool
         from steerflow.tracking import Trackers
 
         self.trackers = Trackers(self.out, kinds, step)  # `--log`: fed each record as it is written
