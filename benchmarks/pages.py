@@ -530,7 +530,8 @@ def qpilots_page() -> str:
             "", "## Does steering exploit its critic?", "",
             "Offline, on 2,000 dataset states (`benchmarks/qpilots_diagnostics.py`): each acting rule's chunk "
             "valued by the steering critic's pessimistic aggregate ψ and by an independently trained critic "
-            "(the judge: the other critic size on the same frozen base), as the difference to the base chunk "
+            "(the judge: a critic of the same size trained on the same frozen base from another seed, "
+            "`QP_JUDGE=1`), as the difference to the base chunk "
             "from the same noise; the share of states the judge rates above the base chunk; the RMS distance "
             "to the nearest of 64 fresh base samples (the base's own chunk sits at the first row's value); "
             "and the share of the steering step the final clip to [-1, 1] removes. Means over seeds.", "",

@@ -226,7 +226,8 @@ def main(argv=None) -> None:
     rows = summarise(collect(steer_state, judge_state, obs, args))
     print_table(rows)
     record = {"steer_run": str(args.steer_run), "judge_run": str(args.judge_run), "task": steer_run.task,
-              "seed": steer_run.seeds[0], "steer_overrides": steer_run.overrides, "judge_overrides": judge_run.overrides,
+              "seed": steer_run.seeds[0], "judge_seed": judge_run.seeds[0], "steer_overrides": steer_run.overrides,
+              "judge_overrides": judge_run.overrides,
               "states": args.states, "nearest": args.nearest, "sample_seed": SAMPLE_SEED, "rows": rows,
               "device": device_description(), "commit": git_commit()}
     out = args.out or args.steer_run / "diagnostics.json"

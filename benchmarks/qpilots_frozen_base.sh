@@ -10,8 +10,11 @@
 # QP_SET=critic.num_critics=2 for the CPU protocol's two critics instead of the paper's ten.
 # QP_AGENTS picks the steering agents (default both, U first). With no QP_SET the critic is the
 # paper's 10-critic ensemble (directory qpilots-u-frozen-TASK-sSEED). Records (no checkpoints) are copied
-# to benchmarks/results/qpilots_cpu/ as each run finishes. Usage:
-#   [QP_SET=critic.num_critics=2] [QP_AGENTS=qpilots-u] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
+# to benchmarks/results/qpilots_cpu/ as each run finishes. QP_JUDGE=1 then trains a second QPILOTS-U
+# critic on the same frozen base with the same overrides (seed 100+SEED: its own initialisation and
+# batches; directory qpilots-u-judge...) and runs benchmarks/qpilots_diagnostics.py with it as the judge
+# of the QPILOTS-U run (diagnostics.json beside that run's records). Usage:
+#   [QP_SET=critic.num_critics=2] [QP_AGENTS=qpilots-u] [QP_JUDGE=1] benchmarks/qpilots_frozen_base.sh cube-single-task2 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TASK=$1 SEED=$2
@@ -37,4 +40,11 @@ for agent in ${QP_AGENTS:-qpilots-u qpilots-m}; do
   $BIN/python benchmarks/qpilots_alpha_eval.py "$run" --alphas "${QP_ALPHAS:-0,0.02,0.05,0.1,0.2,0.3,0.5,1,2}" --best-of 8,32  # evaluates only what its record lacks
   copy_records "$run"
 done
+if [ -n "${QP_JUDGE:-}" ]; then
+  steer=$RUNS/qpilots-u-frozen$tag-$TASK-s$SEED judge=$RUNS/qpilots-u-judge$tag-$TASK-s$((100 + SEED))
+  $BIN/steerflow train --agent qpilots-u --task "$TASK" --seeds $((100 + SEED)) --preset cpu --out "$judge" --resume \
+      --base-from "$base" --set steered_targets=false $QP_SET
+  copy_records "$judge"
+  $BIN/python benchmarks/qpilots_diagnostics.py "$steer" "$judge" --out "$RESULTS/$(basename "$steer")/diagnostics.json"
+fi
 echo "records in $RESULTS"
