@@ -200,7 +200,8 @@ def summarise(cols: dict[str, dict[str, np.ndarray]]) -> list[dict]:
             row[f"{name}_delta"], row[f"{name}_delta_ci"] = float(delta.mean()), bootstrap_ci(delta)
         row["judge_raised"] = float(np.mean(c["judge_value"] > base["judge_value"]))
         rows.append(row)
-    return rows
+    order = {"base": 0, "bon": 1, "steer": 2}
+    return sorted(rows, key=lambda r: (order[r["rule"]], r["param"] or 0))
 
 
 def print_table(rows: list[dict]) -> None:
