@@ -10,7 +10,7 @@ Per agent and critic size (`critic.num_critics`: the CPU protocol's 2 or the pap
 of the two are separate rows): mean success and 95% bootstrap CI over seeds for every (task, α); the selected α is the
 one with the best mean over the tuning tasks 2 and 4, ties to the smaller α — the rule
 `steerflow report` applies to every swept hyperparameter (`select_hyperparameters`). No α is
-selected until both tuning tasks have a record.
+selected until both tuning tasks have a record, and only α measured on every seed of its task compete.
 
 `diagnostics.json` records (`benchmarks/qpilots_diagnostics.py`: offline values of each acting rule
 under the steering critic and an independent judge) are averaged over seeds per (steering critic
@@ -41,6 +41,11 @@ def critic_count(rec: dict) -> int:
     return get_agent(rec["agent"]).Config().critic.num_critics
 
 
+def all_seeds(by_value: dict) -> set:
+    """Every seed any cell of one task's row holds."""
+    return set().union(*(cell["seeds"] for cell in by_value.values()))
+
+
 def summarise(root: Path) -> dict:
     # (agent, critics, domain) -> task -> alpha -> seed -> success
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
@@ -69,9 +74,11 @@ def summarise(root: Path) -> dict:
         if {task_number(t) for t in per_task} >= set(TUNING_TASKS):
             # each (task, α) as the report's per-task record of an `--set alpha=...` sweep, so the
             # selection is the report's own rule, not a copy of it
+            # only α measured on every seed of its task compete: a mean over fewer seeds is not comparable
             recs = {(a, t): {"agent": agent, "impl": "steerflow", "preset": "cpu", "overrides": {"alpha": a},
                              "task": t, "domain": domain, "mean": cell["mean"]}
-                    for t, by_alpha in per_task.items() for a, cell in by_alpha.items()}
+                    for t, by_alpha in per_task.items() for a, cell in by_alpha.items()
+                    if set(cell["seeds"]) == all_seeds(by_alpha)}
             sel = select_hyperparameters(recs)[0]
             selected = {"alpha": sel["selected"]["alpha"],
                         "tuning_means": {c["values"]["alpha"]: c["tuning_mean"] for c in sel["candidates"]}}

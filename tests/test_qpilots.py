@@ -675,3 +675,19 @@ def test_the_qpilots_summary_averages_diagnostics_per_critic_size_and_rule(tmp_p
     assert [r["rule"] for r in diag] == ["base", "steer", "base", "steer"]
     assert "| 2 (10) | cube-single-task2 | 0,1 | α=0.1 | +1.000 | +0.375 | 50 |" in "\n".join(
         summary_mod.diagnostics_markdown(diag))
+
+
+def test_the_qpilots_summary_selects_only_alphas_measured_on_every_seed(tmp_path):
+    """benchmarks/qpilots_summary.py: an α evaluated on one seed of three (a finer grid added later)
+    is tabulated but does not compete in the selection, however high its mean."""
+    summary_mod = _benchmark_module("qpilots_summary")
+    for task in ("cube-single-task2", "cube-single-task4"):
+        for seed in (0, 1):
+            by_alpha = {0.0: 0.0, 0.1: 0.5, 0.3: 0.25, **({0.2: 1.0} if seed == 0 else {})}
+            (tmp_path / f"{task}-{seed}").mkdir()
+            (tmp_path / f"{task}-{seed}" / "alpha_eval.json").write_text(json.dumps(
+                {"agent": "qpilots-u", "task": task, "seeds": [seed], "overrides": {"critic.num_critics": "2"},
+                 "results": [{"alpha": a, "success": [v], "mean": v} for a, v in by_alpha.items()]}))
+    entry = summary_mod.summarise(tmp_path)["agents"][0]
+    assert entry["tasks"]["cube-single-task2"]["0.2"]["mean"] == 1.0 and entry["critics"] == 2
+    assert entry["selected"]["alpha"] == "0.1" and "0.2" not in entry["selected"]["tuning_means"]
