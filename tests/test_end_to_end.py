@@ -96,6 +96,24 @@ def test_worker_pool_matches_in_process_envs():
     assert np.all(a["final_reward"] == -1)  # cube-single has one sub-goal, left unsolved
 
 
+def test_a_non_finite_action_chunk_is_refused_before_it_reaches_the_env():
+    """run_episodes: MuJoCo takes NaN controls without complaint, so the pool refuses them, naming
+    the episode; a NaN in an idle env of the last wave is not an episode's action and passes."""
+    task = parse_task("cube-single-task1")
+
+    def policy(obs):
+        chunks = np.zeros((len(obs), 25))
+        chunks[1, 3] = np.nan
+        return chunks
+
+    with EnvPool(task, 2, workers=0) as pool:
+        with pytest.raises(FloatingPointError, match="episode 1 .reset seed 300010. at step 0"):
+            run_episodes(pool, policy, horizon=5, episodes=2, seed=3)
+        out = run_episodes(pool, lambda o: np.where(np.arange(len(o))[:, None] == 1, np.nan, np.zeros((len(o), 25))),
+                           horizon=5, episodes=1, seed=3)
+    assert out["length"][0] == 200
+
+
 @pytest.mark.parametrize("args, message", [
     (["--task", "cube-triple-task1"], "unknown domain"),
     (["--task", "cube-single-task9"], "outside 1..5"),

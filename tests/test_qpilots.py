@@ -691,3 +691,15 @@ def test_the_qpilots_summary_selects_only_alphas_measured_on_every_seed(tmp_path
     entry = summary_mod.summarise(tmp_path)["agents"][0]
     assert entry["tasks"]["cube-single-task2"]["0.2"]["mean"] == 1.0 and entry["critics"] == 2
     assert entry["selected"]["alpha"] == "0.1" and "0.2" not in entry["selected"]["tuning_means"]
+
+
+def test_the_pessimistic_aggregate_has_a_finite_gradient_where_the_critics_agree():
+    """critic.aggregate: mean − ρ·std, with jnp.std's value everywhere and a
+    finite gradient (the mean's) where they agree exactly, so steering through ψ never turns a tie
+    into a NaN chunk (jnp.std's own gradient there is 0·∞)."""
+    config = qc.CriticConfig(num_critics=2, aggregate="pessimistic", rho=0.5)
+    q = jnp.array([[1.0, -3.0], [1.0, 2.0]])  # state 0: the two critics agree
+    np.testing.assert_array_equal(qc.aggregate(q, config), jnp.mean(q, 0) - 0.5 * jnp.std(q, 0))
+    grad = jax.grad(lambda q_: jnp.sum(qc.aggregate(q_, config)))(q)
+    np.testing.assert_allclose(grad[:, 0], [0.5, 0.5])
+    np.testing.assert_allclose(grad[:, 1], [0.75, 0.25])

@@ -48,7 +48,11 @@ def aggregate(q: jnp.ndarray, config: CriticConfig) -> jnp.ndarray:
     if config.aggregate == "min":
         return jnp.min(q, axis=0)
     if config.aggregate == "pessimistic":
-        return jnp.mean(q, axis=0) - config.rho * jnp.std(q, axis=0)
+        # jnp.std's value, with the std term's gradient 0 where the critics agree exactly (jnp.std's
+        # is 0·∞ = NaN there, which a steering or actor gradient through ψ turns into a NaN chunk)
+        var = jnp.var(q, axis=0)
+        std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+        return jnp.mean(q, axis=0) - config.rho * std
     return jnp.mean(q, axis=0)
 
 

@@ -133,7 +133,8 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
     reward of the last state (OGBench's #satisfied − #sub-goals: 0 iff solved, −(sub-goals left)
     otherwise), which shows progress below the success threshold. Episode i resets with seed
     `seed·100003 + i`, so results do not depend on the pool size or the worker count.
-    `progress(finished, successes)` is called whenever episodes finish."""
+    `progress(finished, successes)` is called whenever episodes finish. A non-finite action chunk
+    for an active episode raises FloatingPointError naming the episode, instead of reaching the env."""
     success = np.zeros(episodes, bool)
     length = np.zeros(episodes, int)
     final_reward = np.zeros(episodes, np.float32)
@@ -144,6 +145,10 @@ def run_episodes(pool: EnvPool, policy: Callable[[np.ndarray], np.ndarray], hori
         active = np.arange(pool.num_envs) < n  # the last wave may leave envs idle
         while active.any():
             chunks = np.asarray(policy(obs)).reshape(len(obs), horizon, -1)
+            if not np.isfinite(chunks[active]).all():  # MuJoCo would take NaN controls and go on silently
+                bad = int(np.flatnonzero(active & ~np.isfinite(chunks).all(axis=(1, 2)))[0])
+                raise FloatingPointError(f"the policy returned a non-finite action chunk for episode {first + bad} "
+                                         f"(reset seed {seeds[bad]}) at step {length[first + bad]}")
             for k in range(horizon):
                 new_obs, done, step_success, step_reward = pool.step(chunks[:, k], active)
                 for i in np.flatnonzero(active):
