@@ -505,34 +505,56 @@ def qpilots_grid_finding(summary: dict) -> list[str]:
     return out
 
 
+def qpilots_success_on(summary: dict, critics: int, tasks_seeds: dict, rule: str, value: str) -> float:
+    """Mean success of QPILOTS-U with `critics` critics over {task: seeds} at α = value (rule 'steer')
+    or best-of-N = value (rule 'bon'); NaN where a cell is missing."""
+    rec = next((r for r in summary["agents"] if r["agent"] == "qpilots-u" and r["critics"] == critics), None)
+    vals = []
+    for task, seeds in tasks_seeds.items():
+        cells = (rec or {}).get("tasks" if rule == "steer" else "best_of_n", {}).get(task, {})
+        cell = cells.get(str(float(value)) if rule == "steer" else str(value), {"seeds": {}})
+        vals += [cell["seeds"].get(str(k), cell["seeds"].get(k)) for k in seeds]
+    return float(np.mean(vals)) if vals and None not in vals else float("nan")
+
+
 def qpilots_diagnostic_findings(summary: dict) -> list[str]:
-    """Per steering critic size, averaged over tasks: what best-of-8 and the steered chunks gain under the
-    steering critic and under the judge, and what the clip removes."""
+    """Per steering critic size, averaged over tasks and seeds: how much of each rule's gain under its
+    own critic the judge confirms, what the clip removes, and the largest α against best-of-32."""
     rows = summary.get("diagnostics", [])
     out = []
     for critics in sorted({r["critics"] for r in rows}):
         mine = [r for r in rows if r["critics"] == critics]
-        tasks = sorted({r["task"][-1] for r in mine})
+        tasks_seeds = {r["task"]: r["seeds"] for r in mine}
 
         def mean(rule, param, column):
             vals = [r[column] for r in mine if r["rule"] == rule and r["param"] == param and column in r]
             return float(np.mean(vals)) if vals else float("nan")
 
         alphas = sorted({r["param"] for r in mine if r["rule"] == "steer"})
-        if not alphas or not any(r["rule"] == "bon" and r["param"] == 8 for r in mine):
+        if not alphas or not {8, 32} <= {r["param"] for r in mine if r["rule"] == "bon"}:
             continue
-        best = max(alphas, key=lambda a: mean("steer", a, "judge_value_delta"))
-        judge = mine[0]["judge_critics"]
-        out.append(
-            f"**What the {critics}-critic steering buys, by its own critic and by a {judge}-critic judge** (tasks "
-            f"{' and '.join(tasks)}, Δψ against the base chunk): best-of-8 {mean('bon', 8, 'steer_value_delta'):+.2f} "
-            f"own / {mean('bon', 8, 'judge_value_delta'):+.2f} judge; steering at α = {best:g}, the α the judge "
-            f"rates best, {mean('steer', best, 'steer_value_delta'):+.2f} / {mean('steer', best, 'judge_value_delta'):+.2f}; "
-            f"at α = {alphas[-1]:g} {mean('steer', alphas[-1], 'steer_value_delta'):+.2f} / "
-            f"{mean('steer', alphas[-1], 'judge_value_delta'):+.2f}, {mean('steer', alphas[-1], 'nearest_rms'):.3f} "
-            f"RMS from the nearest base sample (the base's own: {mean('base', None, 'nearest_rms'):.3f}), and the "
-            f"final clip removes {100 * mean('steer', alphas[-1], 'clip_lost'):.0f}% of its step "
-            f"({100 * mean('steer', alphas[0], 'clip_lost'):.0f}% at α = {alphas[0]:g}).")
+        confirmed = [mean("steer", a, "judge_value_delta") / mean("steer", a, "steer_value_delta") for a in alphas]
+        top, judge = alphas[-1], mine[0]["judge_critics"]
+        clip = max(mean("steer", a, "clip_lost") for a in alphas)
+        text = (f"**Does {critics}-critic steering exploit its critic?** An independently trained {judge}-critic "
+                f"judge confirms {100 * min(confirmed):.0f}-{100 * max(confirmed):.0f}% of the gain the steering critic "
+                f"sees at α = {alphas[0]:g}-{top:g} (best-of-8: "
+                f"{100 * mean('bon', 8, 'judge_value_delta') / mean('bon', 8, 'steer_value_delta'):.0f}%), and rates "
+                f"the steered chunk above the base's on {100 * mean('steer', alphas[0], 'judge_raised'):.0f}% of states "
+                f"already at α = {alphas[0]:g} (best-of-8: {100 * mean('bon', 8, 'judge_raised'):.0f}%); the final clip "
+                f"removes at most {100 * clip:.0f}% of the steering step.")
+        s_top, s_32 = (qpilots_success_on(summary, critics, tasks_seeds, "steer", top),
+                       qpilots_success_on(summary, critics, tasks_seeds, "bon", 32))
+        if mean("steer", top, "judge_value_delta") > mean("bon", 32, "judge_value_delta") and s_top < s_32:
+            text += (f" Yet at α = {top:g} both critics rate the steered chunks above best-of-32's "
+                     f"({mean('steer', top, 'judge_value_delta'):+.2f} against {mean('bon', 32, 'judge_value_delta'):+.2f} "
+                     f"by the judge), {mean('steer', top, 'nearest_rms'):.3f} RMS from the nearest base sample against "
+                     f"best-of-32's {mean('bon', 32, 'nearest_rms'):.3f} (the base's own: "
+                     f"{mean('base', None, 'nearest_rms'):.3f}), and succeed less often ({100 * s_top:.0f}% against "
+                     f"{100 * s_32:.0f}% on the same seeds): what steering exploits is not one critic's quirk but an "
+                     "error critics trained this way share off the base's support, where best-of-N, confined to the "
+                     "base's own samples, does not go.")
+        out.append(text)
     return out
 
 
