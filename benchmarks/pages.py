@@ -216,10 +216,13 @@ def protocol_page() -> str:
             "- **LPS** when you cannot tune: it has no regularisation weight, and its curves are still rising at "
             "100K steps (the study's `long` tier, 300K steps on tasks 2 and 4, settles whether it catches up). "
             "Inference-time selection did not help it at this budget ([beyond the papers](beyond.md)).",
-            "- **QPILOTS** when the base policy is frozen and only inference may change; with the CPU critic, "
-            "best-of-N selection under the same critic is ahead of gradient steering ([QPILOTS](qpilots.md)).",
+            "- **QPILOTS** when the base policy is frozen and only inference may change: tune α over the "
+            "paper's full grid, and try best-of-N selection under the same critic beside it, which is ahead of "
+            "steering in most measured cells here; large α leaves the base's support, where the critics' values "
+            "stop predicting success ([QPILOTS](qpilots.md)).",
             "- What only the paper-size protocol (1M steps, 4×512 nets) can settle: whether LPS overtakes "
-            "QC-FQL, as the LPS paper reports, and whether steering beats best-of-N online with steered targets."]
+            "QC-FQL, as the LPS paper reports, and whether steering beats best-of-N online, with steered targets "
+            "and the paper's 10-critic critic."]
     findings = [
         f"**The methods leave the floor at this budget.** Over the five tasks LPS reaches {mean5['lps']:.1f}% "
         f"and QC-FQL {mean5['qc-fql']:.1f}%, against BC-MF's {mean5['bc-mf']:.1f}%.",
