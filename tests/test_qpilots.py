@@ -703,3 +703,14 @@ def test_the_pessimistic_aggregate_has_a_finite_gradient_where_the_critics_agree
     grad = jax.grad(lambda q_: jnp.sum(qc.aggregate(q_, config)))(q)
     np.testing.assert_allclose(grad[:, 0], [0.5, 0.5])
     np.testing.assert_allclose(grad[:, 1], [0.75, 0.25])
+
+
+def test_alpha_zero_never_evaluates_the_steering_gradient():
+    """steering.steered_euler at α = 0 is the base's Euler sampler even when the gradient is not
+    finite (0 · NaN would otherwise be NaN: the α = 0 row of an α grid was once not the base)."""
+    noise = jax.random.normal(jax.random.PRNGKey(0), (3, 4))
+    velocity = lambda x, tau: -x + tau[:, None]  # noqa: E731
+    nan_gradient = lambda x, tau, key: jnp.full_like(x, jnp.nan)  # noqa: E731
+    x = steering.steered_euler(velocity, nan_gradient, noise, 5, 0.0, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(x, flow.euler(velocity, noise, 5))
+    assert np.isnan(steering.steered_euler(velocity, nan_gradient, noise, 5, 0.1, jax.random.PRNGKey(1))).all()

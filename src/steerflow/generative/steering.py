@@ -27,6 +27,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from steerflow.generative.flow import euler
+
 
 def straight_through_clip(x: jnp.ndarray) -> jnp.ndarray:
     """clip(x, −1, 1) in the forward pass, identity in the backward pass."""
@@ -39,6 +41,8 @@ def steered_euler(velocity: Callable, steering_gradient: Callable, noise: jnp.nd
     `flow.euler(velocity, noise, steps)`. `velocity(x, tau)` and `steering_gradient(x, tau, key)`
     take x (B, d), tau (B,) (and a fresh key per step, for sampling estimators) and return (B, d)."""
     batch = noise.shape[0]
+    if isinstance(alpha, (int, float)) and alpha == 0:  # the base itself, no gradient evaluated (0·NaN is NaN)
+        return euler(velocity, noise, steps)
 
     def times(i):
         return jnp.full((batch,), i / steps, dtype=noise.dtype)
