@@ -516,7 +516,7 @@ def qpilots_success_on(summary: dict, critics: int, tasks_seeds: dict, rule: str
     for task, seeds in tasks_seeds.items():
         cells = (rec or {}).get("tasks" if rule == "steer" else "best_of_n", {}).get(task, {})
         cell = cells.get(str(float(value)) if rule == "steer" else str(value), {"seeds": {}})
-        vals += [cell["seeds"].get(str(k), cell["seeds"].get(k)) for k in seeds]
+        vals += [cell["seeds"].get(str(k)) for k in seeds]  # summary.json keys seeds as strings
     return float(np.mean(vals)) if vals and None not in vals else float("nan")
 
 

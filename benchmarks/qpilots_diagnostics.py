@@ -118,20 +118,29 @@ def rule_chunks(state, alphas, ns):
     return jax.jit(chunks)
 
 
-def nearest_base_rms(state, nearest: int):
-    """jit(obs (B, obs_dim), chunks (B, d), key) → (B,): RMS distance per coordinate to the
-    nearest of `nearest` fresh clipped base samples at each state."""
+def base_samples(state, nearest: int):
+    """jit(obs (B, obs_dim), key) → (B, nearest, d): fresh clipped base samples at each state."""
     import jax
     import jax.numpy as jnp
 
     from steerflow.agents import qpilots_u
 
-    def rms(obs, chunks, key):
-        samples = qpilots_u.base_sample(state, jnp.repeat(obs, nearest, axis=0), key, state.params["base"])
-        samples = samples.reshape(obs.shape[0], nearest, -1)
-        return jnp.sqrt(jnp.min(jnp.mean((samples - chunks[:, None]) ** 2, axis=-1), axis=1))
+    def samples(obs, key):
+        x = qpilots_u.base_sample(state, jnp.repeat(obs, nearest, axis=0), key, state.params["base"])
+        return x.reshape(obs.shape[0], nearest, -1)
 
-    return jax.jit(rms)
+    return jax.jit(samples)
+
+
+def rms_to_nearest(samples: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    """(B,): RMS distance per coordinate from each chunk (B, d) to the nearest of its samples (B, N, d)."""
+    return np.sqrt(np.min(np.mean((np.asarray(samples) - np.asarray(chunks)[:, None]) ** 2, axis=-1), axis=1))
+
+
+def nearest_base_rms(state, nearest: int):
+    """(obs (B, obs_dim), chunks (B, d), key) → (B,): `rms_to_nearest` of `nearest` fresh base samples."""
+    sample = base_samples(state, nearest)
+    return lambda obs, chunks, key: rms_to_nearest(sample(obs, key), chunks)
 
 
 def critic_values(state):
@@ -165,7 +174,7 @@ def collect(steer_state, judge_state, obs: np.ndarray, args) -> dict[str, dict[s
     import jax
 
     chunks_fn = rule_chunks(steer_state, args.alpha_list, args.n_list)
-    near_fn = nearest_base_rms(steer_state, args.nearest)
+    sample_fn = base_samples(steer_state, args.nearest)
     psi, judge = critic_values(steer_state), critic_values(judge_state)
     cols: dict[str, dict[str, list]] = {}
     key = jax.random.PRNGKey(SAMPLE_SEED)
@@ -173,10 +182,11 @@ def collect(steer_state, judge_state, obs: np.ndarray, args) -> dict[str, dict[s
         o = obs[start:start + args.batch]
         k_act, k_near = jax.random.split(jax.random.fold_in(key, i))
         chunks = {r: np.asarray(c) for r, c in chunks_fn(o, k_act).items()}
+        samples = np.asarray(sample_fn(o, k_near))  # drawn once per batch, shared by every rule
         for rule, x in chunks.items():
             acted = np.clip(x, -1.0, 1.0)
             row = {"steer_value": np.asarray(psi(o, acted)), "judge_value": np.asarray(judge(o, acted)),
-                   "nearest_rms": np.asarray(near_fn(o, acted, k_near))}
+                   "nearest_rms": rms_to_nearest(samples, acted)}
             if rule.startswith("steer:"):
                 row["clip_lost"], row["clipped_coords"] = clip_loss(x, chunks["base"])
             for name, value in row.items():
