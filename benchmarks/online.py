@@ -3,10 +3,12 @@ offline phase and at the end of the online phase, per seed, with 95% bootstrap C
 learning curve whose x-axis marks where online starts, and the interaction loop's speed (env
 steps/s, and the shares of its time spent stepping the envs, in `act` and in updates).
 
-Each unit (agent × task × seed) is one resumable `steerflow train` process (`train_command`,
-run by `run_commands`, one CPU thread each, pinned); rerunning the script resumes unfinished
-units and skips finished ones, and those whose records are already in the committed JSON (same
-budget), so a study continues on a new machine without re-running them. Sampling: LPS with balanced batches (`--online-ratio 0.5`, the LPS
+Each unit (agent × task × seed) is a `steerflow sweep` unit of one seed (`steerflow.sweep.Unit`),
+run through the sweep's runner on `--backend` (local: `--jobs` processes, one CPU thread each,
+pinned; or Ray / SLURM) into OUT/runs/<unit>, its log in OUT/logs/<unit>.log; rerunning the script
+resumes unfinished units and skips finished ones, and those whose records are already in the
+committed JSON (same budget), so a study continues on a new machine without re-running them.
+Sampling: LPS with balanced batches (`--online-ratio 0.5`, the LPS
 paper's real-robot protocol), QC-FQL and BC-MF with offline ∪ online replay (QPILOTS/Q-chunking).
 
     MUJOCO_GL=egl taskset -c 1 .venv/bin/python benchmarks/online.py --out runs/online \\
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,10 +38,24 @@ HERE = Path(__file__).resolve().parent
 RATIO = {"lps": "0.5", "qc-fql": "-1", "bc-mf": "-1"}  # < 0: offline ∪ online
 
 
-def main() -> None:
+def study_unit(name: str, run):
+    """The sweep unit of one (agent, task, seed): `run` (a `RunSpec`, maybe continuing a finished
+    offline run with `--from`) with its resolved offline and online budgets."""
+    from steerflow.sweep import Unit
+    from steerflow.train import from_spec, resolve
+
+    _, _, tc = resolve(from_spec(run) if run.from_run else run)
+    return Unit(id=name, agent=run.agent, task=run.task, seeds=list(run.seeds), preset=run.preset,
+                train_overrides=dict(run.train_overrides), steps=tc.steps, online_steps=tc.online_steps,
+                from_run=run.from_run or "")
+
+
+def main(argv=None) -> None:
+    from steerflow.backends import UnitResources
     from steerflow.report import bootstrap_ci, plot_curves
     from steerflow.runinfo import atomic_write_json, device_description, git_commit
-    from steerflow.train import RunSpec, run_commands, single_thread_env, train_command
+    from steerflow.sweep import merge_manifest, run_backend, unit_status
+    from steerflow.train import RunSpec, single_thread_env
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, default=Path("runs/online"))
@@ -55,14 +72,18 @@ def main() -> None:
     p.add_argument("--online-steps", type=int, default=100_000)
     p.add_argument("--eval-every", type=int, default=None, help="gradient steps between evaluations")
     p.add_argument("--eval-episodes", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="local backend: units at a time")
+    p.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                   help="where the units run (steerflow sweep's backends)")
+    p.add_argument("--address", default="", help="ray: the cluster's address (default: a local Ray)")
+    p.add_argument("--slurm-cluster", default="slurm", help="slurm: submitit's cluster (`local`: no SLURM)")
     p.add_argument("--eval-workers", type=int, default=None,
                    help="env worker processes per unit (0: in the training process; each worker holds ~1 GB)")
     p.add_argument("--collect-only", action="store_true", help="run nothing; write the records of finished units")
     p.add_argument("--note", default="", help="the machine's load while it ran (recorded)")
     p.add_argument("--name", default="online",
                    help="records go to benchmarks/results/NAME_<cpu|gpu>.json and .png (one name per study)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     units = []
     for agent in args.agents.split(","):
@@ -84,7 +105,7 @@ def main() -> None:
                     train["eval_workers"] = str(args.eval_workers)
                 run = RunSpec(agent=agent, task=task, seeds=[seed], preset=args.preset, train_overrides=train,
                               from_run=None if source is None else str(source))
-                units.append((f"{agent}-{task}-s{seed}", run))
+                units.append(study_unit(f"{agent}-{task}-s{seed}", run))
     device = device_description()
     kind = "gpu" if "gpu" in device.lower() or "cuda" in device.lower() else "cpu"
     results = HERE / "results"
@@ -103,24 +124,21 @@ def main() -> None:
             prior_notes = prior.get("notes") or ([prior["note"]] if prior.get("note") else [])
         else:
             print(f"{record.with_suffix('.json')} holds another budget: it is replaced, not continued")
-    jobs = []
-    for name, run in units:
-        out = args.out / name
-        if (out / "final.json").exists() or name in committed or args.collect_only:
-            continue
-        jobs.append((name, train_command(run, out, resume=(out / "config.json").exists()), args.out / f"{name}.log"))
+    todo = [u for u in units if u.id not in committed and not args.collect_only]
     start = time.perf_counter()
-    codes = run_commands(jobs, args.jobs, env=single_thread_env(), pin=True,
-                         on_start=lambda n, c, log: print(f"[{n}] started (log {log})", flush=True),
-                         on_finish=lambda n, code: print(f"[{n}] exit {code}", flush=True))
-    failed = [n for n, c in codes.items() if c]
-    if failed:
-        sys.exit(f"units failed: {failed}; see their logs in {args.out}")
+    env = {"MUJOCO_GL": "egl", **single_thread_env()} if args.backend == "local" else {}
+    os.environ.update(env)  # one XLA thread per unit (the cluster backends set it from the unit's CPUs)
+    if todo:
+        merge_manifest(args.out, todo)
+        failed = run_backend(args.backend, args.out, todo, UnitResources(), jobs=args.jobs, address=args.address,
+                             slurm_cluster=args.slurm_cluster)
+        if failed:
+            sys.exit(f"units failed: {sorted(failed)}; see their logs in {args.out / 'logs'}")
 
     records, curves, unfinished = [], {}, []
-    for name, run in units:
-        out = args.out / name
-        if not (out / "final.json").exists():
+    for unit in units:
+        name, run, out = unit.id, unit.spec(), args.out / unit.run_dir
+        if unit_status(args.out, unit) != "done":
             if name in committed:
                 records.append(committed[name])
             else:
@@ -151,7 +169,7 @@ def main() -> None:
             "time_share": {k[:-2]: round(timing[k] / busy, 3) for k in ("env_s", "act_s", "update_s")} if busy else None,
             "timing_s": timing})
 
-    names = {name for name, _ in units}
+    names = {u.id for u in units}
     records += [r for unit, r in committed.items() if unit not in names]  # other agents/seeds of this study
     for r in records:
         curves.setdefault(f"{r['agent']} {r['task']}", {})[r["seed"]] = {p["step"]: p["success"] for p in r["curve"]}

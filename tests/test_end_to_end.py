@@ -96,6 +96,16 @@ def test_worker_pool_matches_in_process_envs():
     assert np.all(a["final_reward"] == -1)  # cube-single has one sub-goal, left unsolved
 
 
+def test_a_worker_whose_pool_vanished_ends_quietly():
+    """A pool's process killed or interrupted mid-run closes its ends of the pipes without the
+    close command: each worker ends with exit code 0, not an EOFError traceback."""
+    pool = EnvPool(parse_task("cube-single-task1"), 2, workers=1)
+    pool.reset([0, 1])
+    pool.conns[0].close()
+    pool.procs[0].join(timeout=60)
+    assert pool.procs[0].exitcode == 0
+
+
 def test_a_non_finite_action_chunk_is_refused_before_it_reaches_the_env():
     """run_episodes: MuJoCo takes NaN controls without complaint, so the pool refuses them, naming
     the episode; a NaN in an idle env of the last wave is not an episode's action and passes."""

@@ -219,3 +219,37 @@ def test_from_may_change_the_evaluation_cadence_but_not_what_is_trained(tmp_path
     with pytest.raises(ValueError, match="--train-set batch_size: there \\(not set\\), here 8"):
         from_spec(dataclasses.replace(stored, from_run=str(src),
                                       train_overrides={**online, "eval_every": "20", "batch_size": "8"}))
+
+
+def test_the_online_study_runs_its_units_through_the_sweep_runner(data_root, tmp_path, monkeypatch, capsys):
+    """benchmarks/online.py trains each (agent, task, seed) as a sweep unit of one seed with an
+    online phase: done when its env steps are collected (so a second invocation trains nothing),
+    its record written from the run directory."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("online_study", Path(__file__).parents[1] / "benchmarks" / "online.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    monkeypatch.setattr(study, "HERE", tmp_path)
+    (tmp_path / "results").mkdir()
+    for name in ("XLA_FLAGS", "MUJOCO_GL", "XLA_PYTHON_CLIENT_PREALLOCATE"):  # the runner sets them for its units
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    argv = ["--out", str(tmp_path / "on"), "--agents", "bc-mf", "--seeds", "1", "--preset", "smoke",
+            "--offline-steps", "20", "--online-steps", "30", "--eval-every", "20", "--jobs", "1", "--name", "t"]
+    study.main(argv)
+    assert "1 units: 0 done (skipped), 0 partial (resumed), 1 pending" in capsys.readouterr().out
+    record = json.loads(next((tmp_path / "results").glob("t_*.json")).read_text())
+    (unit,) = record["units"]
+    assert unit["unit"] == "bc-mf-cube-single-task2-s1" and unit["offline_steps"] == 20
+    assert unit["online_env_steps"] >= 30 and not record["unfinished_units"]
+    manifest = json.loads((tmp_path / "on" / "manifest.json").read_text())
+    assert manifest["units"][0]["online_steps"] == 30 and manifest["state"][unit["unit"]]["event"] == "done"
+    final = tmp_path / "on" / "runs" / unit["unit"] / "final.json"
+    stamp = final.stat().st_mtime_ns
+    study.main(argv)  # recorded: nothing is started
+    assert "units:" not in capsys.readouterr().out and final.stat().st_mtime_ns == stamp
+    (tmp_path / "results" / "t_cpu.json").unlink()  # a run directory that is done is skipped by the runner
+    study.main(argv)
+    assert "1 units: 1 done (skipped)" in capsys.readouterr().out and final.stat().st_mtime_ns == stamp

@@ -34,7 +34,7 @@ def test_every_study_unit_resolves_and_initialises():
     """A typo in an override would only fail hours into the study: resolve and init them all."""
     from steerflow.agents.common import EnvSpec
 
-    units = study.units()
+    units = study.plan()
     assert len({u.id for u in units}) == len(units), "unit ids must be unique"
     spec = EnvSpec(obs_dim=28, action_dim=5, horizon=5)
     seen = set()
@@ -49,8 +49,8 @@ def test_every_study_unit_resolves_and_initialises():
 
 
 def test_tier1_is_what_the_issue_requires():
-    assert {u.agent for u in study.units() if u.impl == "reference"} == set(parity.IMPLS)
-    tier1 = [u for u in study.units() if u.tier == "tier1"]
+    assert {u.agent for u in study.plan() if u.impl == "reference"} == set(parity.IMPLS)
+    tier1 = [u for u in study.plan() if u.tier == "tier1"]
     have = {(u.impl, u.agent, u.task, u.seed) for u in tier1}
     for seed in (0, 1, 2):
         for t in (2, 4):
@@ -60,7 +60,7 @@ def test_tier1_is_what_the_issue_requires():
         for t in range(1, 6):
             for agent in ("lps", "bc-mf", "qc-fql"):
                 assert ("steerflow", agent, f"cube-single-task{t}", seed) in have
-    gaps = [u for u in study.units() if u.tier == "gaps"]
+    gaps = [u for u in study.plan() if u.tier == "gaps"]
     assert {u.seed for u in gaps} == set(study.TUNING_SEEDS) and not set(study.TUNING_SEEDS) & {0, 1, 2}
     assert {u.task for u in gaps} == {"cube-single-task2", "cube-single-task4"}
 
@@ -69,7 +69,7 @@ def test_alpha_grid_is_complete_with_each_run_once():
     """Every (agent, α, task, seed) of the α study has exactly one unit; α = 300 is the agents'
     default, so those points are the plain runs (QC-FQL's in tier 1) rather than copies."""
     grid = {}
-    for u in study.units():
+    for u in study.plan():
         if u.impl == "steerflow" and u.agent in ("qc-fql", "qc-mfql") and u.task in ("cube-single-task2", "cube-single-task4") \
                 and u.seed in (0, 1) and set(u.overrides) <= {"alpha"} and not u.train:  # the 300K units are another budget
             grid.setdefault((u.agent, study.resolved_alpha(u), u.task, u.seed), []).append(u.id)
@@ -162,25 +162,47 @@ def test_the_gpu_lease_rehearses_on_the_cpu_within_what_a_lease_brings_back(tmp_
         assert final["stopped"] == "max_wall_s" and 0 < final["steps"] < 1_000_000
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
-def test_a_runner_counts_only_the_units_running_on_its_own_cores(tmp_path, monkeypatch):
-    """Two runners pinned to different cores must not stall each other: a unit pinned to core B
-    is not one of core A's jobs."""
-    import subprocess
+def test_an_entry_is_running_while_its_training_process_holds_its_lock(tmp_path, monkeypatch):
+    """`status` and other runners see an entry as running from the lock its process holds: the run
+    directory's own for steerflow, the one beside it for a reference (renamed into place at the end)."""
+    from steerflow import runlock
 
     monkeypatch.setattr(study, "RUNS", tmp_path)
-    (tmp_path / "runs").mkdir()
-    core_a, core_b = sorted(os.sched_getaffinity(0))[:2]
-    unit = study.units()[0]
-    proc = subprocess.Popen(["sleep", "30"], preexec_fn=lambda: os.sched_setaffinity(0, {core_b}))
-    try:
-        (tmp_path / "runs" / f"{unit.id}.lock").write_text(f"{proc.pid}\n")
-        assert study.running_on({core_b}) == [unit] and study.running_on({core_a, core_b}) == [unit]
-        assert study.running_on({core_a}) == []
-    finally:
-        proc.kill()
-        proc.wait()
-    assert study.running_on({core_a, core_b}) == []
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
+    ours = next(e for e in study.plan() if e.impl == "steerflow")
+    ref = next(e for e in study.plan() if e.impl == "reference")
+    for entry in (ours, ref):
+        study.lock_file(entry).parent.mkdir(parents=True, exist_ok=True)
+        assert study.status(entry) == "pending" and study.running_pid(entry) is None
+        with runlock.hold(study.lock_file(entry), f"run directory of {entry.id}"):
+            assert study.status(entry) == "running" and study.running_pid(entry) == os.getpid()
+        assert study.status(entry) == "pending"
+    assert study.lock_file(ref).parent == tmp_path / "runs" and study.lock_file(ours).parent == tmp_path / "runs" / ours.id
+
+
+def test_the_study_runs_its_entries_through_the_sweep_runner(data_root, tmp_path, monkeypatch, capsys):
+    """One entry, trained at the smoke preset as a sweep unit of one seed: its records land in the
+    committed results as it finishes (with unit.json), the sweep's manifest holds its command, and a
+    second run finds nothing to do."""
+    entry = study.Entry("t", "steerflow", "bc-mf", "cube-single-task2", 3)
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(study, "PRESET", "smoke")
+    monkeypatch.setattr(study, "plan", lambda: [entry])
+    for name in ("XLA_FLAGS", "MUJOCO_GL", "XLA_PYTHON_CLIENT_PREALLOCATE"):  # the runner sets them for its units
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    assert study.main(["run", "--jobs", "1"]) == 0
+    records = tmp_path / "results" / "units" / entry.id
+    final = json.loads((records / "final.json").read_text())
+    assert final["agent"] == "bc-mf" and final["seeds"] == [3] and final["steps"] == 40
+    assert json.loads((records / "unit.json").read_text())["seed"] == 3
+    manifest = json.loads((tmp_path / "runs" / "manifest.json").read_text())
+    assert [u["id"] for u in manifest["units"]] == [entry.id] and manifest["state"][entry.id]["event"] == "done"
+    assert "--seeds 3 --preset smoke" in manifest["units"][0]["command"]
+    said = capsys.readouterr()
+    assert study.status(entry) == "done" and "[done] " + entry.id in said.out + said.err
+    assert study.main(["run"]) == 0
+    assert "0 entries to run" in capsys.readouterr().out
 
 
 def test_alpha_table_groups_runs_by_their_resolved_alpha(tmp_path, monkeypatch, capsys):

@@ -108,6 +108,25 @@ def test_status_comes_from_the_run_directory(tmp_path):
     assert "mean success 0.250" in table and "4 units: 1 done, 2 partial, 1 pending" in table
 
 
+def test_an_online_unit_is_done_when_every_seed_has_its_env_steps(tmp_path):
+    """An online run's final.json counts the online updates in `steps` (as many as its episodes
+    decide): the unit is done at its offline steps with every seed's env steps collected."""
+    unit = sweep.Unit(id="on", agent="lps", task="cube-single-task2", seeds=[0, 1], preset="smoke", steps=40,
+                      online_steps=100)
+    run_dir = tmp_path / "runs" / "on"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest.msgpack").write_bytes(b"x")
+    for env_steps, offline, status in (([100, 105], 40, "done"), ([100, 90], 40, "partial"),
+                                       ([100, 100], 20, "partial")):
+        (run_dir / "final.json").write_text(json.dumps(
+            {"steps": offline + 103, "seeds": [0, 1], "offline_steps": offline, "online_env_steps": env_steps}))
+        assert sweep.unit_status(tmp_path, unit) == status, (env_steps, offline)
+    (run_dir / "final.json").write_text(json.dumps({"steps": 40, "seeds": [0, 1]}))  # the offline phase alone
+    assert sweep.unit_status(tmp_path, unit) == "partial"
+    online = sweep.expand(["bc-mf"], ["cube-single-task2"], [0], "smoke", train_sets=["online_steps=100"])[0]
+    assert (online.steps, online.online_steps) == (40, 100)
+
+
 def test_runner_reports_failures_and_keeps_going(tmp_path, monkeypatch, capsys):
     units = [sweep.Unit(id=name, agent="lps", task="cube-single-task2", seeds=[0], preset="smoke", steps=40)
              for name in ("fails", "works", "silent")]
@@ -125,6 +144,23 @@ def test_runner_reports_failures_and_keeps_going(tmp_path, monkeypatch, capsys):
     assert "fails: exit code 3" in err and "silent: exit code 0 but no final.json" in err
     assert str(tmp_path / "logs" / "fails.log") in err
     assert [sweep.unit_status(tmp_path, u) for u in units] == ["pending", "done", "pending"]
+
+
+def test_a_unit_may_bring_its_own_command_and_the_caller_hears_of_each_finished_unit(tmp_path):
+    """`argv` trains a unit with another program (a study's reference runner); `on_done(unit)`
+    runs once per unit that finished, on every backend's progress (here the local one)."""
+    write = ("import json, pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(parents=True); "
+             "(p / 'final.json').write_text(json.dumps(dict(steps=40, seeds=[0], mean=0.5)))")
+    units = [sweep.Unit(id=name, agent="lps", task="cube-single-task2", seeds=[0], preset="smoke", steps=40,
+                        argv=[sys.executable, "-c", code, str(tmp_path / "runs" / name)])
+             for name, code in (("own", write), ("fails", "import sys; sys.exit(4)"))]
+    assert units[0].command(tmp_path)[:2] == [sys.executable, "-c"]
+    heard = []
+    failed = sweep.run_backend("local", tmp_path, units, None, jobs=1, on_done=lambda u: heard.append(u.id))
+    assert heard == ["own"] and set(failed) == {"fails"} and sweep.unit_status(tmp_path, units[0]) == "done"
+    assert sweep.run_unit(tmp_path, units[0])["mean"] == 0.5  # a cluster job's entry point: done, skipped
+    with pytest.raises(RuntimeError, match="fails: exit code 4"):
+        sweep.run_unit(tmp_path, units[1])
 
 
 def test_interrupt_stops_running_children(tmp_path):

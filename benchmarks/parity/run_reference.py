@@ -46,6 +46,7 @@ from pathlib import Path
 # steerflow's provenance helpers are stdlib-only, so the reference venv imports them from this
 # checkout without steerflow's training stack: both sides then describe the device alike
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+from steerflow import runlock  # noqa: E402
 from steerflow.runinfo import device_description, library_versions  # noqa: E402
 
 IMPLS = {
@@ -298,6 +299,15 @@ def main(argv=None) -> int:
     if (out / "final.json").exists():
         print(f"{out} already holds a finished reference run")
         return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with runlock.hold(runlock.sibling_lock(out), f"reference run directory {out}", hint="choose another --out"):
+        final = train_into(args, out, domain)
+    print(json.dumps(final))
+    return 0
+
+
+def train_into(args, out: Path, domain: str) -> dict:
+    """Train the reference into `out.partial`, then rename it to `out` (the caller holds its lock)."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     work = tmp / "work"
@@ -320,8 +330,7 @@ def main(argv=None) -> int:
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    print(json.dumps(final))
-    return 0
+    return final
 
 
 if __name__ == "__main__":

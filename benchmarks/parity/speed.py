@@ -74,7 +74,7 @@ def run_all(cmds: dict[str, list[str]], env: dict, pin: bool = True) -> None:
 def study_paused(enabled: bool):
     import study
 
-    pids = [pid for u in study.units() if (pid := study.running_pid(u))] if enabled else []
+    pids = [pid for u in study.plan() if (pid := study.running_pid(u))] if enabled else []
     for pid in pids:
         os.killpg(os.getpgid(pid), signal.SIGSTOP)
     try:

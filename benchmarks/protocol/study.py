@@ -1,31 +1,36 @@
-"""The CPU-protocol study: every unit of it, in priority order, resumable across
+"""The CPU-protocol study: every entry of it, in priority order, resumable across
 sessions and machines.
 
     .venv/bin/python benchmarks/protocol/study.py status                 # what is committed, running, left
     .venv/bin/python benchmarks/protocol/study.py run --jobs 2 --commit  # run what is left, in order
     .venv/bin/python benchmarks/protocol/study.py run --only 'tier1' --lps-dir ~/src/LPS --qc-dir ~/src/qc
+    .venv/bin/python benchmarks/protocol/study.py run --only long --backend ray --address HOST:6379
     .venv/bin/python benchmarks/protocol/study.py report                 # tables + curves from the records
     taskset -c 1 .venv/bin/python benchmarks/protocol/study.py run --only puzzle --commit  # a second runner, on core 1
 
-A runner's `--jobs` counts the units running on its own CPUs (its affinity set), whoever started
-them, so two runners pinned to different cores (`taskset -c 0 ...`, `taskset -c 1 ...`) each keep
-their core busy with their own selection of units.
-
-A *unit* is one seed of one configuration: (impl, agent, task, seed, overrides), trained by one
-single-threaded process (`steerflow train --preset cpu` for impl=steerflow; the reference's own
-`main.py` through `benchmarks/parity/run_reference.py` for impl=reference). One seed per unit
-because a unit's records are only committed once it finishes, and a session may end at any
-time: a 3-seed vmapped unit would lose three seeds' work, and vmapped seeds measured no faster
-than one process per core on this CPU (benchmarks/protocol/README.md).
+An *entry* is one seed of one configuration: (tier, impl, agent, task, seed, overrides). The study
+trains each entry as a `steerflow sweep` unit of one seed (`steerflow.sweep.Unit`): `steerflow
+train --preset cpu` for impl=steerflow, the reference's own `main.py` through
+`benchmarks/parity/run_reference.py` for impl=reference, submitted through the sweep's runner and
+backends (`--backend local|ray|slurm`; locally `--jobs` processes at a time, one CPU thread each,
+each pinned to a CPU of the runner's affinity set). One seed per unit because a unit's records are
+only committed once it finishes, and a session may end at any time: a 3-seed vmapped unit would
+lose three seeds' work, and vmapped seeds measured no faster than one process per core on this CPU
+(benchmarks/protocol/README.md).
 
 State lives in two places:
-* `benchmarks/results/protocol_cpu/units/<id>/` (committed): the records of each finished unit
-  (config.json, run_info.json, final.json, eval.csv, metrics.csv). A unit with a
+* `benchmarks/results/protocol_cpu/units/<id>/` (committed): the records of each finished entry
+  (config.json, run_info.json, final.json, eval.csv, metrics.csv, unit.json). An entry with a
   final.json here is done and never re-run, on any machine;
-* `runs/protocol_cpu/runs/<id>/` (not committed): the live run directory with its checkpoints, so
-  a killed unit resumes on the same machine (`--resume`); `<id>.lock` holds the pid running it.
+* `runs/protocol_cpu/` (not committed): the sweep directory, `manifest.json` and the live run
+  directories `runs/<id>/` with their checkpoints, so a killed entry resumes on the same machine;
+  a run directory's lock names the process training it (`status` shows it as running).
 
-`--commit` commits each unit's records as it finishes (`git commit --only` that directory, so
+Two runners (e.g. one per core, `taskset -c 0 ...` and `taskset -c 1 ...`) leave out the entries
+the other is running when they start; an entry the other starts later fails fast in this runner
+(its run directory is locked) and is finished by the other.
+
+`--commit` commits each entry's records as it finishes (`git commit --only` that directory, so
 nothing else staged is swept in). `steerflow report` reads the committed unit directories as
 ordinary run directories; reference runs carry `run.impl = "reference"` and are labelled so.
 """
@@ -55,7 +60,7 @@ TUNING_SEEDS = (100, 101)  # choice-gap study: tuning seeds, never the reported 
 
 
 @dataclass(frozen=True)
-class Unit:
+class Entry:
     tier: str
     impl: str  # steerflow | reference
     agent: str
@@ -71,15 +76,15 @@ class Unit:
         return f"{self.impl}-{self.agent}{suffix}-{self.task}-s{self.seed}"
 
 
-def units() -> list[Unit]:
+def plan() -> list[Entry]:
     """The whole study, highest priority first."""
-    out: list[Unit] = []
-    sf = lambda tier, agent, task, seed, **kw: Unit(tier, "steerflow", agent, task, seed, **kw)  # noqa: E731
+    out: list[Entry] = []
+    sf = lambda tier, agent, task, seed, **kw: Entry(tier, "steerflow", agent, task, seed, **kw)  # noqa: E731
     # tier 1a: parity on the tuning tasks, references beside steerflow, seed by seed
     for seed in (0, 1, 2):
         for t in (2, 4):
             for agent in ("lps", "qc-fql"):
-                out += [sf("tier1", agent, CUBE.format(t), seed), Unit("tier1", "reference", agent, CUBE.format(t), seed)]
+                out += [sf("tier1", agent, CUBE.format(t), seed), Entry("tier1", "reference", agent, CUBE.format(t), seed)]
             out.append(sf("tier1", "bc-mf", CUBE.format(t), seed))
     # tier 1b: the other three tasks, and DSRL-NA on the tuning tasks
     for seed in (0, 1, 2):
@@ -88,7 +93,7 @@ def units() -> list[Unit]:
     out += [sf("tier1", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
     # DSRL-NA sat near BC-MF (10% at 100K on task 2 s0): the authors' re-implementation (in the
     # LPS code) on the same data and budget tells the implementation from the method at this budget
-    out += [Unit("dsrl-parity", "reference", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
+    out += [Entry("dsrl-parity", "reference", "dsrl-na", CUBE.format(t), seed) for seed in (0, 1, 2) for t in (2, 4)]
     # choice gaps with the authors' LPS code (reference/lps_reference_diff.md), together and apart,
     # on the tuning tasks with tuning seeds
     gaps = {
@@ -137,24 +142,24 @@ def units() -> list[Unit]:
             for agent in ("lps", "qc-fql", "bc-mf")]
     # steerflow's LPS sat at 0% on puzzle at 100K: the authors' code on the same data and budget
     # tells a wrong implementation from a budget too short for the method
-    out += [Unit("puzzle", "reference", "lps", f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)]
+    out += [Entry("puzzle", "reference", "lps", f"puzzle-3x3-task{t}-sparse", seed) for seed in (0, 1, 2) for t in (2, 4)]
     # LPS sat at 0% on a *dense* scene task 2 where the paper and the authors' code use scene-sparse:
     # the sparse task at the protocol's budget, LPS and QC-FQL seed by seed
     out += [sf("scene-sparse", agent, "scene-task2-sparse", seed) for seed in (0, 1, 2) for agent in ("lps", "qc-fql")]
     # one step beyond the papers: LPS climbing a 10-critic pessimistic critic (mean − 0.5·std, the
     # QPILOTS critic) instead of the mean of two, on the tuning tasks; inference-time selection
-    # needs no unit (benchmarks/protocol/selection.py evaluates it on retrained checkpoints)
+    # needs no entry (benchmarks/protocol/selection.py evaluates it on retrained checkpoints)
     out += [sf("beyond", "lps", CUBE.format(t), seed, overrides={"critic": "qpilots"}, name="critic10")
             for seed in TUNING_SEEDS for t in (2, 4)]
     # LPS's curves still rise at 100K where QC-FQL's flatten: do they cross at 300K? Task 2 before
-    # task 4, LPS before the baselines, seed by seed (a unit is ~1 h on one core here)
+    # task 4, LPS before the baselines, seed by seed (a entry is ~1 h on one core here)
     long = {"steps": 300_000, "eval_every": 50_000}
     out += [sf("long", agent, CUBE.format(t), seed, train=long, name="300k")
             for seed in (0, 1, 2) for t in (2, 4) for agent in ("lps", "qc-fql", "qc-mfql")]
     # QPILOTS beside the baselines of its paper, all on the QPILOTS critic (J = 10,
     # mean − 0.5·std, SiLU) and velocity net (SiLU, Fourier time features). α on the tuning seeds over part of the paper's grid
     # first, then the reported seeds at the default α = 0.3. Measured cost on this CPU (one thread,
-    # benchmarks/results/qpilots_speed_cpu.json): hours per unit, so these are GPU-sized.
+    # benchmarks/results/qpilots_speed_cpu.json): hours per entry, so these are GPU-sized.
     out += [sf("qpilots-alpha", agent, CUBE.format(t), seed, overrides={"alpha": a}, name=f"alpha{a}")
             for seed in TUNING_SEEDS for t in (2, 4) for a in (0.1, 0.3, 1.0) for agent in ("qpilots-u", "qpilots-m")]
     qnets = {"qc-fql": {"critic": "qpilots", "flow": "qpilots"}, "qc-bon": {"critic": "qpilots", "flow": "qpilots"},
@@ -168,44 +173,32 @@ def units() -> list[Unit]:
 
 # --------------------------------------------------------------------------- state
 
-def committed(unit: Unit) -> bool:
-    return (RESULTS / "units" / unit.id / "final.json").is_file()
+def committed(entry: Entry) -> bool:
+    return (RESULTS / "units" / entry.id / "final.json").is_file()
 
 
-def running_pid(unit: Unit) -> int | None:
-    lock = RUNS / "runs" / f"{unit.id}.lock"
-    try:
-        pid = int(lock.read_text().split()[0])
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError, IndexError):
-        return None
+def lock_file(entry: Entry) -> Path:
+    """The lock its training process holds: the run directory's own (`steerflow train`), or the one
+    beside it (`run_reference.py`, which renames its run directory into place at the end)."""
+    from steerflow.runlock import sibling_lock
+
+    run_dir = RUNS / "runs" / entry.id
+    return sibling_lock(run_dir) if entry.impl == "reference" else run_dir / ".lock"
 
 
-def _affinity(pid: int) -> set[int]:
-    try:
-        return os.sched_getaffinity(pid)
-    except OSError:  # it ended meanwhile
-        return set()
+def running_pid(entry: Entry) -> int | None:
+    from steerflow.runlock import held_by
+
+    info = held_by(lock_file(entry))
+    return None if info is None else info.get("pid", -1)
 
 
-def running_units() -> dict[Unit, set[int]]:
-    """Every unit some process is running now (by its lock), with the CPUs that process may use."""
-    return {u: _affinity(pid) for u in units() if (pid := running_pid(u))}
-
-
-def running_on(cores: set[int]) -> list[Unit]:
-    """The running units that compete for `cores`: a runner's --jobs counts these, whoever started
-    them, so runners pinned to different cores each keep their own core busy."""
-    return [u for u, a in running_units().items() if a & cores]
-
-
-def status(unit: Unit) -> str:
-    if committed(unit):
+def status(entry: Entry) -> str:
+    if committed(entry):
         return "done"
-    if running_pid(unit):
+    if running_pid(entry):
         return "running"
-    run_dir = RUNS / "runs" / unit.id
+    run_dir = RUNS / "runs" / entry.id
     if (run_dir / "final.json").is_file():
         return "finished (not harvested)"
     if (run_dir / "checkpoints" / "latest.msgpack").is_file():
@@ -213,7 +206,7 @@ def status(unit: Unit) -> str:
     return "pending"
 
 
-def select(all_units: list[Unit], only: list[str] | None) -> list[Unit]:
+def select(all_units: list[Entry], only: list[str] | None) -> list[Entry]:
     if not only:
         return all_units
     return [u for u in all_units if any(u.tier == p or fnmatch.fnmatch(u.id, p) for p in only)]
@@ -221,62 +214,72 @@ def select(all_units: list[Unit], only: list[str] | None) -> list[Unit]:
 
 # --------------------------------------------------------------------------- running
 
-def dataset_dir(task: str) -> Path:
+def _train_config(task: str, train: dict | None = None):
+    from steerflow.train import RunSpec, resolve
+
+    return resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET, train_overrides=dict(train or {})))[2]
+
+
+def dataset_dir(task: str, train: dict | None = None) -> Path:
+    """The cached dataset the protocol's units on `task` (with TrainConfig overrides `train`) read."""
     from steerflow.data.cache import data_root
     from steerflow.data.ogbench_gen import cache_key
     from steerflow.data.tasks import parse_task
-    from steerflow.train import RunSpec, resolve
 
-    _, _, tc = resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET))
+    tc = _train_config(task, train)
     return data_root() / cache_key(parse_task(task).domain, tc.dataset_episodes, tc.dataset_seed,
                                    tc.dataset_episode_steps)
 
 
-def ensure_dataset(task: str) -> Path:
+def ensure_dataset(task: str, train: dict | None = None) -> Path:
     """Generate the protocol's dataset once, with both cores, before any unit starts."""
     from steerflow.data.tasks import load_task_dataset
-    from steerflow.train import RunSpec, resolve
 
-    _, _, tc = resolve(RunSpec(agent="bc-mf", task=task, seeds=[0], preset=PRESET))
+    tc = _train_config(task, train)
     load_task_dataset(task, episodes=tc.dataset_episodes, seed=tc.dataset_seed,
                       episode_steps=tc.dataset_episode_steps, workers=os.cpu_count() or 1)
-    return dataset_dir(task)
+    return dataset_dir(task, train)
 
 
-def command(unit: Unit, refs: dict[str, Path]) -> list[str]:
-    out = RUNS / "runs" / unit.id
-    if unit.impl == "reference":
-        ref_python = ROOT / ".venv-ref" / "bin" / "python"
-        return [str(ref_python), str(ROOT / "benchmarks" / "parity" / "run_reference.py"), "--impl", unit.agent,
-                "--reference-dir", str(refs[unit.agent]), "--task", unit.task, "--seed", str(unit.seed),
-                "--dataset-dir", str(dataset_dir(unit.task)), "--out", str(out), "--preset", PRESET]
-    from steerflow.train import RunSpec, train_command
+def sweep_unit(entry: Entry, refs: dict[str, Path]):
+    """The `steerflow.sweep.Unit` that trains `entry`: its seed into runs/<id> of the study's sweep
+    directory (RUNS), its log in logs/<id>.log."""
+    from steerflow.sweep import Unit
+    from steerflow.train import RunSpec, resolve
 
-    return train_command(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
-                                 overrides=dict(unit.overrides), train_overrides=dict(unit.train)),
-                         out, resume=True)
+    spec = RunSpec(agent=entry.agent, task=entry.task, seeds=[entry.seed], preset=PRESET,
+                   overrides=dict(entry.overrides), train_overrides=dict(entry.train))
+    _, _, tc = resolve(spec)
+    argv = []
+    if entry.impl == "reference":
+        argv = [str(ROOT / ".venv-ref" / "bin" / "python"), str(ROOT / "benchmarks" / "parity" / "run_reference.py"),
+                "--impl", entry.agent, "--reference-dir", str(refs[entry.agent]), "--task", entry.task,
+                "--seed", str(entry.seed), "--dataset-dir", str(dataset_dir(entry.task, entry.train)),
+                "--out", str(RUNS / "runs" / entry.id), "--preset", PRESET]
+    return Unit(id=entry.id, agent=entry.agent, task=entry.task, seeds=[entry.seed], preset=PRESET,
+                overrides=spec.overrides, train_overrides=spec.train_overrides, steps=tc.steps, argv=argv)
 
 
-def harvest(unit: Unit, commit: bool) -> bool:
-    """Copy a finished unit's records into the committed results (atomically) and commit them."""
-    src = RUNS / "runs" / unit.id
+def harvest(entry: Entry, commit: bool) -> bool:
+    """Copy a finished entry's records into the committed results (atomically) and commit them."""
+    src = RUNS / "runs" / entry.id
     if not (src / "final.json").is_file():
         return False
-    dst = RESULTS / "units" / unit.id
+    dst = RESULTS / "units" / entry.id
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".tmp-{dst.name}-"))  # this writer's own
     for name in RECORD_FILES:  # what reports and pages read (evals/ repeats eval.csv: left out)
         if (src / name).is_file():
             shutil.copy2(src / name, tmp / name)
-    (tmp / "unit.json").write_text(json.dumps({"tier": unit.tier, "impl": unit.impl, "agent": unit.agent,
-                                               "task": unit.task, "seed": unit.seed, "overrides": unit.overrides,
-                                               "name": unit.name, "train": unit.train}, indent=1) + "\n")
+    (tmp / "unit.json").write_text(json.dumps({"tier": entry.tier, "impl": entry.impl, "agent": entry.agent,
+                                               "task": entry.task, "seed": entry.seed, "overrides": entry.overrides,
+                                               "name": entry.name, "train": entry.train}, indent=1) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
     if commit:
         final = json.loads((dst / "final.json").read_text())
-        msg = (f"protocol_cpu: {unit.id} finished, success {final['mean']:.2f} "
+        msg = (f"protocol_cpu: {entry.id} finished, success {final['mean']:.2f} "
                f"({final.get('device', '?')})")
         for attempt in range(5):  # another commit may hold the index lock for a moment
             subprocess.run(["git", "-C", str(ROOT), "add", str(dst)], capture_output=True)
@@ -291,74 +294,46 @@ def harvest(unit: Unit, commit: bool) -> bool:
 
 
 def harvest_finished(commit: bool) -> None:
-    """Harvest every unit that finished outside a runner (started by hand, or a runner that died)."""
-    for unit in units():
-        if status(unit) == "finished (not harvested)":
-            harvest(unit, commit)
-            print(f"[study] harvested {unit.id}", flush=True)
+    """Harvest every entry that finished outside a runner (started by hand, or a runner that died)."""
+    for entry in plan():
+        if status(entry) == "finished (not harvested)":
+            harvest(entry, commit)
+            print(f"[study] harvested {entry.id}", flush=True)
 
 
 def run(args) -> int:
-    from steerflow.train import free_core, pinned_to, single_thread_env
+    """Run what is left of the selection through the sweep's runner on `--backend`, harvesting (and
+    with --commit committing) each entry's records as it finishes."""
+    from steerflow.backends import UnitResources
+    from steerflow.sweep import merge_manifest, run_backend
+    from steerflow.train import single_thread_env
 
     refs = {"lps": args.lps_dir, "dsrl-na": args.lps_dir, "qc-fql": args.qc_dir}
     harvest_finished(args.commit)
-    todo = []
-    for unit in select(units(), args.only):
-        state = status(unit)
-        if state in ("pending", "partial"):
-            if unit.impl == "reference" and refs.get(unit.agent) is None:
-                continue  # no checkout of that reference given
-            todo.append(unit)
+    todo = [e for e in select(plan(), args.only) if status(e) in ("pending", "partial")
+            and (e.impl != "reference" or refs.get(e.agent) is not None)]  # no checkout: skipped
     if args.max_units:
         todo = todo[: args.max_units]
-    print(f"[study] {len(todo)} unit(s) to run, {args.jobs} at a time")
-    for task in sorted({u.task for u in todo}):
-        ensure_dataset(task)
-    env = single_thread_env()
-    env.setdefault("MUJOCO_GL", "egl")
-    pending, live = list(todo), {}
-
-    mine = os.sched_getaffinity(0)  # `taskset -c 1 study.py run ...` keeps this runner on core 1
-
-    def others_running() -> int:  # units started by another runner or by hand on this runner's cores
-        return len([u for u in running_on(mine) if u not in live])
-
-    def others_cores() -> set[int]:  # the single CPUs those others are pinned to
-        return {c for u, a in running_units().items() if u not in live and len(a) == 1 for c in a}
-
-    while pending or live:
-        while pending and len(live) + others_running() < args.jobs:
-            unit = pending.pop(0)
-            if status(unit) in ("done", "running"):  # another runner took it meanwhile
-                continue
-            log = RUNS / "logs" / f"{unit.id}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            (RUNS / "runs").mkdir(parents=True, exist_ok=True)
-            logf = open(log, "ab")
-            core = free_core({c for *_, c in live.values()} | others_cores())
-            proc = subprocess.Popen(command(unit, refs), env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                    cwd=ROOT, start_new_session=True, preexec_fn=pinned_to(core))
-            (RUNS / "runs" / f"{unit.id}.lock").write_text(f"{proc.pid}\n")
-            live[unit] = (proc, logf, time.time(), core)
-            print(f"[study] {time.strftime('%H:%M:%S')} start {unit.id} (pid {proc.pid}, log {log})", flush=True)
-        time.sleep(5)
-        if int(time.time()) % 60 < 5:
-            harvest_finished(args.commit)
-        for unit, (proc, logf, t0, _) in list(live.items()):
-            if proc.poll() is None:
-                continue
-            logf.close()
-            del live[unit]
-            (RUNS / "runs" / f"{unit.id}.lock").unlink(missing_ok=True)
-            ok = proc.returncode == 0 and harvest(unit, args.commit)
-            print(f"[study] {time.strftime('%H:%M:%S')} {'done' if ok else 'FAILED'} {unit.id} "
-                  f"in {(time.time() - t0) / 60:.1f} min (exit {proc.returncode})", flush=True)
-    return 0
+    print(f"[study] {len(todo)} entries to run on {args.backend}, {args.jobs} at a time")
+    if not todo:
+        return 0
+    for task, train in {(e.task, json.dumps(e.train, sort_keys=True)): None for e in todo}:
+        ensure_dataset(task, json.loads(train))
+    os.environ.update(single_thread_env())  # one XLA thread per unit, as every committed unit ran
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    units = [sweep_unit(e, refs) for e in todo]
+    merge_manifest(RUNS, units)
+    entries = {e.id: e for e in todo}
+    resources = UnitResources(gpus=args.unit_gpus, timeout_min=args.timeout_min, partition=args.partition)
+    failed = run_backend(args.backend, RUNS, units, resources, jobs=args.jobs, address=args.address,
+                         slurm_cluster=args.slurm_cluster, on_done=lambda u: harvest(entries[u.id], args.commit))
+    for uid, error in failed.items():
+        print(f"[study] FAILED {uid}: {error}", flush=True)
+    return 1 if failed else 0
 
 
 def show_status(args) -> int:
-    rows = [(u, status(u)) for u in select(units(), args.only)]
+    rows = [(u, status(u)) for u in select(plan(), args.only)]
     counts: dict[str, dict[str, int]] = {}
     for u, s in rows:
         counts.setdefault(u.tier, {}).setdefault(s, 0)
@@ -379,33 +354,33 @@ def report(args) -> int:
     if not dirs:
         raise SystemExit(f"no finished units of tiers {args.tiers} under {RESULTS / 'units'}")
     build_report([str(d) for d in dirs], str(args.out))
-    print(f"report of {len(dirs)} unit(s) in {args.out}")
+    print(f"report of {len(dirs)} entry(s) in {args.out}")
     return 0
 
 
 def table(args) -> int:
-    """Markdown: every committed unit of the given tiers, success (%) at each evaluation step."""
+    """Markdown: every committed entry of the given tiers, success (%) at each evaluation step."""
     import csv
 
     print("| task | seed | method | 25K | 50K | 75K | 100K |")
     print("|---|---|---|---|---|---|---|")
-    for unit in sorted((u for u in units() if u.tier in args.tiers and committed(u)),
+    for entry in sorted((u for u in plan() if u.tier in args.tiers and committed(u)),
                        key=lambda u: (u.task, u.seed, u.agent, u.impl)):
-        d = RESULTS / "units" / unit.id
+        d = RESULTS / "units" / entry.id
         with open(d / "eval.csv") as f:
             curve = {int(r["step"]): float(r["success"]) for r in csv.DictReader(f)}
-        label = unit.agent + (" [reference]" if unit.impl == "reference" else "") + (f" {unit.name}" if unit.name else "")
+        label = entry.agent + (" [reference]" if entry.impl == "reference" else "") + (f" {entry.name}" if entry.name else "")
         cells = " | ".join(f"{100 * curve[s]:.0f}" if s in curve else "–" for s in (25_000, 50_000, 75_000, 100_000))
-        print(f"| {unit.task} | {unit.seed} | {label} | {cells} |")
+        print(f"| {entry.task} | {entry.seed} | {label} | {cells} |")
     return 0
 
 
-def resolved_alpha(unit: Unit) -> float:
-    """The α a QC-FQL / QC-MFQL unit trains with: its override, else the agent's default."""
+def resolved_alpha(entry: Entry) -> float:
+    """The α a QC-FQL / QC-MFQL entry trains with: its override, else the agent's default."""
     from steerflow.train import RunSpec, resolve
 
-    _, config, _ = resolve(RunSpec(agent=unit.agent, task=unit.task, seeds=[unit.seed], preset=PRESET,
-                                   overrides=dict(unit.overrides)))
+    _, config, _ = resolve(RunSpec(agent=entry.agent, task=entry.task, seeds=[entry.seed], preset=PRESET,
+                                   overrides=dict(entry.overrides)))
     return float(config.alpha)
 
 
@@ -417,19 +392,19 @@ def alpha_table(args) -> int:
 
     cells: dict[tuple[str, float | None], dict[tuple[str, int], float]] = {}
     last_logs: dict[tuple[str, float | None], list[dict]] = {}
-    for unit in units():
-        if unit.impl != "steerflow" or not committed(unit) or unit.seed not in args.seeds \
-                or unit.task not in (CUBE.format(2), CUBE.format(4)):
+    for entry in plan():
+        if entry.impl != "steerflow" or not committed(entry) or entry.seed not in args.seeds \
+                or entry.task not in (CUBE.format(2), CUBE.format(4)):
             continue
-        if unit.agent in ("qc-mfql", "qc-fql") and set(unit.overrides) <= {"alpha"}:
-            key = (unit.agent, resolved_alpha(unit))
-        elif unit.agent == "lps" and unit.tier == "tier1":
+        if entry.agent in ("qc-mfql", "qc-fql") and set(entry.overrides) <= {"alpha"}:
+            key = (entry.agent, resolved_alpha(entry))
+        elif entry.agent == "lps" and entry.tier == "tier1":
             key = ("lps", None)  # no α to tune: its base-loss weight is inert under Adam (README, "α")
         else:
             continue
-        rec = json.loads((RESULTS / "units" / unit.id / "final.json").read_text())
-        cells.setdefault(key, {})[(unit.task, unit.seed)] = 100 * rec["mean"]
-        if (metrics := RESULTS / "units" / unit.id / "metrics.csv").is_file():
+        rec = json.loads((RESULTS / "units" / entry.id / "final.json").read_text())
+        cells.setdefault(key, {})[(entry.task, entry.seed)] = 100 * rec["mean"]
+        if (metrics := RESULTS / "units" / entry.id / "metrics.csv").is_file():
             with open(metrics) as f:
                 last_logs.setdefault(key, []).append(list(csv.DictReader(f))[-1])
     cols = [(CUBE.format(t), s) for t in (2, 4) for s in args.seeds]
@@ -478,11 +453,11 @@ def compare(args) -> int:
     print(f"\n{final['agent']} on {task}, {final['steps']} steps: success {100 * final['mean']:.0f}% "
           f"({final['episodes']} episodes, seeds {final['seeds']})")
     rows: dict[str, list[float]] = {}
-    for unit in units():
-        if unit.task == task and unit.tier == "tier1" and committed(unit):
-            rec = json.loads((RESULTS / "units" / unit.id / "final.json").read_text())
+    for entry in plan():
+        if entry.task == task and entry.tier == "tier1" and committed(entry):
+            rec = json.loads((RESULTS / "units" / entry.id / "final.json").read_text())
             if rec["steps"] == final["steps"]:
-                rows.setdefault(f"{unit.agent}{' [reference]' if unit.impl == 'reference' else ''}", []).append(rec["mean"])
+                rows.setdefault(f"{entry.agent}{' [reference]' if entry.impl == 'reference' else ''}", []).append(rec["mean"])
     if not rows:
         print(f"no committed protocol results for {task} at {final['steps']} steps to compare with")
         return 0
@@ -500,10 +475,17 @@ def main(argv=None) -> int:
     s.add_argument("--only", nargs="*")
     s.add_argument("-v", "--verbose", action="store_true")
     r = sub.add_parser("run")
-    r.add_argument("--jobs", type=int, default=1)
-    r.add_argument("--only", nargs="*", help="tiers or fnmatch patterns of unit ids")
+    r.add_argument("--jobs", type=int, default=1, help="local backend: units at a time, each pinned to a CPU")
+    r.add_argument("--only", nargs="*", help="tiers or fnmatch patterns of entry ids")
+    r.add_argument("--backend", choices=("local", "ray", "slurm"), default="local",
+                   help="where the units run (steerflow sweep's backends)")
+    r.add_argument("--address", default="", help="ray: the cluster's address (default: a local Ray)")
+    r.add_argument("--slurm-cluster", default="slurm", help="slurm: submitit's cluster (`local`: no SLURM)")
+    r.add_argument("--unit-gpus", type=float, default=0.0, help="ray/slurm: GPUs per unit")
+    r.add_argument("--timeout-min", type=int, default=24 * 60, help="slurm: time limit per unit")
+    r.add_argument("--partition", default="", help="slurm: partition")
     r.add_argument("--max-units", type=int, default=0)
-    r.add_argument("--commit", action="store_true", help="git-commit each unit's records as it finishes")
+    r.add_argument("--commit", action="store_true", help="git-commit each entry's records as it finishes")
     r.add_argument("--lps-dir", type=Path, default=os.environ.get("STEERFLOW_LPS_DIR"),
                    help="clone of jellyho/LPS (reference units are skipped without it)")
     r.add_argument("--qc-dir", type=Path, default=os.environ.get("STEERFLOW_QC_DIR"),

@@ -3,7 +3,8 @@
 A directory a command writes (a run directory, a dataset cache entry, an export target) is owned
 by one process at a time. `hold(lock_file)` takes an advisory `fcntl.flock` on `lock_file` and
 writes its holder into it (`{"pid": 1234, "command": "steerflow train ..."}`); a second writer
-gets `Busy` (exit 2) naming that pid and command, or, with `wait=True`, waits for it. The kernel
+gets `Busy` (exit 2) naming that pid and command, or, with `wait=True`, waits for it;
+`held_by(lock_file)` tells a reader who holds it, without taking it. The kernel
 releases a flock when its process ends, however it ends, so a lock file left by a killed process
 is held by nobody: it is stale, and the next writer takes it over. A released lock file is removed.
 
@@ -107,6 +108,22 @@ def hold(lock_file: Path, what: str, hint: str = "", wait: bool = False, on_wait
         with contextlib.suppress(FileNotFoundError):  # its directory may be gone (a failed run removed)
             lock_file.unlink()
         os.close(fd)
+
+
+def held_by(lock_file: Path) -> dict | None:
+    """What `lock_file` says of its holder ({} if it has not written it yet) while a process holds it;
+    None when nobody does (no file, or a stale one, which is left for the next writer to take over)."""
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return holder(lock_file)
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken
+    return None
 
 
 def pid_alive(pid: int) -> bool:

@@ -270,6 +270,78 @@ def _to_float32(d: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def _ensure_generated(spec: TaskSpec, ddir: Path, episodes: int, seed: int, root: Path, generate: bool,
+                      workers: int, episode_steps: int) -> None:
+    """Generate the play dataset into `ddir` when it is not cached (or say how to, without `generate`)."""
+    if ddir.exists():
+        return
+    if not generate:
+        steps = "" if episode_steps == DEFAULT_EPISODE_STEPS else f" (episode_steps={episode_steps})"
+        raise FileNotFoundError(
+            f"dataset for {spec.domain} not found at {ddir}{steps}; generate it with "
+            f"`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`"
+        )
+    print(
+        f"[steerflow] dataset {ddir.name} not cached; generating {episodes}+{max(1, episodes // 10)} "
+        f"episodes of {spec.domain} into {ddir} (one-time, ~1.2 s/episode/worker)",
+        flush=True,
+    )
+    generate_dataset(spec.domain, episodes=episodes, seed=seed, workers=workers, root=root, episode_steps=episode_steps)
+
+
+def _checked_meta(spec: TaskSpec, ddir: Path, paths: tuple[Path, Path], episodes: int, seed: int) -> tuple[dict, str]:
+    """The cache entry's meta.json and the train file's fingerprint, after checking both files'
+    headers and fingerprints against it (before anything is relabelled)."""
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"dataset file {p} is missing; delete {ddir} and regenerate it "
+                f"(`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`)"
+            )
+        validate_npz(p, spec.domain)
+    meta_path = ddir / "meta.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path} is missing (incomplete dataset); delete {ddir} and regenerate")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); delete {ddir} and regenerate") from e
+    train_fp = _check_fingerprint(paths[0], meta)
+    _check_fingerprint(paths[1], meta)
+    return meta, train_fp
+
+
+def _ogbench_datasets(spec: TaskSpec, train_path: Path) -> tuple[dict, dict]:
+    """OGBench's reading of the cached files (train, val), its env's observation size checked."""
+    from steerflow import gl
+
+    gl.settle()
+    import ogbench
+
+    try:
+        env, train, val = ogbench.make_env_and_datasets(
+            spec.dataset_name, dataset_path=str(train_path), compact_dataset=False
+        )
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise _corrupt(train_path, f"{type(e).__name__}: {e}") from e
+    obs_dim = int(np.prod(env.observation_space.shape))
+    env.close()
+    if obs_dim != spec.obs_dim:  # guards the DOMAIN_INFO table against the installed package
+        raise ValueError(f"env {spec.env_name} has observation dim {obs_dim}, expected {spec.obs_dim}")
+    return train, val
+
+
+def _relabelled(d: dict, path: Path, spec: TaskSpec, episode_steps: int) -> dict[str, np.ndarray]:
+    """float32 arrays, checked finite, with the task's rewards (sparse tasks: `sparse_rewards`) and
+    actions clipped to ±ACTION_CLIP."""
+    d = _to_float32(d)
+    check_finite(d, path, episode_steps)
+    if spec.sparse:
+        d["rewards"] = sparse_rewards(d["rewards"])
+    d["actions"] = np.clip(d["actions"], -ACTION_CLIP, ACTION_CLIP)
+    return d
+
+
 def load_task_dataset(
     spec: TaskSpec | str,
     episodes: int = 1000,
@@ -289,68 +361,11 @@ def load_task_dataset(
         spec = parse_task(spec)
     root_path = Path(root).expanduser() if root is not None else data_root()
     ddir = root_path / cache_key(spec.domain, episodes, seed, episode_steps)
-    train_name, val_name = dataset_file_names(spec.domain)
-    train_path, val_path = ddir / train_name, ddir / val_name
-
-    if not ddir.exists():
-        if not generate_if_missing:
-            steps = "" if episode_steps == DEFAULT_EPISODE_STEPS else f" (episode_steps={episode_steps})"
-            raise FileNotFoundError(
-                f"dataset for {spec.domain} not found at {ddir}{steps}; generate it with "
-                f"`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`"
-            )
-        print(
-            f"[steerflow] dataset {ddir.name} not cached; generating {episodes}+{max(1, episodes // 10)} "
-            f"episodes of {spec.domain} into {ddir} (one-time, ~1.2 s/episode/worker)",
-            flush=True,
-        )
-        generate_dataset(
-            spec.domain, episodes=episodes, seed=seed, workers=workers, root=root_path, episode_steps=episode_steps
-        )
-
-    # Validate before relabeling.
-    for p in (train_path, val_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"dataset file {p} is missing; delete {ddir} and regenerate it "
-                f"(`steerflow data generate {spec.domain} --episodes {episodes} --seed {seed}`)"
-            )
-        validate_npz(p, spec.domain)
-    meta_path = ddir / "meta.json"
-    if not meta_path.is_file():
-        raise ValueError(f"{meta_path} is missing (incomplete dataset); delete {ddir} and regenerate")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{meta_path} is not valid JSON ({e}); delete {ddir} and regenerate") from e
-    train_fp = _check_fingerprint(train_path, meta)
-    _check_fingerprint(val_path, meta)
-
-    from steerflow import gl
-
-    gl.settle()
-    import ogbench
-
-    try:
-        env, train, val = ogbench.make_env_and_datasets(
-            spec.dataset_name, dataset_path=str(train_path), compact_dataset=False
-        )
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise _corrupt(train_path, f"{type(e).__name__}: {e}") from e
-    obs_dim = int(np.prod(env.observation_space.shape))
-    env.close()
-    if obs_dim != spec.obs_dim:  # guards the DOMAIN_INFO table against the installed package
-        raise ValueError(f"env {spec.env_name} has observation dim {obs_dim}, expected {spec.obs_dim}")
-
-    out = []
+    paths = tuple(ddir / name for name in dataset_file_names(spec.domain))
+    _ensure_generated(spec, ddir, episodes, seed, root_path, generate_if_missing, workers, episode_steps)
+    meta, train_fp = _checked_meta(spec, ddir, paths, episodes, seed)
     steps_per_episode = int(meta.get("episode_steps", episode_steps))
-    for d, p in ((train, train_path), (val, val_path)):
-        d = _to_float32(d)
-        check_finite(d, p, steps_per_episode)
-        if spec.sparse:
-            d["rewards"] = sparse_rewards(d["rewards"])
-        d["actions"] = np.clip(d["actions"], -ACTION_CLIP, ACTION_CLIP)
-        out.append(d)
+    train, val = (_relabelled(d, p, spec, steps_per_episode) for d, p in zip(_ogbench_datasets(spec, paths[0]), paths))
     info = {
         "dataset_dir": str(ddir),
         "fingerprint": train_fp,
@@ -360,4 +375,4 @@ def load_task_dataset(
         "action_dim": ACTION_DIM,
         "task": spec.name,
     }
-    return out[0], out[1], info
+    return train, val, info

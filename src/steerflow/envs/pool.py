@@ -54,7 +54,10 @@ def _worker(conn, spec: TaskSpec, count: int) -> None:
     gl.settle()
     envs = _LocalEnvs(spec, count)
     while True:
-        cmd, payload = conn.recv()
+        try:
+            cmd, payload = conn.recv()
+        except EOFError:  # the pool's process ended without closing it (killed, interrupted): end quietly
+            cmd = "close"
         if cmd == "reset":
             conn.send(envs.reset(payload))
         elif cmd == "step":

@@ -1,9 +1,10 @@
 """`steerflow sweep`: a grid of independent, resumable run units.
 
 A sweep expands agents × tasks × the cartesian product of the `--grid` values into *units*. A unit
-is one configuration (agent, task, agent overrides, training overrides) with ALL its seeds, trained
-by one `steerflow train --seeds ... --parallel vmap` process into its own directory
-`DIR/runs/<id>`. Units share nothing but the cached dataset (whose generation is safe to race), so
+is one configuration (agent, task, agent overrides, training overrides) with its seeds, trained by
+one process into its own directory `DIR/runs/<id>`: in a sweep, `steerflow train --seeds ...
+--parallel vmap` with all the sweep's seeds. The studies under `benchmarks/` submit units through
+the same runner and backends, one seed per unit where they commit seed by seed. Units share nothing but the cached dataset (whose generation is safe to race), so
 each unit is an independent job whose state lives in its run directory alone:
 
 * `done`: `final.json` holds the unit's step count and seeds (skipped);

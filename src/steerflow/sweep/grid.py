@@ -20,7 +20,10 @@ from steerflow.train import RunSpec
 
 @dataclass
 class Unit:
-    """One configuration of a sweep with all its seeds: one `steerflow train` process."""
+    """One configuration with its seeds, trained by one process into its own run directory: a
+    `steerflow train` process, or `argv` (a reference implementation's runner). A sweep's unit holds
+    all the sweep's seeds; a study that commits seed by seed gives each seed a unit of its own
+    (benchmarks/protocol/study.py)."""
 
     id: str
     agent: str
@@ -32,6 +35,9 @@ class Unit:
     grid: dict = field(default_factory=dict)  # this unit's grid values alone (they name it)
     steps: int = 0  # resolved training steps: final.json at this step means done
     runs_root: str = ""  # absolute directory of the run directories (--runs-root); "" = the sweep's runs/
+    online_steps: int = 0  # resolved env steps per seed of the online phase (0: offline only)
+    from_run: str = ""  # the finished offline run whose checkpoint the online phase continues (`--from`)
+    argv: list[str] = field(default_factory=list)  # the command that trains it, when not `steerflow train`
 
     @property
     def run_dir(self) -> str:  # relative to the sweep directory, or absolute under --runs-root
@@ -43,12 +49,13 @@ class Unit:
 
     def spec(self) -> RunSpec:
         return RunSpec(agent=self.agent, task=self.task, seeds=list(self.seeds), preset=self.preset,
-                       overrides=dict(self.overrides), train_overrides=dict(self.train_overrides))
+                       overrides=dict(self.overrides), train_overrides=dict(self.train_overrides),
+                       from_run=self.from_run or None)
 
     def command(self, out: Path) -> list[str]:
         from steerflow.train import train_command
 
-        return train_command(self.spec(), Path(out) / self.run_dir, resume=True)
+        return list(self.argv) or train_command(self.spec(), Path(out) / self.run_dir, resume=True)
 
     def record(self, out: Path) -> dict:
         return {**dataclasses.asdict(self), "run_dir": self.run_dir, "log": self.log,
@@ -190,7 +197,7 @@ def expand(agents: list[str], tasks: list[str], seeds: list[int], preset: str = 
                 seen[uid] = point
                 units.append(Unit(id=uid, agent=a, task=t, seeds=list(seeds), preset=preset,
                                   overrides=run.overrides, train_overrides=run.train_overrides, grid=point,
-                                  steps=tc.steps, runs_root=runs_root))
+                                  steps=tc.steps, runs_root=runs_root, online_steps=tc.online_steps))
     return units
 
 

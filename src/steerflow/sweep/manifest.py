@@ -30,7 +30,7 @@ def load_manifest(out: Path) -> dict | None:
 
 
 def _identity(record: dict) -> dict:
-    keys = ("agent", "task", "seeds", "preset", "overrides", "train_overrides")
+    keys = ("agent", "task", "seeds", "preset", "overrides", "train_overrides", "from_run")
     return json.loads(json.dumps({**{k: record.get(k) for k in keys}, "runs_root": record.get("runs_root", "")}))
 
 
@@ -79,10 +79,21 @@ def read_final(out: Path, unit: Unit) -> dict | None:
         return None
 
 
+def finished(final: dict | None, unit: Unit) -> bool:
+    """Whether `final` (a final.json) records the whole of `unit`: its seeds, its offline steps and,
+    for an online unit, its env steps on every seed (final.json's `steps` then also counts the
+    online updates, a number the episodes decide)."""
+    if not final or list(final.get("seeds", [])) != list(unit.seeds):
+        return False
+    if unit.online_steps:
+        return (final.get("offline_steps") == unit.steps
+                and min(final.get("online_env_steps") or [0]) >= unit.online_steps)
+    return final.get("steps") == unit.steps
+
+
 def unit_status(out: Path, unit: Unit) -> str:
     run_dir = Path(out) / unit.run_dir
-    final = read_final(out, unit)
-    if final and final.get("steps") == unit.steps and list(final.get("seeds", [])) == list(unit.seeds):
+    if finished(read_final(out, unit), unit):
         return "done"
     if (run_dir / "checkpoints" / "latest.msgpack").exists():
         return "partial"

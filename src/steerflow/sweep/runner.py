@@ -12,13 +12,22 @@ from .manifest import read_final, record_state, unit_status
 
 
 def run_unit(out: Path, unit: Unit) -> dict:
-    """Train one unit in this process (in the foreground): skip it if done, resume it if partial."""
+    """Train one unit in the foreground (in this process, or its `argv` as a child): skip it if
+    done, resume it if partial."""
+    import os
+
+    from steerflow.backends import run_unit_process
     from steerflow.train import train
 
     if unit_status(out, unit) == "done":
         print(f"{unit.id}: already done ({Path(out) / unit.run_dir / 'final.json'})")
         return read_final(out, unit)
-    return train(unit.spec(), Path(out) / unit.run_dir, resume=True)
+    if not unit.argv:
+        return train(unit.spec(), Path(out) / unit.run_dir, resume=True)
+    code = run_unit_process(unit.command(out), Path(out) / unit.log, dict(os.environ))
+    if code:
+        raise RuntimeError(f"unit {unit.id}: exit code {code}; its log is {Path(out) / unit.log}")
+    return read_final(out, unit)
 
 
 class Progress:
@@ -26,10 +35,11 @@ class Progress:
     manifest's `state` (so `--dry-run` shows the live state) and the failures, {id: what went wrong};
     a unit that exits cleanly without its final.json at the resolved step count has failed too."""
 
-    def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",)):
+    def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",),
+                 on_done=None):
         from tqdm import tqdm
 
-        self.out, self.backend, self.log = Path(out), backend, list(log)
+        self.out, self.backend, self.log, self.on_done = Path(out), backend, list(log), on_done
         self.status = {u.id: unit_status(self.out, u) for u in units}
         self.todo = [u for u in units if self.status[u.id] != "done"]
         self.by_id = {u.id: u for u in self.todo}
@@ -64,6 +74,8 @@ class Progress:
                 if problem:
                     self.bar.write(f"[tracking] {uid}: export to {','.join(self.log)} failed: {problem}")
             record_state(self.out, uid, backend=self.backend, event="done", error=None)
+            if self.on_done is not None:  # e.g. a study copying the unit's records as it finishes
+                self.on_done(unit)
         self.bar.update(1)
         self.bar.set_postfix(failed=len(self.failed))
 
@@ -71,13 +83,14 @@ class Progress:
         self.bar.close()
 
 
-def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("csv",)) -> dict[str, str]:
+def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("csv",), on_done=None) -> dict[str, str]:
     """Run every unfinished unit on this machine, `jobs` processes at a time; returns {id: what went
-    wrong} for the failed ones (a failure does not stop the others)."""
+    wrong} for the failed ones (a failure does not stop the others). `on_done(unit)` runs as each
+    unit finishes."""
     from steerflow.train import run_commands, single_thread_env
 
     out = Path(out)
-    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}", log)
+    progress = Progress(out, units, "local", f"{jobs} at a time; logs in {out / 'logs'}", log, on_done)
     jobs_list = [(u.id, u.command(out), out / u.log) for u in progress.todo]
     try:
         run_commands(jobs_list, max(1, jobs), env=single_thread_env() if jobs > 1 else None, pin=jobs > 1,
@@ -89,17 +102,18 @@ def run_units(out: Path, units: list[Unit], jobs: int = 1, log: list[str] = ("cs
 
 
 def run_backend(backend: str, out: Path, units: list[Unit], res, jobs: int = 1, address: str = "",
-                slurm_cluster: str = "slurm", log: list[str] = ("csv",)) -> dict[str, str]:
+                slurm_cluster: str = "slurm", log: list[str] = ("csv",), on_done=None) -> dict[str, str]:
     """Run every unfinished unit of `units` on `backend` (`res`: a `steerflow.backends.UnitResources`);
     returns {id: what went wrong}. `log`: the trackers each finished unit is exported to
-    (`steerflow.tracking`). The engines get a `Progress` factory, so that they need nothing of the sweep."""
+    (`steerflow.tracking`); `on_done(unit)` runs on this machine as each unit finishes. The engines
+    get a `Progress` factory, so that they need nothing of the sweep."""
     from steerflow.backends import BACKENDS
 
     def progress(name: str):
-        return lambda how: Progress(out, units, name, how, log)
+        return lambda how: Progress(out, units, name, how, log, on_done)
 
     if backend == "local":
-        return run_units(out, units, jobs, log=log)
+        return run_units(out, units, jobs, log=log, on_done=on_done)
     if backend == "ray":
         from steerflow.backends.ray_cluster import run_ray
 

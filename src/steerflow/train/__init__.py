@@ -36,12 +36,13 @@ from .core import make_finite_tracker, make_policy, make_train_call
 from .evaluation import evaluate_run, evaluate_states, record_run, restore_run
 from .loop import train
 from .metrics import MetricsLog
-from .presets import PRESETS, RunSpec, TrainConfig, check_run, check_train_config, has_field, resolve, resume_spec
+from .presets import (PRESETS, RunSpec, TrainConfig, check_run, check_train_config, from_spec, has_field, resolve,
+                      resume_spec)
 from .processes import (SINGLE_THREAD_XLA_FLAGS, free_core, gather_final, pinned_to,
                         run_commands, single_thread_env, train_command, train_processes)
 
 __all__ = ["PRESETS", "MetricsLog", "RunSpec", "SINGLE_THREAD_XLA_FLAGS", "TrainConfig", "check_run",
-           "check_train_config", "evaluate_run", "evaluate_states", "free_core", "gather_final", "has_field",
+           "check_train_config", "evaluate_run", "evaluate_states", "free_core", "from_spec", "gather_final", "has_field",
            "load_checkpoint", "make_finite_tracker", "make_policy", "make_train_call", "pinned_to",
            "record_run", "resolve", "restore_run", "resume_spec", "run_commands", "save_checkpoint", "single_thread_env", "train",
            "train_command", "train_processes"]
