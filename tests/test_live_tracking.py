@@ -219,3 +219,13 @@ def test_a_tracker_without_the_record_gets_it_replayed_up_to_the_start_step(tmp_
     assert scalars(logdir, "eval/success/seed0") == [(20, 0.5)] and scalars(logdir, "online/env_steps/seed0") == [(20, 7.0)]
     assert set(tracking.read_record(run_dir)["scalars"][20]) == {
         "train/mf_loss/seed0", "train/steps_per_s/seed0", "eval/success/seed0", "eval/mean", "online/env_steps/seed0"}
+
+
+def test_an_evaluation_in_an_env_of_imported_demos_sends_success_and_the_held_out_mse():
+    record = {"step": 20, "seeds": [0, 3], "success": [0.5, 1.0], "mean": 0.75, "val_action_mse": [0.2, 0.1],
+              "scored_on": "val"}
+    assert tracking.eval_scalars(record) == {
+        "eval/success/seed0": 0.5, "eval/success/seed3": 1.0, "eval/mean": 0.75,
+        "eval/val_action_mse/seed0": 0.2, "eval/val_action_mse/seed3": 0.1}
+    alone = {"step": 20, "seeds": [0], "metric": "val_action_mse", "val_action_mse": [0.2], "mean": 0.2, "success": None}
+    assert tracking.eval_scalars(alone) == {"eval/val_action_mse/seed0": 0.2, "eval/mean": 0.2}

@@ -49,3 +49,14 @@ def test_each_lps_variant_is_compared_with_bc_at_every_step_both_curves_have():
     variant = {"steps": 30000, "curve": {"20000": [0.7, 0.7], "30000": [0.9, 0.9]}, "success": [0.9, 0.9]}
     lines = module.variants({"t/50/all": {"bc-mf@50000": bc, "lps-pessimistic@30000": variant}})
     assert "| t · 50 · all | lps-pessimistic | 20: +20 [+20, +20] |" in lines
+
+
+def test_the_stopping_rule_takes_each_seeds_evaluation_of_lowest_held_out_mse():
+    module = _practitioner()
+    row = {"seeds": [0, 1], "curve": {"10000": [0.2, 0.4], "20000": [0.9, 0.5], "30000": [0.1, 0.8]},
+           "held_out_mse": {"10000": [0.5, 0.5], "20000": [0.1, 0.4], "30000": [0.3, 0.2]}}
+    lines = module.stopping_rule({"t/50/all": {"lps@30000": row, "bc-mf@30000": {"seeds": [0], "curve": {"30000": [1.0]}}}})
+    # seed 0 picks 20K (0.9), seed 1 picks 30K (0.8); last: 0.1 and 0.8; best: 0.9 and 0.8
+    assert "| t · 50 · all | lps@30000 | 45.0 | 85.0 (20K, 30K) | 85.0 |" in lines
+    assert not any("bc-mf" in line for line in lines)  # no held-out curve, no row
+    assert module.stopping_rule({"t/50/all": {"bc-mf@30000": {"seeds": [0], "curve": {"30000": [1.0]}}}}) == []

@@ -167,6 +167,13 @@ def test_an_imported_run_evaluates_in_the_env_with_its_normalisation(imported, t
     final = json.loads((out / "final.json").read_text())
     assert final["task"] == "cube-single-task2" and final["reward"] == "given" and 0 <= final["final_success"][0] <= 1
     assert not normalization.load(out).is_identity()
+    # beside success, each evaluation scores the held-out demos: the same numbers as a run without an env
+    records = [json.loads(f.read_text()) for f in sorted((out / "evals").glob("step_*.json"))]
+    assert records and all(r["scored_on"] == "val" and len(r["val_action_mse"]) == 1 for r in records)
+    assert final["val_action_mse"] == records[-1]["val_action_mse"] and final["metric"] == "success"
+    envless = tmp_path / "envless-run"
+    cli.main(["train", "--agent", "bc-mf", "--dataset", "rt-minari", "--preset", "smoke", "--out", str(envless)])
+    assert json.loads((envless / "final.json").read_text())["val_action_mse"] == final["val_action_mse"]
     (record,) = trainer.evaluate_run(out, episodes=2, workers=0)
     assert record["step"] == 40
     # the command a `--parallel processes` child runs carries the dataset flags

@@ -7,8 +7,8 @@ steps/s; `eval.csv` and `evals/step_XXXXXXXX.json`: the evaluations; `config.jso
 record (`_record_eval`, `_record_offline_eval`) to the trackers asked for at the moment it is
 written, under the tags of `train_scalars` and `eval_scalars` (the one naming of streaming and
 export): `train/<column>/seed<k>` (losses and `steps_per_s`) at each log step and, at each
-evaluation, `eval/success/seed<k>` (`eval/val_action_mse/seed<k>` for an imported dataset without
-an env), `eval/mean` and, in the online phase, `online/env_steps/seed<k>` (its rows and
+evaluation, `eval/success/seed<k>` (`eval/val_action_mse/seed<k>` for an imported dataset: alone without
+an env, beside success in one), `eval/mean` and, in the online phase, `online/env_steps/seed<k>` (its rows and
 evaluations come the same way):
 
 * `tensorboard`: event files in RUN_DIR/tensorboard, flushed after every write (a TensorBoard
@@ -82,6 +82,8 @@ def eval_scalars(record: dict) -> dict[str, float]:
     """The tags of one evaluation record (`evals/step_XXXXXXXX.json`)."""
     metric, seeds = record.get("metric", "success"), record["seeds"]
     scalars = {f"eval/{metric}/seed{s}": float(v) for s, v in zip(seeds, record[metric])}
+    if metric != "val_action_mse" and "val_action_mse" in record:  # imported demos in an env: both
+        scalars.update({f"eval/val_action_mse/seed{s}": float(v) for s, v in zip(seeds, record["val_action_mse"])})
     scalars["eval/mean"] = float(record["mean"])
     scalars.update({f"online/env_steps/seed{s}": float(n) for s, n in zip(seeds, record.get("env_steps") or [])})
     return scalars

@@ -74,11 +74,13 @@ def evaluate_states(agent, states, spec, task, episodes: int, workers: int, seed
 
 def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray, run: RunSpec,
                  eval_s: float | None = None, env_steps: list[int] | None = None,
-                 final_reward: np.ndarray | None = None, trackers=None) -> dict:
+                 final_reward: np.ndarray | None = None, trackers=None, val_action_mse: np.ndarray | None = None) -> dict:
     """`evals/step_XXXXXXXX.json` and rows of `eval.csv`; in the online phase the record also holds
     each seed's env steps so far (`env_steps`), the x-axis where online starts. `final_reward`
     (per seed, mean over episodes) is minus the sub-goals left at the episodes' ends: where success
-    sits at 0 on a multi-object task, it says whether a policy gets anywhere."""
+    sits at 0 on a multi-object task, it says whether a policy gets anywhere. `val_action_mse` (per
+    seed): an imported dataset's held-out demos, scored beside success — the signal a user without
+    an env to evaluate in has for choosing a checkpoint."""
     from steerflow.runinfo import atomic_write_json
 
     per_seed = success.mean(1).tolist()
@@ -86,7 +88,9 @@ def _record_eval(run_dir: Path, step: int, seeds: list[int], success: np.ndarray
               "episodes": int(success.shape[1]), "success": per_seed, "mean": float(np.mean(per_seed)),
               **({"final_reward": final_reward.mean(1).tolist()} if final_reward is not None else {}),
               **({"eval_s": round(eval_s, 2)} if eval_s is not None else {}),
-              **({"phase": "online", "env_steps": env_steps} if env_steps is not None else {})}
+              **({"phase": "online", "env_steps": env_steps} if env_steps is not None else {}),
+              **({"val_action_mse": np.asarray(val_action_mse).tolist(), "scored_on": "val"}
+                 if val_action_mse is not None else {})}
     atomic_write_json(run_dir / "evals" / f"step_{step:08d}.json", record)
     with open(run_dir / "eval.csv", "a", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")

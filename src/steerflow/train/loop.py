@@ -295,13 +295,17 @@ class Program:
             return
         where = "" if len(self.dirs) == 1 else f" {d.run.task}"
         own, policy = d.take(self.states), source.normalized_policy(self.policy, self.norm)
+        off = self.offline  # imported demos evaluated in an env: their held-out action MSE beside success
+        mse = None if off is None else source.offline_action_mse(self.agent, own, off["ds"], off["starts"], self.policy, seed=step)
         success, final_reward = evaluate_states(
             self.agent, own, self.spec, d.task, self.tc.eval_episodes, self.tc.eval_workers, seed=step, policy=policy,
             pool=d.pool, show_progress=not self.quiet, desc=f"eval at step {step}{where}",
             should_stop=lambda: bool(self.received), with_final_reward=True)
         env_steps = self.online.counters["env_steps"].tolist() if self.online_active else None
-        rec = d.record_success(step, success, final_reward, time.perf_counter() - eval_start, env_steps=env_steps)
-        self.bar.write(f"step {step}{where}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}")
+        rec = d.record_success(step, success, final_reward, time.perf_counter() - eval_start, env_steps=env_steps,
+                               val_action_mse=mse)
+        self.bar.write(f"step {step}{where}: success {rec['mean']:.3f} per seed {np.round(rec['success'], 3).tolist()}"
+                       + ("" if mse is None else f", held-out action MSE {np.round(mse, 4).tolist()}"))
         during_training(d.out, self.tc, step, d.task, policy, own, self.quiet, lambda: bool(self.received))  # every video_every
         if self.online_active:
             self.online.timing["eval_s"] += time.perf_counter() - eval_start
@@ -459,7 +463,8 @@ def _train(runs: list[tuple[RunSpec, Path]], out: Path, resume: bool, quiet: boo
     for d in dirs:
         d.open(state[2], kinds, tc)
 
-    offline = _offline_scoring(run, val_data, train_data, tc, discount, quiet) if task is None else None
+    held_out = task is None or (run.dataset is not None and val_data is not None)  # imported demos, some held out
+    offline = _offline_scoring(run, val_data, train_data, tc, discount, quiet) if held_out else None
     online = None
     if tc.online_steps:
         online = OnlinePhase(agent, task, tc, spec, [s for d in dirs for s in d.seeds], discount, norm)

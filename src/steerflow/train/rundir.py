@@ -72,9 +72,9 @@ class RunDir:
         if self.task is not None:
             self.pool = EnvPool(self.task, min(tc.eval_episodes, tc.eval_envs), tc.eval_workers)
 
-    def record_success(self, step: int, success, final_reward, eval_s: float, env_steps=None) -> dict:
+    def record_success(self, step: int, success, final_reward, eval_s: float, env_steps=None, val_action_mse=None) -> dict:
         self.record = _record_eval(self.out, step, self.seeds, success, self.run, eval_s=eval_s, env_steps=env_steps,
-                                   final_reward=final_reward, trackers=self.trackers)
+                                   final_reward=final_reward, trackers=self.trackers, val_action_mse=val_action_mse)
         return self.record
 
     def close(self) -> None:
