@@ -963,7 +963,7 @@ def readme_glance() -> str:
             five[agent] = np.mean([np.mean(v) for v in per.values()]) * 100
         rows.append([label, spct(list(per.values())) if len(per) == 5 else "–", spct([per[t] for t in tuning]),
                      pct(on[agent]) if impl == "steerflow" and agent in on else "–"])
-    off = {a: 100 * np.mean([u["offline_success"] for u in cube["units"] if u["agent"] == a]) for a in on}
+    means = online_means(cube)
     lines = [GLANCE_START, "",
              *table(["method", "cube-single, 5 tasks", "tasks 2 and 4", "task 2, +20K env steps online"], rows), "",
              "Success (%) at the [CPU protocol](docs/results/protocol.md) (100K steps, 2×256 nets, 3 seeds, "
@@ -971,7 +971,7 @@ def readme_glance() -> str:
              f"files. LPS leaves behaviour cloning far behind ({five['lps']:.1f}% against {five['bc-mf']:.1f}% "
              f"over five tasks) but stays below QC-FQL ({five['qc-fql']:.1f}%) at this budget, and it is at or "
              "above the authors' LPS code on every seed ([parity](docs/results/parity.md)). Online, LPS gains "
-             f"the most on cube-single ({off['lps']:.0f}% → {100 * np.mean(on['lps']):.0f}%, "
+             f"the most on cube-single ({means['lps'][0]:.0f}% → {means['lps'][1]:.0f}%, "
              "[online](docs/results/online.md)), while QC-FQL's α works only in a narrow range that LPS does not "
              "need ([α study](docs/results/alpha.md)); every study is in [the results](docs/results/index.md).",
              "", practitioner_sentence(), "", GLANCE_END]
