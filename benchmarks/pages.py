@@ -1159,7 +1159,7 @@ def pick_section() -> str:
     alpha, tuning = u["selected"]["alpha"], u["selected"]["tuning_means"]
     steered, base = 100 * tuning[alpha], 100 * tuning["0.0"]
     bon = 100 * np.mean([u["best_of_n"][t]["8"]["mean"] for t in u["tasks"]])
-    counted = ", ".join(f"{d:+.0f} on {bed.split('/')[0]} · {bed.split('/')[1]}" for bed, d in after)
+    counted = ", ".join(f"{d:+.0f} on {' · '.join(bed.split('/'))}" for bed, d in after)  # test bed · demos · artifacts
     return "\n".join([
         "## Which method to pick", "",
         "At the CPU budget of these pages (100K offline steps, 2×256 networks):", "",

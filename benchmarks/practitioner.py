@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROWS = {"bc-mf": ("bc-mf", {}), "bc-fm": ("bc-fm", {}), "lps": ("lps", {}), "lpsd": ("lpsd", {}),
         "dsrl-na": ("dsrl-na", {}), "qc-fql": ("qc-fql", {}),
         "lps-pessimistic": ("lps", {"critic": "qpilots"}),  # 10 critics, mean − 0.5·std, climbed by the actor
+        "lps-min": ("lps", {"critic.aggregate": "min"}),  # the min of the 2 critics: in the targets and climbed by the actor
         "lps-clip": ("lps", {"clip_actor_chunk": "true"}),  # the critic scores the chunk the env receives
         "lps-dit": ("lps", {"base.arch": "dit"})}  # the DiT base (src/steerflow/dit.py)
 RECORDS = HERE / "results" / "practitioner_loop_cpu.json"
@@ -299,8 +300,8 @@ def variants(groups: dict, bc: str = "bc-mf") -> list[str]:
     tried for LPS's gap, in one table."""
     lines = ["## LPS variants against BC-MF", "",
              "LPS − BC-MF in points [95% CI] at each evaluation both runs have (variants: `lps-pessimistic` = 10",
-             "critics, the actor climbs mean − 0.5·std; `lps-clip` = the critic scores the clipped chunk;",
-             "`lps-dit` = the DiT base).", "",
+             "critics, the actor climbs mean − 0.5·std; `lps-min` = the min of the 2 critics, in the targets",
+             "and in the actor's loss; `lps-clip` = the critic scores the clipped chunk; `lps-dit` = the DiT base).", "",
              "| test bed | variant | step K: LPS − BC-MF |", "|---|---|---|"]
     for prefix, rows in groups.items():
         for method in sorted({n.split("@")[0] for n in rows if n.startswith("lps")}):
