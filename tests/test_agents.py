@@ -185,17 +185,19 @@ def test_lps_clip_actor_chunk_scores_the_clipped_chunk():
     assert _sq_norm(g_clip) < _sq_norm(g_raw)
 
 
-def test_lps_actor_climbs_the_critics_pessimistic_aggregate_when_asked():
+@pytest.mark.parametrize("aggregate", ["pessimistic", "min"])
+def test_lps_actor_climbs_the_critics_aggregate_when_asked(aggregate):
     """With `critic.aggregate=pessimistic` (e.g. `--set critic=qpilots`) the actor loss is
-    −λ·mean_B(mean_j Q_j − ρ·std_j Q_j), not the plain mean the paper's LPS climbs (the default)."""
+    −λ·mean_B(mean_j Q_j − ρ·std_j Q_j), with `critic.aggregate=min` −λ·mean_B(min_j Q_j); not the
+    plain mean the paper's LPS climbs (the default)."""
     state = lps.init(jax.random.PRNGKey(0), SPEC, _config(lps, **{"critic.num_critics": 4,
-                                                                 "critic.aggregate": "pessimistic"}))
+                                                                 "critic.aggregate": aggregate}))
     obs = _batch(jax.random.PRNGKey(1))["observations"]
     _, chunk = lps.steer(state, state.params, obs)
     q = qc.make_critic(state.config.critic).apply(state.params["critic"], obs, chunk)  # (J, B)
     loss, _ = lps.actor_loss(state, state.params, obs)
-    pessimistic = jnp.mean(q, 0) - 0.5 * jnp.std(q, 0)
-    np.testing.assert_allclose(loss, -jnp.mean(pessimistic) / jnp.mean(jnp.abs(q)), rtol=1e-5)
+    climbed = jnp.mean(q, 0) - 0.5 * jnp.std(q, 0) if aggregate == "pessimistic" else jnp.min(q, 0)
+    np.testing.assert_allclose(loss, -jnp.mean(climbed) / jnp.mean(jnp.abs(q)), rtol=1e-5)
     assert abs(float(loss) + float(jnp.mean(q) / jnp.mean(jnp.abs(q)))) > 1e-4  # not the mean's loss
 
 
