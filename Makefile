@@ -37,9 +37,13 @@ reference-env: .venv-ref/.installed
 	.venv-ref/bin/pip install --quiet --no-deps flaxmodels
 	touch $@
 
-# the whole suite: what CI runs (.ci/run)
+# the whole suite: what CI runs (.ci/run), one pytest worker per core of a 2-core machine
+# (TEST_WORKERS=1 runs it in one process); a test file stays on one worker (its module fixtures
+# — a dataset cache, a Ray cluster — are built once), the files handed out longest first
+# (tests/conftest.py's LONG_FIRST; xdist's own order is by number of tests)
+TEST_WORKERS ?= 2
 test: install
-	MUJOCO_GL=egl $(BIN)/python -m pytest -q tests
+	MUJOCO_GL=egl $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # the fast tier while developing: every test not marked slow (pyproject.toml's `slow` marker)
 test-fast: install

@@ -6,6 +6,10 @@ one test of its kind (a smoke training end to end, one agent's update, the criti
 `[...]` marks every parametrisation, including ones added later (a new agent's cases); FAST
 keeps a few of those in the fast tier."""
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 SLOW = (
@@ -71,15 +75,53 @@ FAST = (
 )
 
 
+# the longest files first (measured with `--durations`), so that the workers of `make test` (a file
+# at a time each, `--dist loadfile --no-loadscope-reorder`) finish together instead of one running
+# a long file last
+LONG_FIRST = ("test_toy.py", "test_sweep_backends.py", "test_end_to_end.py", "test_user_env.py",
+              "test_run_lifecycle.py", "test_qpilots.py", "test_parity.py", "test_multitask.py", "test_online.py",
+              "test_bad_input.py", "test_live_tracking.py", "test_images.py", "test_sweep.py")
+
+
 def _is_slow(nodeid: str) -> bool:
     name = nodeid.rsplit("/", 1)[-1]
     return name not in FAST and any(name == s or (("[" not in s) and name.split("[", 1)[0] == s) for s in SLOW)
+
+
+def _file_rank(item) -> int:
+    name = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _is_slow(item.nodeid):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_file_rank)  # stable: a file's own order is kept
+
+
+_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    """A JAX compilation cache of this test process's own, inherited by the training processes its
+    tests start: a program compiled once (an agent's update at the smoke size) loads from it in the
+    next test instead of compiling again. STEERFLOW_TEST_JAX_CACHE=0 turns it off; a
+    JAX_COMPILATION_CACHE_DIR set by the user is kept."""
+    if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0" or (
+            os.environ.get("JAX_COMPILATION_CACHE_DIR") and "STEERFLOW_TEST_JAX_CACHE_DIR" not in os.environ):
+        return
+    cache = tempfile.mkdtemp(prefix="steerflow-test-jax-")  # per process: an xdist worker does not share its controller's
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, STEERFLOW_TEST_JAX_CACHE_DIR=cache,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    config.stash[_CACHE] = cache
+
+
+def pytest_unconfigure(config):
+    cache = config.stash.get(_CACHE, None)
+    if cache is not None:
+        shutil.rmtree(cache, ignore_errors=True)
+
 
 
 @pytest.fixture(scope="module")
