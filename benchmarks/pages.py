@@ -1003,8 +1003,8 @@ def practitioner_verdicts():
         else:
             verdict["above" if lo > 0 else "below" if hi < 0 else "level"] += 1
     variants = {v: [(prefix, step, *module.difference_ci(module.at_budget(rows, v, step), module.at_budget(rows, "bc-mf", step)))
-                    for prefix, rows in groups.items() for n, r in rows.items() if n.split("@")[0] == v
-                    for step in [max(map(int, r["curve"]))] if module.at_budget(rows, "bc-mf", step) is not None]
+                    for prefix, rows in groups.items() for step in [module.last_offline_step(rows, v)]
+                    if step is not None and module.at_budget(rows, "bc-mf", step) is not None]
                 for v in VARIANT_FLAGS}
     return verdict, online, variants
 

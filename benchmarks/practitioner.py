@@ -353,6 +353,12 @@ def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def last_offline_step(rows: dict, method: str) -> int | None:
+    """The last offline evaluation of `method`'s rows on one test bed (None: it has no row there)."""
+    steps = [int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n for k in r["curve"]]
+    return max(steps) if steps else None
+
+
 def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
     """One sentence per LPS variant: at its last offline evaluation on each test bed, it and plain
     LPS against BC-MF at that step (points, 95% CI)."""
@@ -367,10 +373,9 @@ def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
     for method in sorted({n.split("@")[0] for rows in groups.values() for n in rows if n.startswith("lps-")}):
         parts = []
         for prefix, rows in groups.items():
-            runs = [r for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n]
-            if not runs:
+            step = last_offline_step(rows, method)
+            if step is None:
                 continue
-            step = max(int(k) for r in runs for k in r["curve"])
             mine, plain = versus(rows, method, step), versus(rows, "lps", step)
             if mine:
                 parts.append(f"{prefix.replace('/', ' · ')} at {step // 1000}K: {mine}"
