@@ -43,10 +43,12 @@ import sys
 import time
 from pathlib import Path
 
-# steerflow's provenance helpers are stdlib-only, so the reference venv imports them from this
-# checkout without steerflow's training stack: both sides then describe the device alike
+# steerflow's provenance helpers and task parser need only the stdlib and numpy, so the reference
+# venv imports them from this checkout without steerflow's training stack: both sides then describe
+# the device and read a task name alike
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 from steerflow import runlock  # noqa: E402
+from steerflow.data.tasks import parse_task  # noqa: E402
 from steerflow.runinfo import device_description, library_versions  # noqa: E402
 
 IMPLS = {
@@ -55,7 +57,6 @@ IMPLS = {
     "qc-fql": {"repo": "ColinQiyangLi/qc", "agent": "qc-fql", "agent_file": "agents/acfql.py"},
 }
 SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-_TASK_RE = re.compile(r"^(?P<domain>[a-z0-9-]+?)-task(?P<n>[1-5])(?P<sparse>-sparse)?$")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,11 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def task_names(task: str) -> tuple[str, int, bool]:
-    """`cube-single-task2-sparse` → (`cube-single`, 2, True)."""
-    m = _TASK_RE.match(task)
-    if not m:
-        raise SystemExit(f"--task {task!r}: expected DOMAIN-taskN[-sparse], e.g. cube-single-task2")
-    return m.group("domain"), int(m.group("n")), bool(m.group("sparse"))
+    """`cube-single-task2-sparse` → (`cube-single`, 2, True), by steerflow's own task parser."""
+    try:
+        spec = parse_task(task)
+    except ValueError as err:
+        raise SystemExit(f"--task: {err}") from None
+    return spec.domain, spec.task_id, spec.sparse
 
 
 def reference_argv(args: argparse.Namespace, save_dir: Path) -> list[str]:

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from study import commit_records  # this folder's study.py (a script's own folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs" / "protocol_cpu" / "selection"
 RESULTS = ROOT / "benchmarks" / "results" / "protocol_cpu" / "selection"
@@ -85,9 +87,7 @@ def evaluate(args) -> int:
                 atomic_write_json(dst, record)
                 print(f"[selection] {dst.stem} {label(point)}: {100 * result['success'][0]:.0f}%", flush=True)
             if args.commit:
-                subprocess.run(["git", "-C", str(ROOT), "add", str(dst)], check=True)
-                subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m",
-                                f"selection: LPS inference-time selection grid on {dst.stem}", "--only", str(dst)])
+                commit_records(dst, f"selection: LPS inference-time selection grid on {dst.stem}")
     return 0
 
 

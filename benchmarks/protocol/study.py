@@ -279,18 +279,21 @@ def harvest(entry: Entry, commit: bool) -> bool:
     os.replace(tmp, dst)
     if commit:
         final = json.loads((dst / "final.json").read_text())
-        msg = (f"protocol_cpu: {entry.id} finished, success {final['mean']:.2f} "
-               f"({final.get('device', '?')})")
-        for attempt in range(5):  # another commit may hold the index lock for a moment
-            subprocess.run(["git", "-C", str(ROOT), "add", str(dst)], capture_output=True)
-            r = subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m", msg, "--only", str(dst)],
-                               capture_output=True, text=True)
-            if r.returncode == 0:
-                break
-            time.sleep(2 + 3 * attempt)
-        else:
-            print(f"[study] could not commit {dst}: {r.stderr.strip()}", file=sys.stderr)
+        commit_records(dst, f"protocol_cpu: {entry.id} finished, success {final['mean']:.2f} "
+                            f"({final.get('device', '?')})")
     return True
+
+
+def commit_records(path: Path, msg: str) -> None:
+    """`git commit --only path`, retried: another runner's commit may hold the index lock for a moment."""
+    for attempt in range(5):
+        subprocess.run(["git", "-C", str(ROOT), "add", str(path)], capture_output=True)
+        r = subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "-m", msg, "--only", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        time.sleep(2 + 3 * attempt)
+    print(f"[study] could not commit {path}: {r.stderr.strip()}", file=sys.stderr)
 
 
 def harvest_finished(commit: bool) -> None:
