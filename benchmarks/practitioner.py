@@ -302,16 +302,17 @@ def variants(groups: dict, bc: str = "bc-mf") -> list[str]:
              "LPS − BC-MF in points [95% CI] at each evaluation both runs have (variants: `lps-pessimistic` = 10",
              "critics, the actor climbs mean − 0.5·std; `lps-min` = the min of the 2 critics, in the targets",
              "and in the actor's loss; `lps-clip` = the critic scores the clipped chunk; `lps-dit` = the DiT base).", "",
-             "| test bed | variant | step K: LPS − BC-MF |", "|---|---|---|"]
+             "| test bed | variant | step K (then after online fine-tuning): LPS − BC-MF |", "|---|---|---|"]
     for prefix, rows in groups.items():
         for method in sorted({n.split("@")[0] for n in rows if n.startswith("lps")}):
             cells = []
-            for budget in sorted({int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n
-                                  for k in r["curve"]}):
+            for budget in (*sorted({int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n
+                                    for k in r["curve"]}), None):
                 a, b = at_budget(rows, method, budget), at_budget(rows, bc, budget)
                 if a is not None and b is not None:
                     lo, hi = difference_ci(a, b)
-                    cells.append(f"{budget // 1000}: {100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+                    when = "online" if budget is None else budget // 1000
+                    cells.append(f"{when}: {100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
             if cells:
                 lines.append(f"| {prefix.replace('/', ' · ')} | {method} | " + " · ".join(cells) + " |")
     return lines + [""]
@@ -360,8 +361,8 @@ def last_offline_step(rows: dict, method: str) -> int | None:
 
 
 def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
-    """One sentence per LPS variant: at its last offline evaluation on each test bed, it and plain
-    LPS against BC-MF at that step (points, 95% CI)."""
+    """One sentence per LPS variant: at its last offline evaluation on each test bed, and after online
+    fine-tuning where it has an online row, it and plain LPS against BC-MF (points, 95% CI)."""
     def versus(rows, method, step):
         a, b = at_budget(rows, method, step), at_budget(rows, bc, step)
         if a is None or b is None:
@@ -376,10 +377,11 @@ def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
             step = last_offline_step(rows, method)
             if step is None:
                 continue
-            mine, plain = versus(rows, method, step), versus(rows, "lps", step)
-            if mine:
-                parts.append(f"{prefix.replace('/', ' · ')} at {step // 1000}K: {mine}"
-                             + (f" (plain LPS {plain})" if plain else ""))
+            for budget in (step, None):
+                mine, plain = versus(rows, method, budget), versus(rows, "lps", budget)
+                if mine:
+                    when = f"at {step // 1000}K" if budget else "after online fine-tuning"
+                    parts.append(f"{prefix.replace('/', ' · ')} {when}: {mine}" + (f" (plain LPS {plain})" if plain else ""))
         if parts:
             out.append(f"- {method} − BC-MF in points: " + "; ".join(parts) + ".")
     return out

@@ -49,6 +49,15 @@ def test_each_lps_variant_is_compared_with_bc_at_every_step_both_curves_have():
     variant = {"steps": 30000, "curve": {"20000": [0.7, 0.7], "30000": [0.9, 0.9]}, "success": [0.9, 0.9]}
     lines = module.variants({"t/50/all": {"bc-mf@50000": bc, "lps-pessimistic@30000": variant}})
     assert "| t · 50 · all | lps-pessimistic | 20: +20 [+20, +20] |" in lines
+    # with both online rows, the online difference follows the offline steps, in the table and the findings
+    groups = {"t/50/all": {"bc-mf@50000": bc, "lps-pessimistic@30000": variant,
+                           "bc-mf@50000+on100": {"success": [0.6, 0.6]}, "lps-pessimistic@30000+on100": {"success": [0.5, 0.5]}}}
+    assert "| t · 50 · all | lps-pessimistic | 20: +20 [+20, +20] · online: -10 [-10, -10] |" in module.variants(groups)
+    bc_at_30k = {**bc, "curve": {**bc["curve"], "30000": [0.4, 0.4]}}
+    groups["t/50/all"]["bc-mf@50000"] = bc_at_30k
+    assert module.variant_findings(groups) == [
+        "- lps-pessimistic − BC-MF in points: t · 50 · all at 30K: +50 [+50, +50]; t · 50 · all after online fine-tuning: "
+        "-10 [-10, -10]."]
 
 
 def test_the_stopping_rule_takes_each_seeds_evaluation_of_lowest_held_out_mse():
