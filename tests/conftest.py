@@ -104,15 +104,18 @@ _CACHE = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
-    """A JAX compilation cache of this test process's own, inherited by the training processes its
-    tests start: a program compiled once (an agent's update at the smoke size) loads from it in the
-    next test instead of compiling again. STEERFLOW_TEST_JAX_CACHE=0 turns it off; a
+    """One JAX compilation cache for the whole test run, shared by `make test`'s xdist workers (they
+    inherit the controller's environment) and the training processes their tests start: a program
+    compiled once (an agent's update at the smoke size) loads from it in every later test, whichever
+    worker runs it. A size limit turns on JAX's file lock around each read and write, so that no
+    process reads an entry another is still writing. STEERFLOW_TEST_JAX_CACHE=0 turns it off; a
     JAX_COMPILATION_CACHE_DIR set by the user is kept."""
-    if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0" or (
-            os.environ.get("JAX_COMPILATION_CACHE_DIR") and "STEERFLOW_TEST_JAX_CACHE_DIR" not in os.environ):
+    if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0":
         return
-    cache = tempfile.mkdtemp(prefix="steerflow-test-jax-")  # per process: an xdist worker does not share its controller's
-    os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, STEERFLOW_TEST_JAX_CACHE_DIR=cache,
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's, or this run's controller's (a worker)
+        return
+    cache = tempfile.mkdtemp(prefix="steerflow-test-jax-")
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_COMPILATION_CACHE_MAX_SIZE=str(16 * 2**30),
                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     config.stash[_CACHE] = cache
 

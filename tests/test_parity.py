@@ -147,7 +147,7 @@ def test_the_gpu_lease_rehearses_on_the_cpu_within_what_a_lease_brings_back(tmp_
         assert bad.returncode == 2 and says in bad.stdout + bad.stderr and not (out / "records.tgz").exists()
     two = "cube-single-task2,cube-single-task4"
     done = subprocess.run([sys.executable, str(script), "run", "--rehearse", "--out", str(out), "--agents", "lps",
-                           "--tasks", two, "--episodes", "3", "--budget-s", "150"],
+                           "--tasks", two, "--episodes", "3", "--budget-s", "200"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["log.txt", "records.tgz", "summary.txt"]
