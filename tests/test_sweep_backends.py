@@ -71,6 +71,9 @@ def ray_address(unit_env):
     # Ray's memory monitor kills workers when the *machine* is at 95% memory, which other jobs on a
     # shared machine cause: the retries it triggers are not the ones under test
     mp.setenv("RAY_memory_monitor_refresh_ms", "0")
+    # Ray runs its workers (and so the units' training processes) at nice 15: beside the other test
+    # worker of `make test` they would get a sliver of a core and take ten times as long
+    mp.setenv("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=0, log_to_driver=False)
     try:
