@@ -35,7 +35,6 @@ import argparse
 import csv
 import json
 import os
-import re
 import runpy
 import shutil
 import subprocess
