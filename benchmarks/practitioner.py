@@ -261,6 +261,12 @@ def difference_ci(a, b, resamples: int = 10_000, level: float = 0.95, seed: int 
     return float(lo), float(hi)
 
 
+def difference_text(a, b) -> str:
+    """mean(a) − mean(b) in points with its 95% CI, e.g. "+3 [-10, +15]"."""
+    lo, hi = difference_ci(a, b)
+    return f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]"
+
+
 def at_budget(rows: dict, method: str, budget: int | None):
     """Per-seed success of `method` (a row name before `@`) at an offline `budget` — from the longest
     run whose curve has it — or, with `budget=None`, after its online phase; None if not measured."""
@@ -284,9 +290,7 @@ def glance(groups: dict) -> list[str]:
     """LPS against BC-MF on every test bed and budget: both means and the difference's 95% CI in points."""
     cells: dict = {}
     for prefix, budget, a, b in comparisons(groups):
-        lo, hi = difference_ci(a, b)
-        cells[prefix, budget] = (f"{100 * np.mean(a):.0f} vs {100 * np.mean(b):.0f}: "
-                                 f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+        cells[prefix, budget] = f"{100 * np.mean(a):.0f} vs {100 * np.mean(b):.0f}: {difference_text(a, b)}"
     return ["## LPS against BC-MF at a glance", "",
             "Success % of LPS and BC-MF (the MeanFlow base LPS steers, trained alone), and LPS − BC-MF in",
             "points with its 95% CI (seeds resampled within each method).", "",
@@ -306,13 +310,10 @@ def variants(groups: dict, bc: str = "bc-mf") -> list[str]:
     for prefix, rows in groups.items():
         for method in sorted({n.split("@")[0] for n in rows if n.startswith("lps")}):
             cells = []
-            for budget in (*sorted({int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n
-                                    for k in r["curve"]}), None):
+            for budget in (*offline_steps(rows, method), None):
                 a, b = at_budget(rows, method, budget), at_budget(rows, bc, budget)
                 if a is not None and b is not None:
-                    lo, hi = difference_ci(a, b)
-                    when = "online" if budget is None else budget // 1000
-                    cells.append(f"{when}: {100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]")
+                    cells.append(f"{'online' if budget is None else budget // 1000}: {difference_text(a, b)}")
             if cells:
                 lines.append(f"| {prefix.replace('/', ' · ')} | {method} | " + " · ".join(cells) + " |")
     return lines + [""]
@@ -354,10 +355,15 @@ def findings(groups: dict, diagnosis: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def offline_steps(rows: dict, method: str) -> list[int]:
+    """The offline evaluation steps of `method`'s rows on one test bed, in order."""
+    return sorted({int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n for k in r["curve"]})
+
+
 def last_offline_step(rows: dict, method: str) -> int | None:
     """The last offline evaluation of `method`'s rows on one test bed (None: it has no row there)."""
-    steps = [int(k) for n, r in rows.items() if n.split("@")[0] == method and "+on" not in n for k in r["curve"]]
-    return max(steps) if steps else None
+    steps = offline_steps(rows, method)
+    return steps[-1] if steps else None
 
 
 def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
@@ -365,10 +371,7 @@ def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
     fine-tuning where it has an online row, it and plain LPS against BC-MF (points, 95% CI)."""
     def versus(rows, method, step):
         a, b = at_budget(rows, method, step), at_budget(rows, bc, step)
-        if a is None or b is None:
-            return None
-        lo, hi = difference_ci(a, b)
-        return f"{100 * (np.mean(a) - np.mean(b)):+.0f} [{100 * lo:+.0f}, {100 * hi:+.0f}]"
+        return None if a is None or b is None else difference_text(a, b)
 
     out = []
     for method in sorted({n.split("@")[0] for rows in groups.values() for n in rows if n.startswith("lps-")}):
@@ -380,7 +383,7 @@ def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
             for budget in (step, None):
                 mine, plain = versus(rows, method, budget), versus(rows, "lps", budget)
                 if mine:
-                    when = f"at {step // 1000}K" if budget else "after online fine-tuning"
+                    when = "after online fine-tuning" if budget is None else f"at {step // 1000}K"
                     parts.append(f"{prefix.replace('/', ' · ')} {when}: {mine}" + (f" (plain LPS {plain})" if plain else ""))
         if parts:
             out.append(f"- {method} − BC-MF in points: " + "; ".join(parts) + ".")
