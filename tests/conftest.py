@@ -78,9 +78,10 @@ FAST = (
 # the longest files first (measured with `--durations`), so that the workers of `make test` (a file
 # at a time each, `--dist loadfile --no-loadscope-reorder`) finish together instead of one running
 # a long file last
-LONG_FIRST = ("test_toy.py", "test_sweep_backends.py", "test_end_to_end.py", "test_user_env.py",
-              "test_run_lifecycle.py", "test_qpilots.py", "test_parity.py", "test_multitask.py", "test_online.py",
-              "test_bad_input.py", "test_live_tracking.py", "test_images.py", "test_sweep.py")
+LONG_FIRST = ("test_toy.py", "test_sweep_backends.py", "test_agents.py", "test_qpilots.py", "test_end_to_end.py",
+              "test_images.py", "test_run_lifecycle.py", "test_parity.py", "test_multitask.py", "test_algorithms.py",
+              "test_user_env.py", "test_sweep.py", "test_online.py", "test_export.py", "test_bad_input.py",
+              "test_live_tracking.py", "test_dit.py", "test_speed_harness.py", "test_chunks.py")
 
 
 def _is_slow(nodeid: str) -> bool:
@@ -108,15 +109,18 @@ def pytest_configure(config):
     inherit the controller's environment) and the training processes their tests start: a program
     compiled once (an agent's update at the smoke size) loads from it in every later test, whichever
     worker runs it. A size limit turns on JAX's file lock around each read and write, so that no
-    process reads an entry another is still writing. STEERFLOW_TEST_JAX_CACHE=0 turns it off; a
-    JAX_COMPILATION_CACHE_DIR set by the user is kept."""
+    process reads an entry another is still writing. Only programs that took a second or more to
+    compile are stored: with every program stored, each eager operation of a test wrote its own entry
+    under the lock, and the eager-heavy files (test_agents.py, test_end_to_end.py) ran 1.8x as long
+    as with this threshold. STEERFLOW_TEST_JAX_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR set
+    by the user is kept."""
     if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0":
         return
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's, or this run's controller's (a worker)
         return
     cache = tempfile.mkdtemp(prefix="steerflow-test-jax-")
     os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_COMPILATION_CACHE_MAX_SIZE=str(16 * 2**30),
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
     config.stash[_CACHE] = cache
 
 

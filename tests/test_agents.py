@@ -59,7 +59,7 @@ def test_every_agent_updates_every_network_and_acts_in_bounds(name):
 # ----------------------------------------------------------------------- gradient routing
 
 def _grads(loss, params):
-    return jax.grad(lambda p: loss(p)[0])(params)
+    return jax.jit(jax.grad(lambda p: loss(p)[0]))(params)  # jitted: eager op-by-op grads take minutes
 
 
 @pytest.mark.parametrize("module", [qc_fql, qc_mfql])
@@ -317,7 +317,7 @@ def test_bc_fm_samples_fit_a_2d_mixture():
 
 def test_cfgrl_with_zero_guidance_is_the_unconditional_sampler():
     state = cfgrl.init(jax.random.PRNGKey(0), SPEC, _config(cfgrl))
-    state, _ = cfgrl.update(state, _batch(jax.random.PRNGKey(1)))
+    state, _ = jax.jit(cfgrl.update)(state, _batch(jax.random.PRNGKey(1)))
     obs = _batch(jax.random.PRNGKey(2))["observations"]
     noise = jax.random.normal(jax.random.PRNGKey(3), (16, 6))
     _, _, net = cfgrl._nets(state.config, SPEC)
