@@ -112,8 +112,8 @@ def pytest_configure(config):
     process reads an entry another is still writing. Only programs that took a second or more to
     compile are stored: with every program stored, each eager operation of a test wrote its own entry
     under the lock, and the eager-heavy test_agents.py and test_end_to_end.py took 1285 s in a
-    serial full run, against 706 s run alone with this threshold (787 s with no cache). STEERFLOW_TEST_JAX_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR set
-    by the user is kept."""
+    serial full run, against 706 s run alone with this threshold (787 s with no cache).
+    STEERFLOW_TEST_JAX_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR set by the user is kept."""
     if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0":
         return
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's, or this run's controller's (a worker)
