@@ -299,6 +299,28 @@ def glance(groups: dict) -> list[str]:
               for prefix in groups), ""]
 
 
+def methods_table(groups: dict, budget: int = 50_000) -> list[str]:
+    """Every method on every test bed: mean success % at the offline `budget`, then (`→`) after the
+    online fine-tuning that continued it: the run trained to exactly that budget where there is one
+    (the one online continues), else the longest whose curve has it; rows in `ROWS` order."""
+    def cell(rows, method):
+        own = rows.get(f"{method}@{budget}")
+        offline = own["curve"][str(budget)] if own else at_budget(rows, method, budget)
+        online = next((r["success"] for n, r in rows.items() if n.startswith(f"{method}@{budget}+on")), None)
+        text = "–" if offline is None else f"{100 * np.mean(offline):.0f}"
+        return text + ("" if online is None else f" → {100 * np.mean(online):.0f}")
+
+    lines = [f"## Every method at {budget // 1000}K steps, then online", "",
+             f"Mean success % over seeds at {budget // 1000}K offline steps → after online fine-tuning from that",
+             "checkpoint (– not measured; the CIs are in each test bed's table below).", "",
+             "| row | " + " | ".join(p.replace("/", " · ") for p in groups) + " |", "|---" * (len(groups) + 1) + "|"]
+    for method in ROWS:
+        cells = [cell(rows, method) for rows in groups.values()]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def variants(groups: dict, bc: str = "bc-mf") -> list[str]:
     """Each LPS variant (a row `lps-*`) against BC-MF at every step both curves have: the remedies
     tried for LPS's gap, in one table."""
@@ -419,7 +441,7 @@ def stopping_rule(groups: dict) -> list[str]:
 
 def report(record: dict, diagnosis: list[dict] = ()) -> str:
     """The results page (Markdown) of a records file, in the results pages' template: question,
-    protocol, command; LPS − BC-MF at a glance; per test bed, success % mean [95% CI] at each offline
+    protocol, command; LPS − BC-MF at a glance; every method at 50K and online; per test bed, success % mean [95% CI] at each offline
     budget a row's curve reached and after its online phase; the LPS diagnosis rows
     (`diagnose_lps.py`); generated findings; the provenance."""
     from steerflow.report import bootstrap_ci
@@ -453,7 +475,7 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
     for key, row in record["results"].items():
         prefix, name = key.rsplit("/", 1)
         groups.setdefault(prefix, {})[name] = row
-    lines += glance(groups) + variants(groups) + stopping_rule(groups)
+    lines += glance(groups) + methods_table(groups) + variants(groups) + stopping_rule(groups)
     for prefix, rows in groups.items():
         demos = record["demos"].get(prefix, {})
         lines += [f"## {prefix.replace('/', ' · ')}", "",

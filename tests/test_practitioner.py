@@ -69,3 +69,18 @@ def test_the_stopping_rule_takes_each_seeds_evaluation_of_lowest_held_out_mse():
     assert "| t · 50 · all | lps@30000 | 45.0 | 85.0 (20K, 30K) | 85.0 |" in lines
     assert not any("bc-mf" in line for line in lines)  # no held-out curve, no row
     assert module.stopping_rule({"t/50/all": {"bc-mf@30000": {"seeds": [0], "curve": {"30000": [1.0]}}}}) == []
+
+
+def test_the_methods_table_pairs_each_budget_with_the_online_run_that_continued_it():
+    module = _practitioner()
+    long = {"steps": 100000, "curve": {"50000": [0.9, 0.9], "100000": [0.1, 0.1]}, "success": [0.1, 0.1]}
+    own = {"steps": 50000, "curve": {"50000": [0.5, 0.7]}, "success": [0.5, 0.7]}
+    groups = {"a/50/all": {"bc-mf@100000": long, "bc-mf@50000": own, "bc-mf@50000+on100": {"success": [0.8, 1.0]},
+                           "lps@100000": long},
+              "b/50/all": {"bc-mf@100000": long}}
+    lines = module.methods_table(groups)
+    assert "| row | a · 50 · all | b · 50 · all |" in lines
+    # bc-mf: its own 50K run (which online continued), not the 100K run's 50K evaluation; elsewhere the longest run
+    assert "| bc-mf | 60 → 90 | 90 |" in lines
+    assert "| lps | 90 | – |" in lines
+    assert not any(line.startswith("| qc-fql") for line in lines)  # a method with no row anywhere is left out
