@@ -983,17 +983,30 @@ VARIANT_FLAGS = {"lps-pessimistic": ("a pessimistic 10-critic ensemble", "--set 
                  "lps-min": ("the min of its two critics", "--set critic.aggregate=min")}
 
 
+def _practitioner_groups():
+    """(the practitioner benchmark's module, its committed rows as {test bed: {row: record}})."""
+    module = _practitioner_module()
+    groups: dict = {}
+    for key, row in module.read_records(module.RECORDS)["results"].items():
+        prefix, name = key.rsplit("/", 1)
+        groups.setdefault(prefix, {})[name] = row
+    return module, groups
+
+
+def practitioner_leaders() -> tuple[Counter, Counter, int]:
+    """On how many test beds each row has the highest mean success at 50K offline steps, and after
+    online fine-tuning (`practitioner.best_methods`), and how many test beds there are."""
+    module, groups = _practitioner_groups()
+    best = module.best_methods(groups).values()
+    return Counter(off[0] for off, _ in best if off), Counter(on[0] for _, on in best if on), len(groups)
+
+
 def practitioner_verdicts():
     """LPS against BC-MF on the practitioner's demos: (offline verdicts counted as above / level /
     below by the 95% CI of the difference, [(test bed, online difference in points)], {variant:
     [(test bed, step, CI low, CI high) of the variant − BC-MF at its last evaluation]} for the
     critic variants of `VARIANT_FLAGS`)."""
-    module = _practitioner_module()
-    record = module.read_records(module.RECORDS)
-    groups: dict = {}
-    for key, row in record["results"].items():
-        prefix, name = key.rsplit("/", 1)
-        groups.setdefault(prefix, {})[name] = row
+    module, groups = _practitioner_groups()
     verdict = Counter()
     online = []
     for prefix, budget, a, b in module.comparisons(groups):
@@ -1151,6 +1164,11 @@ def page_question(text: str) -> str:
     return " ".join(paragraph.removeprefix("**Question.** ").split())
 
 
+def _leaders(counts: Counter, beds: int) -> str:
+    """"bc-fm on 3 of 5 test beds, lps-min on 2": the most often first first."""
+    return ", ".join(f"{m} on {n}" + (f" of {beds} test beds" if i == 0 else "") for i, (m, n) in enumerate(counts.most_common()))
+
+
 def pick_section() -> str:
     """Which method to pick at this budget, in plain sentences; every number from the records."""
     units = protocol_units()
@@ -1162,6 +1180,9 @@ def pick_section() -> str:
     mf, lps = cells[best_alpha(cells, "qc-mfql")], cells[("lps", None)]
     online = online_means(read_json(RESULTS / "online_cpu.json"))
     verdict, after, _ = practitioner_verdicts()
+    offline_best, online_best, beds = practitioner_leaders()
+    first_offline = offline_best.most_common(1)[0][0]
+    first_offline = "behaviour cloning" if first_offline.startswith("bc-") else first_offline
     summary = read_json(RESULTS / "qpilots_cpu" / "summary.json")
     u = next(r for r in summary["agents"] if r["agent"] == "qpilots-u" and r["critics"] == 2)
     alpha, tuning = u["selected"]["alpha"], u["selected"]["tuning_means"]
@@ -1181,10 +1202,10 @@ def pick_section() -> str:
         f"- **Rewards, no sweep: LPS.** It has no weight to tune and gains the most online "
         f"({online['lps'][0]:.0f}% → {online['lps'][1]:.0f}% on task 2 with 20K env steps, QC-FQL "
         f"{online['qc-fql'][0]:.0f}% → {online['qc-fql'][1]:.0f}%; [online](online.md)).",
-        f"- **A few tens of demos without rewards: {'BC-MF' if verdict['below'] > verdict['above'] else 'LPS'} "
-        f"offline.** LPS is above BC-MF in {verdict['above']}, level in {verdict['level']} and below in "
+        f"- **A few tens of demos without rewards: {first_offline} offline.** LPS is above BC-MF in {verdict['above']}, level in {verdict['level']} and below in "
         f"{verdict['below']} of {sum(verdict.values())} offline comparisons; fine-tuned online, LPS − BC-MF is "
-        f"{counted} points ([practitioner's loop](practitioner.md)).",
+        f"{counted} points. The highest mean at 50K steps: {_leaders(offline_best, beds)}; after online "
+        f"fine-tuning: {_leaders(online_best, beds)} ([practitioner's loop](practitioner.md)).",
         f"- **A frozen flow policy you will not retrain: {'best-of-N' if bon > steered else 'QPILOTS'} first.** "
         f"QPILOTS-U's steering lifts a weak BC-FM base from {base:.0f}% to {steered:.0f}% at its selected "
         f"α = {float(alpha):g} (tasks 2 and 4, 2 critics, offline), and the best of 8 base samples ranked by the same "

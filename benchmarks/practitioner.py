@@ -299,14 +299,33 @@ def glance(groups: dict) -> list[str]:
               for prefix in groups), ""]
 
 
+def budget_and_online(rows: dict, method: str, budget: int = 50_000):
+    """(per-seed success at the offline `budget`, per-seed success after the online fine-tuning that
+    continued it), each None where not measured: the run trained to exactly that budget where there
+    is one (the one online continues), else the longest whose curve has it."""
+    own = rows.get(f"{method}@{budget}")
+    offline = own["curve"][str(budget)] if own else at_budget(rows, method, budget)
+    online = next((r["success"] for n, r in rows.items() if n.startswith(f"{method}@{budget}+on")), None)
+    return offline, online
+
+
+def best_methods(groups: dict, budget: int = 50_000) -> dict:
+    """{test bed: ((method, mean) highest at the offline `budget`, (method, mean) highest after online
+    fine-tuning or None)}, by mean success over seeds (ties: the first in `ROWS` order)."""
+    best = {}
+    for prefix, rows in groups.items():
+        pairs = {m: budget_and_online(rows, m, budget) for m in ROWS}
+        top = [max(((m, float(np.mean(p[i]))) for m, p in pairs.items() if p[i] is not None),
+                   key=lambda t: t[1], default=None) for i in (0, 1)]
+        best[prefix] = tuple(top)
+    return best
+
+
 def methods_table(groups: dict, budget: int = 50_000) -> list[str]:
     """Every method on every test bed: mean success % at the offline `budget`, then (`→`) after the
-    online fine-tuning that continued it: the run trained to exactly that budget where there is one
-    (the one online continues), else the longest whose curve has it; rows in `ROWS` order."""
+    online fine-tuning that continued it (`budget_and_online`); rows in `ROWS` order."""
     def cell(rows, method):
-        own = rows.get(f"{method}@{budget}")
-        offline = own["curve"][str(budget)] if own else at_budget(rows, method, budget)
-        online = next((r["success"] for n, r in rows.items() if n.startswith(f"{method}@{budget}+on")), None)
+        offline, online = budget_and_online(rows, method, budget)
         text = "–" if offline is None else f"{100 * np.mean(offline):.0f}"
         return text + ("" if online is None else f" → {100 * np.mean(online):.0f}")
 

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,3 +86,14 @@ def test_the_methods_table_pairs_each_budget_with_the_online_run_that_continued_
     assert "| bc-mf | 60 → 90 | 90 |" in lines
     assert "| lps | 90 | – |" in lines
     assert not any(line.startswith("| qc-fql") for line in lines)  # a method with no row anywhere is left out
+
+
+def test_the_best_method_per_test_bed_is_the_highest_mean_offline_and_online():
+    module = _practitioner()
+    row = lambda offline, online=None: {"steps": 50000, "curve": {"50000": offline}, "success": offline}
+    groups = {"a/50/all": {"bc-mf@50000": row([0.9, 0.7]), "lps@50000": row([0.6, 0.6]),
+                           "bc-mf@50000+on10": {"success": [0.5, 0.5]}, "lps@50000+on10": {"success": [0.9, 0.9]}},
+              "b/50/all": {"lps@50000": row([0.2, 0.4])}}
+    best = module.best_methods(groups)
+    assert best["a/50/all"] == (("bc-mf", 0.8), ("lps", 0.9))
+    assert best["b/50/all"][0] == ("lps", pytest.approx(0.3)) and best["b/50/all"][1] is None
