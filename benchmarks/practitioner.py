@@ -458,6 +458,12 @@ def stopping_rule(groups: dict) -> list[str]:
             *rows, ""]
 
 
+def _qc_fql_alpha() -> float:
+    from steerflow.agents import qc_fql
+
+    return qc_fql.Config().alpha
+
+
 def report(record: dict, diagnosis: list[dict] = ()) -> str:
     """The results page (Markdown) of a records file, in the results pages' template: question,
     protocol, command; LPS − BC-MF at a glance; every method at 50K and online; per test bed, success % mean [95% CI] at each offline
@@ -483,7 +489,8 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
              "(50 episodes per seed) through the run's stored normalisation. Online rows continue the",
              "offline run (`--from`) in the same env with balanced batches (half online, half demos), one",
              "update per env step. Success % is the mean over seeds [95% bootstrap CI]. Test beds are named",
-             "`TESTBED · DEMOS · ARTIFACTS`; rows `AGENT[-VARIANT]@STEPS`.", "",
+             "`TESTBED · DEMOS · ARTIFACTS`; rows `AGENT[-VARIANT]@STEPS`. Every agent runs at its defaults",
+             f"(QC-FQL at α = {_qc_fql_alpha():g}, its cube-single value, not tuned on these demos).", "",
              "## Command", "", "```bash",
              "MUJOCO_GL=egl python benchmarks/practitioner.py --testbed fetch-pick-and-place --artifacts all \\",
              "    --demos 50 --rows bc-mf,lps --steps 50000 --eval-every 10000 --online-steps 20000",
