@@ -5,6 +5,7 @@ a tiny dataset that is then skipped on a re-run and resumed when left partial.""
 import itertools
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -144,6 +145,54 @@ def test_runner_reports_failures_and_keeps_going(tmp_path, monkeypatch, capsys):
     assert "fails: exit code 3" in err and "silent: exit code 0 but no final.json" in err
     assert str(tmp_path / "logs" / "fails.log") in err
     assert [sweep.unit_status(tmp_path, u) for u in units] == ["pending", "done", "pending"]
+
+
+def test_a_unit_another_process_trains_is_running_and_left_to_it(tmp_path, monkeypatch, capsys):
+    """A second driver on the same directory (or a `--unit` job) finds the unit's run lock held: the
+    unit is `running`, named with its holder, and neither started again nor counted as failed; a
+    unit another process takes after this driver listed it (its run lock refuses this driver's
+    process, exit 2) is left to that process too."""
+    from steerflow import runlock
+
+    units = [sweep.Unit(id=name, agent="lps", task="cube-single-task2", seeds=[0], preset="smoke", steps=40)
+             for name in ("held", "free", "taken")]
+    done = ("import json, pathlib; p = pathlib.Path({d!r}); p.mkdir(parents=True, exist_ok=True); "
+            "(p / 'final.json').write_text(json.dumps(dict(steps=40, seeds=[0], mean=1.0)))")
+    hold = "import sys, time\nfrom steerflow import runlock\nwith runlock.hold(sys.argv[1], 'x'):\n    time.sleep(60)"
+    take = ("import pathlib, subprocess, sys, time; lock = pathlib.Path({d!r}) / '.lock'; "
+            "lock.parent.mkdir(parents=True); subprocess.Popen([sys.executable, '-c', {hold!r}, str(lock)]); "
+            "[time.sleep(0.05) for _ in range(400) if not lock.exists() or not lock.read_text()]; sys.exit(2)")
+    scripts = {"held": "import sys; sys.exit(3)", "free": done, "taken": take}
+    monkeypatch.setattr(sweep.Unit, "command", lambda unit, out: [
+        sys.executable, "-c", scripts[unit.id].format(d=str(out / unit.run_dir), hold=hold)])
+    sweep.merge_manifest(tmp_path, units)
+    (tmp_path / "runs" / "held").mkdir(parents=True)
+    try:
+        with runlock.hold(tmp_path / "runs" / "held" / ".lock", "run directory held"):
+            assert [sweep.unit_status(tmp_path, u) for u in units] == ["running", "pending", "pending"]
+            assert f"trained by process {os.getpid()}" in sweep.status_table(tmp_path, units)
+            assert sweep.main(tmp_path, jobs=1) == 0
+            out, err = capsys.readouterr()
+            assert "1 running elsewhere (left to it)" in out
+            assert f"[running elsewhere] held: trained by process {os.getpid()}" in out + err
+            assert "[running elsewhere] taken: trained by process" in out + err and "FAILED" not in out + err
+            assert not (tmp_path / "logs" / "held.log").exists()
+        assert [sweep.unit_status(tmp_path, u) for u in units] == ["pending", "done", "running"]
+    finally:
+        taker = runlock.held_by(tmp_path / "runs" / "taken" / ".lock")
+        if taker:
+            os.kill(taker["pid"], 9)
+
+
+def test_drivers_writing_one_manifest_at_once_lose_no_update(tmp_path):
+    """Each read-modify-write of manifest.json holds DIR/.manifest.lock: two processes recording
+    the state of their own units at the same time keep every record."""
+    code = ("import sys; from steerflow.sweep import record_state\n"
+            "for i in range(60): record_state(sys.argv[1], f'{sys.argv[2]}{i}', event='done')")
+    writers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name]) for name in "ab"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    state = json.loads((tmp_path / "manifest.json").read_text())["state"]
+    assert sorted(state) == sorted(f"{n}{i}" for n in "ab" for i in range(60))
 
 
 def test_a_unit_may_bring_its_own_command_and_the_caller_hears_of_each_finished_unit(tmp_path):

@@ -59,7 +59,7 @@ def holder(lock_file: Path) -> dict:
     return {}
 
 
-def _describe(info: dict) -> str:
+def describe(info: dict) -> str:
     host = f" on {info['host']}" if info.get("host", _HOST) != _HOST else ""
     return f"process {info.get('pid', '?')}{host} ({info.get('command', 'command unknown')})"
 
@@ -91,7 +91,7 @@ def hold(lock_file: Path, what: str, hint: str = "", wait: bool = False, on_wait
     lock_file = Path(lock_file)
     fd = _open_locked(lock_file, blocking=False)
     if fd is None:
-        other = _describe(holder(lock_file))
+        other = describe(holder(lock_file))
         if not wait:
             raise Busy(f"{what} is being written by {other}; wait for it to finish or stop it"
                        + (f", or {hint}" if hint else ""))

@@ -4,18 +4,21 @@ A sweep expands agents × tasks × the cartesian product of the `--grid` values 
 is one configuration (agent, task, agent overrides, training overrides) with its seeds, trained by
 one process into its own directory `DIR/runs/<id>`: in a sweep, `steerflow train --seeds ...
 --parallel vmap` with all the sweep's seeds. The studies under `benchmarks/` submit units through
-the same runner and backends, one seed per unit where they commit seed by seed. Units share nothing but the cached dataset (whose generation is safe to race), so
-each unit is an independent job whose state lives in its run directory alone:
+the same runner and backends, one seed per unit where they commit seed by seed. Units share
+nothing but the cached dataset (whose generation is safe to race), so each unit is an independent
+job whose state lives in its run directory alone:
 
 * `done`: `final.json` holds the unit's step count and seeds (skipped);
+* `running`: another live process holds its run lock (left to it, named);
 * `partial`: `checkpoints/latest.msgpack` exists (resumed with `--resume`);
-* `pending`: neither.
+* `pending`: none of these.
 
 So a killed sweep is continued by running the same command again, and nothing needs a scheduler
-process that stays alive. `DIR/manifest.json` records the sweep arguments and every unit with the
-exact `steerflow train` command that runs it (that command carries `--resume`, which continues a
-partial run and starts an empty one afresh). Running the same sweep again is idempotent; another
-grid into the same DIR adds its units to the manifest and removes none.
+process that stays alive; two drivers on one directory share the work instead of racing for it
+(each manifest write holds `DIR/.manifest.lock`). `DIR/manifest.json` records the sweep arguments
+and every unit with the exact `steerflow train` command that runs it (that command carries
+`--resume`, which continues a partial run and starts an empty one afresh). Running the same sweep
+again is idempotent; another grid into the same DIR adds its units to the manifest and removes none.
 
 Execution (`--backend`, `steerflow.backends`): the local runner starts `--jobs N` unit processes at
 a time (one CPU thread each when N > 1), logs to `DIR/logs/<id>.log`; `ray` runs each unit as a Ray

@@ -115,7 +115,7 @@ def run(options: SweepOptions) -> int:
         print(status_table(out, units))
     if opts.print_commands:
         for u in units:
-            if unit_status(out, u) != "done":
+            if unit_status(out, u) in ("partial", "pending"):
                 print(shlex.join(unit_command(out, u.id)))
     if opts.dry_run or opts.print_commands:
         return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .grid import Unit
-from .manifest import read_final, record_state, unit_status
+from .manifest import STATUSES, read_final, record_state, unit_holder, unit_status
 
 
 def run_unit(out: Path, unit: Unit) -> dict:
@@ -33,7 +33,9 @@ def run_unit(out: Path, unit: Unit) -> dict:
 class Progress:
     """What every backend does as its units start and end: the progress bar, one line per event, the
     manifest's `state` (so `--dry-run` shows the live state) and the failures, {id: what went wrong};
-    a unit that exits cleanly without its final.json at the resolved step count has failed too."""
+    a unit that exits cleanly without its final.json at the resolved step count has failed too. A
+    unit another live process is training (`running`: another driver's, a `--unit` job's) is left
+    to it and named, neither started nor counted as failed."""
 
     def __init__(self, out: Path, units: list[Unit], backend: str, how: str, log: list[str] = ("csv",),
                  on_done=None):
@@ -41,15 +43,17 @@ class Progress:
 
         self.out, self.backend, self.log, self.on_done = Path(out), backend, list(log), on_done
         self.status = {u.id: unit_status(self.out, u) for u in units}
-        self.todo = [u for u in units if self.status[u.id] != "done"]
+        self.todo = [u for u in units if self.status[u.id] in ("partial", "pending")]
         self.by_id = {u.id: u for u in self.todo}
         self.failed: dict[str, str] = {}
-        n_done = len(units) - len(self.todo)
-        print(f"{len(units)} units: {n_done} done (skipped), "
-              f"{sum(self.status[u.id] == 'partial' for u in self.todo)} partial (resumed), "
-              f"{sum(self.status[u.id] == 'pending' for u in self.todo)} pending; {how}")
-        self.bar = tqdm(total=len(units), initial=n_done, desc=f"sweep ({backend})", unit="unit",
-                        dynamic_ncols=True, smoothing=0)
+        count = {s: sum(v == s for v in self.status.values()) for s in STATUSES}
+        print(f"{len(units)} units: {count['done']} done (skipped), {count['partial']} partial (resumed), "
+              f"{count['pending']} pending, {count['running']} running elsewhere (left to it); {how}")
+        for u in units:
+            if self.status[u.id] == "running":
+                print(self.elsewhere(u))
+        self.bar = tqdm(total=len(units), initial=len(units) - len(self.todo), desc=f"sweep ({backend})",
+                        unit="unit", dynamic_ncols=True, smoothing=0)
 
     def started(self, uid: str, where: str = "", event: str = "started") -> None:
         unit = self.by_id[uid]
@@ -58,26 +62,38 @@ class Progress:
 
     def finished(self, uid: str, error: str | None = None) -> None:
         unit = self.by_id[uid]
-        if error is None and unit_status(self.out, unit) != "done":
-            error = f"exit code 0 but no final.json at step {unit.steps}"
-        if error:
-            self.failed[uid] = error
-            self.bar.write(f"[FAILED] {uid}: {error}, log {self.out / unit.log}")
-            record_state(self.out, uid, backend=self.backend, event="failed", error=error)
+        status = unit_status(self.out, unit)
+        if status == "running":  # another process took the unit first, and its run lock refused this one
+            self.bar.write(self.elsewhere(unit))
+        elif error or status != "done":
+            self._failed(unit, error or f"exit code 0 but no final.json at step {unit.steps}")
         else:
-            final = read_final(self.out, unit) or {}
-            self.bar.write(f"[done] {uid}: mean success {final.get('mean', float('nan')):.3f}")
-            if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
-                from steerflow.tracking import export_in_subprocess
-
-                problem = export_in_subprocess(self.out / unit.run_dir, self.log, group=self.out.name, name=uid)
-                if problem:
-                    self.bar.write(f"[tracking] {uid}: export to {','.join(self.log)} failed: {problem}")
-            record_state(self.out, uid, backend=self.backend, event="done", error=None)
-            if self.on_done is not None:  # e.g. a study copying the unit's records as it finishes
-                self.on_done(unit)
+            self._done(unit)
         self.bar.update(1)
         self.bar.set_postfix(failed=len(self.failed))
+
+    def elsewhere(self, unit: Unit) -> str:
+        from steerflow.runlock import describe
+
+        return f"[running elsewhere] {unit.id}: trained by {describe(unit_holder(self.out, unit) or {})}; left to it"
+
+    def _failed(self, unit: Unit, error: str) -> None:
+        self.failed[unit.id] = error
+        self.bar.write(f"[FAILED] {unit.id}: {error}, log {self.out / unit.log}")
+        record_state(self.out, unit.id, backend=self.backend, event="failed", error=error)
+
+    def _done(self, unit: Unit) -> None:
+        final = read_final(self.out, unit) or {}
+        self.bar.write(f"[done] {unit.id}: mean success {final.get('mean', float('nan')):.3f}")
+        if set(self.log) - {"csv"}:  # one tracker run per unit, grouped by the sweep
+            from steerflow.tracking import export_in_subprocess
+
+            problem = export_in_subprocess(self.out / unit.run_dir, self.log, group=self.out.name, name=unit.id)
+            if problem:
+                self.bar.write(f"[tracking] {unit.id}: export to {','.join(self.log)} failed: {problem}")
+        record_state(self.out, unit.id, backend=self.backend, event="done", error=None)
+        if self.on_done is not None:  # e.g. a study copying the unit's records as it finishes
+            self.on_done(unit)
 
     def close(self) -> None:
         self.bar.close()
