@@ -1169,6 +1169,15 @@ def _leaders(counts: Counter, beds: int) -> str:
     return ", ".join(f"{m} on {n}" + (f" of {beds} test beds" if i == 0 else "") for i, (m, n) in enumerate(counts.most_common()))
 
 
+def _first_family(counts: Counter) -> str:
+    """Which family leads on more test beds: "behaviour cloning" (bc-*), "a row with a critic" or, on
+    as many, both."""
+    cloning = sum(n for m, n in counts.items() if m.startswith("bc-"))
+    critic = sum(counts.values()) - cloning
+    return "behaviour cloning" if cloning > critic else "a row with a critic" if critic > cloning else \
+        "behaviour cloning or a row with a critic"
+
+
 def pick_section() -> str:
     """Which method to pick at this budget, in plain sentences; every number from the records."""
     units = protocol_units()
@@ -1181,8 +1190,7 @@ def pick_section() -> str:
     online = online_means(read_json(RESULTS / "online_cpu.json"))
     verdict, after, _ = practitioner_verdicts()
     offline_best, online_best, beds = practitioner_leaders()
-    first_offline = offline_best.most_common(1)[0][0]
-    first_offline = "behaviour cloning" if first_offline.startswith("bc-") else first_offline
+    first_offline, first_online = _first_family(offline_best), _first_family(online_best)
     summary = read_json(RESULTS / "qpilots_cpu" / "summary.json")
     u = next(r for r in summary["agents"] if r["agent"] == "qpilots-u" and r["critics"] == 2)
     alpha, tuning = u["selected"]["alpha"], u["selected"]["tuning_means"]
@@ -1202,7 +1210,8 @@ def pick_section() -> str:
         f"- **Rewards, no sweep: LPS.** It has no weight to tune and gains the most online "
         f"({online['lps'][0]:.0f}% → {online['lps'][1]:.0f}% on task 2 with 20K env steps, QC-FQL "
         f"{online['qc-fql'][0]:.0f}% → {online['qc-fql'][1]:.0f}%; [online](online.md)).",
-        f"- **A few tens of demos without rewards: {first_offline} offline.** LPS is above BC-MF in {verdict['above']}, level in {verdict['level']} and below in "
+        f"- **A few tens of demos without rewards: {first_offline} offline, {first_online} online.** LPS is above "
+        f"BC-MF in {verdict['above']}, level in {verdict['level']} and below in "
         f"{verdict['below']} of {sum(verdict.values())} offline comparisons; fine-tuned online, LPS − BC-MF is "
         f"{counted} points. The highest mean at 50K steps: {_leaders(offline_best, beds)}; after online "
         f"fine-tuning: {_leaders(online_best, beds)} ([practitioner's loop](practitioner.md)).",

@@ -93,6 +93,15 @@ def _pages_module():
     return module
 
 
+def test_the_pick_section_names_the_family_that_leads_on_more_test_beds():
+    from collections import Counter
+
+    first = _pages_module()._first_family
+    assert first(Counter({"bc-fm": 3, "qc-fql": 1, "bc-mf": 1})) == "behaviour cloning"
+    assert first(Counter({"qc-fql": 2, "bc-fm": 1, "lpsd": 1, "bc-mf": 1})) == "a row with a critic"
+    assert first(Counter({"bc-mf": 1, "lps-min": 1})) == "behaviour cloning or a row with a critic"
+
+
 def test_the_results_pages_regenerate_from_the_records():
     module = _pages_module()
     stale = [str(p.relative_to(ROOT)) for p, data in module.render_all().items()
