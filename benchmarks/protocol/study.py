@@ -187,9 +187,10 @@ def lock_file(entry: Entry) -> Path:
 
 
 def running_pid(entry: Entry) -> int | None:
-    from steerflow.runlock import held_by
+    """The pid of the process training `entry` (holding either lock `lock_file` may name), or None."""
+    from steerflow.runlock import run_dir_holder
 
-    info = held_by(lock_file(entry))
+    info = run_dir_holder(RUNS / "runs" / entry.id)
     return None if info is None else info.get("pid", -1)
 
 

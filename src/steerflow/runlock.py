@@ -126,6 +126,17 @@ def held_by(lock_file: Path) -> dict | None:
     return None
 
 
+def run_dir_holder(run_dir: Path) -> dict | None:
+    """The live process training into `run_dir` (`held_by` of its lock), or None: the lock
+    `steerflow train` holds inside it, or the one beside it that a process holds while it builds
+    the directory elsewhere and renames it into place (benchmarks/parity/run_reference.py)."""
+    for lock in (Path(run_dir) / ".lock", sibling_lock(Path(run_dir))):
+        info = held_by(lock)
+        if info is not None:
+            return info
+    return None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -108,17 +108,11 @@ def finished(final: dict | None, unit: Unit) -> bool:
 
 
 def unit_holder(out: Path, unit: Unit) -> dict | None:
-    """The live process training `unit` ({"pid", "command", ...} from its lock file), or None: the
-    lock `steerflow train` holds in the run directory, or the one beside it (a unit with its own
-    `argv` that renames its run directory into place, as benchmarks/parity/run_reference.py)."""
-    from steerflow.runlock import held_by, sibling_lock
+    """The live process training `unit` ({"pid", "command", ...} from its lock file), or None
+    (`runlock.run_dir_holder`: a unit with its own `argv` may hold the lock beside its run directory)."""
+    from steerflow.runlock import run_dir_holder
 
-    run_dir = Path(out) / unit.run_dir
-    for lock in (run_dir / ".lock", sibling_lock(run_dir)):
-        info = held_by(lock)
-        if info is not None:
-            return info
-    return None
+    return run_dir_holder(Path(out) / unit.run_dir)
 
 
 def unit_status(out: Path, unit: Unit) -> str:
