@@ -2,6 +2,7 @@
 CLI training of both agents, resume after a kill, evaluation, worker-process env pool, and the
 errors a user meets first."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,10 +56,14 @@ def test_every_baseline_trains_and_evaluates_from_the_cli(data_root, tmp_path, a
 
 def test_resume_after_a_kill_continues_bitwise(data_root, tmp_path, monkeypatch):
     """A run killed after its step-20 checkpoint and resumed ends in the same state as one that
-    was never interrupted."""
-    run = trainer.RunSpec(agent="lps", task="cube-single-task2", seeds=[0], preset="smoke",
-                          train_overrides={"dataset_episodes": "3", "dataset_episode_steps": "101"})
-    trainer.train(run, tmp_path / "straight", quiet=True)
+    was never interrupted. The uninterrupted run also evaluates at step 20 and the other does not,
+    so evaluating leaves the training state alone (an evaluation that drew from the training keys
+    or the sampled batches would change every later update)."""
+    data = {"dataset_episodes": "3", "dataset_episode_steps": "101"}
+    run = trainer.RunSpec(agent="lps", task="cube-single-task2", seeds=[0], preset="smoke", train_overrides=data)
+    evaluated = dataclasses.replace(run, train_overrides={**data, "eval_every": "20"})
+    trainer.train(evaluated, tmp_path / "straight", quiet=True)
+    assert (tmp_path / "straight" / "evals" / "step_00000020.json").is_file()
 
     real_save = trainer.save_checkpoint
 
