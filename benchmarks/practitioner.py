@@ -171,6 +171,7 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
     from steerflow.report import bootstrap_ci
     from steerflow.runinfo import device_description, git_commit
     from steerflow.train import RunSpec, train
+    from steerflow.train.checkpoint import checkpoint_path, read_step
 
     agent, overrides = ROWS[row]
     env = FETCH_ENV if args.testbed == "fetch-pick-and-place" else None
@@ -184,6 +185,7 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
     run = RunSpec(agent=agent, task=task, seeds=seeds, preset="cpu", dataset=dataset, reward="sparse-success",
                   overrides=overrides, train_overrides=train_overrides, env=env,
                   from_run=None if from_dir is None else str(from_dir))
+    resumed_from = read_step(run_dir) if checkpoint_path(run_dir).is_file() else None  # wall_s: this process only
     start = time.perf_counter()
     final = train(run, run_dir, resume=True)
     success = np.asarray(final["final_success"], float)
@@ -198,9 +200,16 @@ def train_row(row: str, args, dataset: str, seeds: list[int], run_dir: Path, fro
             "mean": float(success.mean()), "ci95": list(bootstrap_ci(success)), "curve": curve, "metrics": metrics,
             **({"held_out_mse": held_out} if held_out else {}),
             "online_successes": final.get("online_successes"), "online_episodes": final.get("online_episodes"),
+            **({"resumed_from_step": resumed_from} if resumed_from is not None else {}),
             "wall_s": round(time.perf_counter() - start, 1), "device": device_description(), "machine": platform.node(),
             "cpu_affinity": sorted(os.sched_getaffinity(0)), "commit": _commit(args.commit, git_commit()), "note": args.note,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def wall(row: dict) -> str:
+    """The provenance table's wall seconds: a resumed row's are its last process's only."""
+    step = row.get("resumed_from_step")
+    return f"{row['wall_s']:.0f}" + ("" if step is None else f" (resumed from step {step}: that process only)")
 
 
 def metrics_at(path: Path, steps) -> dict:
@@ -531,7 +540,7 @@ def report(record: dict, diagnosis: list[dict] = ()) -> str:
     lines += ["## Provenance", "", "| row | seeds | machine | commit | wall s | note |", "|---|---|---|---|---|---|"]
     for key, row in record["results"].items():
         lines.append(f"| {key} | {','.join(map(str, row['seeds']))} | {row['device']} | {row['commit'].split()[0][:10]} | "
-                     f"{row['wall_s']:.0f} | {row.get('note', '')} |")
+                     f"{wall(row)} | {row.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,15 @@ def test_the_page_shows_each_budget_of_a_curve_with_its_ci_and_the_online_row():
             "(+10K env steps) | 20→60 50→100 |") in page
 
 
+def test_a_resumed_rows_wall_time_is_marked_as_its_last_process_only():
+    module = _practitioner()
+    row = {"seeds": [0], "device": "cpu", "commit": "abc", "wall_s": 880.0, "note": "n", "curve": {}, "success": [1.0]}
+    assert module.wall(row) == "880"
+    assert module.wall({**row, "resumed_from_step": 60000}) == "880 (resumed from step 60000: that process only)"
+    page = module.report({"demos": {}, "results": {"t/50/all/lps@50000+on100": {**row, "resumed_from_step": 60000}}})
+    assert "| t/50/all/lps@50000+on100 | 0 | cpu | abc | 880 (resumed from step 60000: that process only) | n |" in page
+
+
 def test_the_glance_table_compares_lps_with_bc_at_each_budget_and_says_where_it_stands():
     module = _practitioner()
     lps = {"steps": 50000, "curve": {"20000": [0.9, 0.95, 1.0], "50000": [0.2, 0.3, 0.25]}, "success": [0.2, 0.3, 0.25]}
