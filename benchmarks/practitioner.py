@@ -440,11 +440,11 @@ def variant_findings(groups: dict, bc: str = "bc-mf") -> list[str]:
     return out
 
 
-def stopping_rule(groups: dict) -> list[str]:
-    """Choosing the checkpoint without an env: per offline row that recorded its held-out action MSE
-    at each evaluation, each seed's success at the evaluation of its lowest held-out MSE, against
-    the last evaluation and the best one an env would have found (success %, mean over seeds)."""
-    rows = []
+def held_out_choices(groups: dict) -> list[tuple]:
+    """(test bed, row, last, chosen, best, steps chosen) per offline row that recorded its held-out
+    action MSE at two or more evaluations: each seed's success (mean over seeds) at its last
+    evaluation, at the evaluation of its lowest held-out MSE, and at the best one an env found."""
+    out = []
     for prefix, named in groups.items():
         for name, row in named.items():
             mse = {int(k): v for k, v in row.get("held_out_mse", {}).items()}
@@ -453,18 +453,35 @@ def stopping_rule(groups: dict) -> list[str]:
             curve = {int(k): v for k, v in row["curve"].items()}
             seeds = range(len(row["seeds"]))
             picked = [min(mse, key=lambda k: (mse[k][i], k)) for i in seeds]
-            rule = [curve[k][i] for i, k in zip(seeds, picked)]
-            best = [max(curve[k][i] for k in mse) for i in seeds]
-            rows.append(f"| {prefix.replace('/', ' · ')} | {name} | {100 * np.mean(curve[max(mse)]):.1f} | "
-                        f"{100 * np.mean(rule):.1f} ({', '.join(f'{k // 1000}K' for k in picked)}) | {100 * np.mean(best):.1f} |")
-    if not rows:
+            chosen = np.mean([curve[k][i] for i, k in zip(seeds, picked)])
+            best = np.mean([max(curve[k][i] for k in mse) for i in seeds])
+            out.append((prefix, name, np.mean(curve[max(mse)]), chosen, best, picked))
+    return out
+
+
+def stopping_rule(groups: dict) -> list[str]:
+    """Choosing the checkpoint without an env (`held_out_choices`): the table, then how far the
+    choice fell from the last evaluation for behaviour cloning and for the rows with a critic."""
+    choices = held_out_choices(groups)
+    if not choices:
         return []
+    rows = [f"| {prefix.replace('/', ' · ')} | {name} | {100 * last:.1f} | {100 * chosen:.1f} "
+            f"({', '.join(f'{k // 1000}K' for k in picked)}) | {100 * best:.1f} |"
+            for prefix, name, last, chosen, best, picked in choices]
+    summary = []
+    for family, members in (("behaviour cloning", [c for c in choices if c[1].startswith("bc-")]),
+                            ("a critic", [c for c in choices if not c[1].startswith("bc-")])):
+        gaps = [round(100 * (chosen - last), 6) for _, _, last, chosen, _, _ in members]  # −10.000000000000004 is −10
+        if gaps:
+            summary.append(f"- Rows with {family}: the lowest held-out MSE's choice minus the last evaluation is "
+                           f"{min(gaps):+.0f} to {max(gaps):+.0f} points; more than 10 points below it in "
+                           f"{sum(g < -10 for g in gaps)} of {len(gaps)} rows.")
     return ["## Choosing the checkpoint without an env", "",
             "On a robot every evaluation costs rollouts; the held-out demos (a tenth of the import, never",
             "trained on) cost nothing. Each seed's success at the evaluation where its held-out action MSE",
             "was lowest (the steps it chose), against the last evaluation and the best one the env found.", "",
             "| test bed | row | last % | lowest held-out MSE % (steps) | best in the env % |", "|---|---|---|---|---|",
-            *rows, ""]
+            *rows, "", *summary, ""]
 
 
 def _qc_fql_alpha() -> float:

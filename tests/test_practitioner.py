@@ -82,6 +82,19 @@ def test_the_stopping_rule_takes_each_seeds_evaluation_of_lowest_held_out_mse():
     assert module.stopping_rule({"t/50/all": {"bc-mf@30000": {"seeds": [0], "curve": {"30000": [1.0]}}}}) == []
 
 
+def test_the_stopping_rule_says_how_far_each_family_fell_from_the_last_evaluation():
+    module = _practitioner()
+    mse = {"10000": [0.1, 0.1], "20000": [0.2, 0.2]}  # lowest at 10K on both seeds
+    bc = {"seeds": [0, 1], "curve": {"10000": [0.8, 0.8], "20000": [0.7, 0.7]}, "held_out_mse": mse}
+    early = {"seeds": [0, 1], "curve": {"10000": [0.2, 0.3], "20000": [0.8, 0.9]}, "held_out_mse": mse}
+    near = {"seeds": [0, 1], "curve": {"10000": [0.3, 0.3], "20000": [0.4, 0.4]}, "held_out_mse": mse}  # -10 (in floats, -10.000000000000004)
+    lines = module.stopping_rule({"t/50/all": {"bc-mf@20000": bc, "lps@20000": early, "qc-fql@20000": near}})
+    assert ("- Rows with behaviour cloning: the lowest held-out MSE's choice minus the last evaluation is +10 to +10 "
+            "points; more than 10 points below it in 0 of 1 rows.") in lines
+    assert ("- Rows with a critic: the lowest held-out MSE's choice minus the last evaluation is -60 to -10 points; "
+            "more than 10 points below it in 1 of 2 rows.") in lines
+
+
 def test_the_methods_table_pairs_each_budget_with_the_online_run_that_continued_it():
     module = _practitioner()
     long = {"steps": 100000, "curve": {"50000": [0.9, 0.9], "100000": [0.1, 0.1]}, "success": [0.1, 0.1]}
