@@ -109,10 +109,13 @@ def pytest_configure(config):
     inherit the controller's environment) and the training processes their tests start: a program
     compiled once (an agent's update at the smoke size) loads from it in every later test, whichever
     worker runs it. A size limit turns on JAX's file lock around each read and write, so that no
-    process reads an entry another is still writing. Only programs that took a second or more to
+    process reads an entry another is still writing. Only programs that took 0.2 s or more to
     compile are stored: with every program stored, each eager operation of a test wrote its own entry
     under the lock, and the eager-heavy test_agents.py and test_end_to_end.py took 1285 s in a
-    serial full run, against 706 s run alone with this threshold (787 s with no cache).
+    serial full run, against 706 s run alone with a 1 s threshold (787 s with no cache). At 0.2 s a
+    fresh training process also loads its slower eager programs (random initialisers, ~1 s each),
+    and a serial full run took 3723 s against 3999 s at 1 s, with files that start processes
+    gaining most (test_bad_input.py 152 → 106 s).
     STEERFLOW_TEST_JAX_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR set by the user is kept."""
     if os.environ.get("STEERFLOW_TEST_JAX_CACHE", "1") == "0":
         return
@@ -120,7 +123,7 @@ def pytest_configure(config):
         return
     cache = tempfile.mkdtemp(prefix="steerflow-test-jax-")
     os.environ.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_COMPILATION_CACHE_MAX_SIZE=str(16 * 2**30),
-                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1")
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
     config.stash[_CACHE] = cache
 
 
