@@ -171,6 +171,42 @@ def copy_root(tiny_root, tmp_path):
     return tmp_path, dst
 
 
+def _no_env(*args, **kwargs):
+    raise AssertionError("built an env")
+
+
+def _assert_same(a, b):
+    for x, y in zip(a[:2], b[:2]):
+        assert list(x) == list(y)
+        for k in x:
+            assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), k
+    assert a[2] == b[2]
+
+
+def test_a_tasks_labels_are_stored_beside_its_dataset_so_a_later_load_builds_no_env(copy_root, monkeypatch):
+    """The first load of a task relabels with OGBench's env and stores the rewards and masks; a later
+    load gives the same arrays, bit for bit, without building an env; stored labels whose fingerprints
+    are another file's are not used."""
+    import gymnasium
+
+    root, path = copy_root
+    shutil.rmtree(path / "labels", ignore_errors=True)
+    first = _load(root, task="cube-single-task2")
+    store = path / "labels" / "task2.npz"
+    assert store.is_file() and not (path / "labels" / "task1.npz").exists()
+    with monkeypatch.context() as m:
+        m.setattr(gymnasium, "make", _no_env)
+        _assert_same(first, _load(root, task="cube-single-task2"))
+        _assert_same(_load(root, task="cube-single-task2-sparse"), _load(root, task="cube-single-task2-sparse"))
+        with np.load(store) as z:
+            arrays = {k: z[k] for k in z.files}
+        np.savez(store, **(arrays | {"train_sha256": np.array("0" * 64), "train_rewards": arrays["train_rewards"] + 5}))
+        with pytest.raises(AssertionError, match="built an env"):
+            _load(root, task="cube-single-task2")
+    _assert_same(first, _load(root, task="cube-single-task2"))  # relabelled and stored again
+    assert [k for k in list_datasets(root)[0]["files"]] == ["cube-single-play-v0-val.npz", "cube-single-play-v0.npz"]
+
+
 def test_truncated_npz(copy_root):
     root, path = copy_root
     f = path / "cube-single-play-v0.npz"

@@ -5,9 +5,11 @@ Task names: ``DOMAIN-taskN[-sparse]`` (N in 1..5), e.g. ``cube-single-task2`` or
 (``ogbench_gen``); OGBench relabels it per task (``r = #satisfied - #sub-goals`` on the pre-action
 state, ``mask = 0`` iff the whole task is solved, ``terminals`` = trajectory ends only).
 "Sparse" (from the Q-chunking code) maps ``r <- -1 * (r != 0)``; masks are unchanged.
-Dataset actions are clipped to ``±(1 - 1e-5)`` (docs/algorithms.md#ogbench-data). Loading validates before use:
-readable npz, required keys, shapes, the sha256 recorded in meta.json, and finite observations,
-actions and rewards (``check_finite`` names the key, the count and the first row).
+A task's rewards and masks are stored beside the dataset after its first load (`data.labels`), so a
+later load builds no env. Dataset actions are clipped to ``±(1 - 1e-5)``
+(docs/algorithms.md#ogbench-data). Loading validates before use: readable npz, required keys,
+shapes, the sha256 recorded in meta.json, and finite observations, actions and rewards
+(``check_finite`` names the key, the count and the first row).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .cache import data_root, fingerprint
+from .labels import labels_path, read_labels, write_labels
 from .ogbench_gen import (
     ACTION_DIM,
     DEFAULT_EPISODE_STEPS,
@@ -289,9 +292,10 @@ def _ensure_generated(spec: TaskSpec, ddir: Path, episodes: int, seed: int, root
     generate_dataset(spec.domain, episodes=episodes, seed=seed, workers=workers, root=root, episode_steps=episode_steps)
 
 
-def _checked_meta(spec: TaskSpec, ddir: Path, paths: tuple[Path, Path], episodes: int, seed: int) -> tuple[dict, str]:
-    """The cache entry's meta.json and the train file's fingerprint, after checking both files'
-    headers and fingerprints against it (before anything is relabelled)."""
+def _checked_meta(spec: TaskSpec, ddir: Path, paths: tuple[Path, Path], episodes: int,
+                  seed: int) -> tuple[dict, tuple[str, str]]:
+    """The cache entry's meta.json and the (train, val) files' fingerprints, after checking both
+    files' headers and fingerprints against it (before anything is relabelled)."""
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(
@@ -306,16 +310,39 @@ def _checked_meta(spec: TaskSpec, ddir: Path, paths: tuple[Path, Path], episodes
         meta = json.loads(meta_path.read_text())
     except ValueError as e:
         raise ValueError(f"{meta_path} is not valid JSON ({e}); delete {ddir} and regenerate") from e
-    train_fp = _check_fingerprint(paths[0], meta)
-    _check_fingerprint(paths[1], meta)
-    return meta, train_fp
+    return meta, (_check_fingerprint(paths[0], meta), _check_fingerprint(paths[1], meta))
 
 
-def _ogbench_datasets(spec: TaskSpec, train_path: Path) -> tuple[dict, dict]:
-    """OGBench's reading of the cached files (train, val), its env's observation size checked."""
+def _ogbench_datasets(spec: TaskSpec, paths: tuple[Path, Path], fingerprints: tuple[str, str]) -> tuple[dict, dict]:
+    """The cached files (train, val) as OGBench reads them, with the task's rewards and masks: those
+    stored beside them (`data.labels`), else OGBench's relabelling with the task's env, then stored."""
     from steerflow import gl
 
     gl.settle()
+    store = labels_path(paths[0].parent, spec.task_id)
+    stored = read_labels(store, fingerprints)
+    if stored is not None:
+        datasets = tuple(_ogbench_read(p) for p in paths)
+        if all(len(d["observations"]) == len(lab["rewards"]) for d, lab in zip(datasets, stored)):
+            return tuple(d | lab for d, lab in zip(datasets, stored))
+    datasets = _ogbench_relabelled(spec, paths[0])
+    write_labels(store, datasets, fingerprints)
+    return datasets
+
+
+def _ogbench_read(path: Path) -> dict:
+    """One file as `ogbench.make_env_and_datasets` reads it, without its env (no labels)."""
+    from ogbench.utils import load_dataset
+
+    try:
+        return load_dataset(str(path), compact_dataset=False)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as e:
+        raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+
+
+def _ogbench_relabelled(spec: TaskSpec, train_path: Path) -> tuple[dict, dict]:
+    """OGBench's reading of the cached files (train, val) relabelled by its env, whose observation
+    size is checked."""
     import ogbench
 
     try:
@@ -363,12 +390,13 @@ def load_task_dataset(
     ddir = root_path / cache_key(spec.domain, episodes, seed, episode_steps)
     paths = tuple(ddir / name for name in dataset_file_names(spec.domain))
     _ensure_generated(spec, ddir, episodes, seed, root_path, generate_if_missing, workers, episode_steps)
-    meta, train_fp = _checked_meta(spec, ddir, paths, episodes, seed)
+    meta, fingerprints = _checked_meta(spec, ddir, paths, episodes, seed)
     steps_per_episode = int(meta.get("episode_steps", episode_steps))
-    train, val = (_relabelled(d, p, spec, steps_per_episode) for d, p in zip(_ogbench_datasets(spec, paths[0]), paths))
+    datasets = _ogbench_datasets(spec, paths, fingerprints)
+    train, val = (_relabelled(d, p, spec, steps_per_episode) for d, p in zip(datasets, paths))
     info = {
         "dataset_dir": str(ddir),
-        "fingerprint": train_fp,
+        "fingerprint": fingerprints[0],
         "episodes": int(meta.get("episodes", episodes)),
         "seed": int(meta.get("seed", seed)),
         "obs_dim": spec.obs_dim,
