@@ -29,10 +29,13 @@ from steerflow.data import cache, ogbench_gen
 
 
 def snapshot(root: Path) -> dict:
-    """{relative path: sha256 of its content (None for a directory)} of everything under root."""
+    """{relative path: sha256 of its content (None for a directory)} of everything under root but a
+    dataset's stored labels (`steerflow.data.labels`: written by the load of a dataset that passed
+    its checks, as when a run is then refused for having trained on other data)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        if "labels" not in p.relative_to(root).parts:
+            out[str(p.relative_to(root))] = None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
@@ -204,6 +207,7 @@ def test_damaged_datasets_are_rejected_at_load_naming_file_and_key(name, tiny_da
     monkeypatch.setenv("STEERFLOW_DATA", str(data))
     err = assert_fails(["train", *TASK, "--out", tmp_path / "run"], 2, culprits, capsys, tmp_path)
     assert str(data / tiny_dataset.name) in err  # the file (or its directory) is named
+    assert not (data / tiny_dataset.name / "labels").exists()  # no labels are stored for a damaged dataset
 
 
 def test_non_finite_rewards_are_named(tmp_path):
