@@ -1133,9 +1133,17 @@ def beyond_page() -> str:
     if done:
         diff = np.mean([u["final"] - d["final"] for u, d in done]) * 100
         speed = np.mean([_steps_per_s(d) / _steps_per_s(u) for u, d in done])
+        per_task = {t: sum(u["task"] == t for u, _ in done) for t in {u["task"] for u, _ in done}}
+        if len(per_task) < 2 or min(per_task.values()) < 2:
+            verdict = "too few units to change the default."
+        elif diff > 0:
+            verdict = ("ahead on the tuning tasks; fresh seeds of tasks 1, 3 and 5 decide whether it "
+                       "becomes the default.")
+        else:
+            verdict = ("not ahead on the tuning tasks, so the default keeps its 2 critics; the 10-critic critic "
+                       "stays an option (`--set critic=qpilots`).")
         findings.append(f"**The 10-critic critic**: {diff:+.1f} points over the default on "
-                        f"{len(done)} tuning unit(s) so far, at {speed:.1f}× the update time on this CPU; "
-                        "too few units to change the default.")
+                        f"{len(done)} tuning unit(s), at {speed:.1f}× the update time on this CPU; {verdict}")
     else:
         findings.append("**The 10-critic critic**: no finished unit yet.")
     devices = sorted({machine(r["device"]) for r in records} | {machine(u["device"]) for u in critic10})
