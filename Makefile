@@ -10,13 +10,16 @@ install: $(STAMP)
 
 # Installs the test extra, which pulls every extra the tests use (Ray, submitit, trackers, ONNX, robot
 # data), at the exact versions of requirements.lock; re-installs only when either file changes (idempotent).
-# The installer is uv (from PyPI, pinned here): the same packages as pip resolves from the lock, in a
-# third of the time on a clean clone.
+# The installer is uv (from PyPI, pinned here, with the system's CA certificates as pip uses them):
+# the same packages as pip resolves from the lock, in a third of the time on a clean clone. Where uv
+# cannot install, pip installs the same pins, saying so.
 UV_VERSION := 0.13.10
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]' -c requirements.lock
+	{ $(BIN)/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION) && \
+	  $(BIN)/uv pip install --quiet --system-certs --python $(BIN)/python -e '.[test]' -c requirements.lock; } || \
+	{ echo "make install: uv failed, installing with pip"; $(BIN)/pip install --quiet --upgrade pip && \
+	  $(BIN)/pip install --quiet -e '.[test]' -c requirements.lock; }
 	touch $(STAMP)
 
 # Re-pin requirements.lock to what pyproject's ranges resolve to today (then run `make test`).
