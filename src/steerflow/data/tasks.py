@@ -313,13 +313,14 @@ def _checked_meta(spec: TaskSpec, ddir: Path, paths: tuple[Path, Path], episodes
     return meta, (_check_fingerprint(paths[0], meta), _check_fingerprint(paths[1], meta))
 
 
-def _ogbench_datasets(spec: TaskSpec, paths: tuple[Path, Path], fingerprints: tuple[str, str]) -> tuple[tuple, bool]:
+def _ogbench_datasets(spec: TaskSpec, paths: tuple[Path, Path], store: Path,
+                      fingerprints: tuple[str, str]) -> tuple[tuple, bool]:
     """The cached files (train, val) as OGBench reads them, with the task's rewards and masks: those
-    stored beside them (`data.labels`; then True), else OGBench's relabelling with the task's env."""
+    stored in `store` (`data.labels`; then True), else OGBench's relabelling with the task's env."""
     from steerflow import gl
 
     gl.settle()
-    stored = read_labels(labels_path(paths[0].parent, spec.task_id), fingerprints)
+    stored = read_labels(store, fingerprints)
     if stored is not None:
         datasets = tuple(_ogbench_read(p) for p in paths)
         if all(len(d["observations"]) == len(lab["rewards"]) for d, lab in zip(datasets, stored)):
@@ -389,10 +390,11 @@ def load_task_dataset(
     _ensure_generated(spec, ddir, episodes, seed, root_path, generate_if_missing, workers, episode_steps)
     meta, fingerprints = _checked_meta(spec, ddir, paths, episodes, seed)
     steps_per_episode = int(meta.get("episode_steps", episode_steps))
-    datasets, stored = _ogbench_datasets(spec, paths, fingerprints)
+    store = labels_path(ddir, spec.task_id)
+    datasets, stored = _ogbench_datasets(spec, paths, store, fingerprints)
     train, val = (_relabelled(d, p, spec, steps_per_episode) for d, p in zip(datasets, paths))
     if not stored:  # only the labels of files that passed every check
-        write_labels(labels_path(ddir, spec.task_id), datasets, fingerprints)
+        write_labels(store, datasets, fingerprints)
     info = {
         "dataset_dir": str(ddir),
         "fingerprint": fingerprints[0],
